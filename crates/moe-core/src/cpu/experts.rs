@@ -1,0 +1,201 @@
+//! Dropless experts: tokens sorted by expert (counting sort), gathered into one contiguous block per
+//! expert, SwiGLU expert MLPs run as grouped GEMMs (compute ∝ K, not E), and the weighted combine.
+//! Sorted position `p` holds the pair (token t, slot k) = (rows[p] / K, rows[p] % K).
+
+use super::matmul::{matmul_backward, matmul_forward};
+use rayon::prelude::*;
+
+/// Counting sort of the T*K (token, slot) pairs by expert, stable in token order.
+/// offsets (E + 1): expert e owns sorted positions offsets[e]..offsets[e+1];
+/// rows (T*K): sorted position -> t*K + k;  pos (T*K): t*K + k -> sorted position.
+/// No backward: a permutation of indices.
+pub fn permute_forward(offsets: &mut [usize], rows: &mut [u32], pos: &mut [u32], idx: &[u32], e: usize) {
+    offsets.fill(0);
+    for &i in idx {
+        offsets[i as usize + 1] += 1;
+    }
+    for i in 0..e {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut next = offsets[..e].to_vec();
+    for (tk, &i) in idx.iter().enumerate() {
+        let p = next[i as usize];
+        next[i as usize] += 1;
+        rows[p] = tk as u32;
+        pos[tk] = p as u32;
+    }
+}
+
+/// xs (T*K, C) = x (T, C) gathered in sorted order: xs[p] = x[rows[p] / K].
+pub fn gather_forward(xs: &mut [f32], x: &[f32], rows: &[u32], c: usize, k: usize) {
+    xs.par_chunks_mut(c).zip(rows.par_iter()).for_each(|(dst, &r)| {
+        dst.copy_from_slice(&x[(r as usize / k) * c..][..c]);
+    });
+}
+
+/// dx (T, C) += sum over the K sorted copies of each token of dxs (T*K, C).
+pub fn gather_backward(dx: &mut [f32], dxs: &[f32], pos: &[u32], c: usize, k: usize) {
+    dx.par_chunks_mut(c).enumerate().for_each(|(t, d)| {
+        for &p in &pos[t * k..][..k] {
+            d.iter_mut().zip(&dxs[p as usize * c..][..c]).for_each(|(a, b)| *a += b);
+        }
+    });
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// h = silu(g) * u elementwise, silu(g) = g * sigmoid(g). Overwrites h; all of length N.
+pub fn swiglu_forward(h: &mut [f32], g: &[f32], u: &[f32]) {
+    h.par_iter_mut().zip(g.par_iter().zip(u.par_iter())).for_each(|(h, (&g, &u))| *h = g * sigmoid(g) * u);
+}
+
+/// Overwrites dg and du from dh: du = dh * silu(g); dg = dh * u * sigmoid(g) * (1 + g (1 - sigmoid(g))).
+pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], dh: &[f32], g: &[f32], u: &[f32]) {
+    dg.par_iter_mut().zip(du.par_iter_mut()).zip(dh.par_iter().zip(g.par_iter().zip(u.par_iter()))).for_each(
+        |((dg, du), (&dh, (&g, &u)))| {
+            let sg = sigmoid(g);
+            *du = dh * g * sg;
+            *dg = dh * u * sg * (1.0 + g * (1.0 - sg));
+        },
+    );
+}
+
+/// Weights of all experts, each kind one contiguous block:
+/// gate_proj, up_proj (E, F, C); down_proj (E, C, F).
+pub struct ExpertWeights<'a> {
+    pub gate_proj: &'a [f32],
+    pub up_proj: &'a [f32],
+    pub down_proj: &'a [f32],
+}
+
+/// Gradients of the same layout as `ExpertWeights`; backward accumulates into them.
+pub struct ExpertGrads<'a> {
+    pub gate_proj: &'a mut [f32],
+    pub up_proj: &'a mut [f32],
+    pub down_proj: &'a mut [f32],
+}
+
+/// Grouped SwiGLU experts over the sorted rows. For expert e and its rows R_e = offsets[e]..offsets[e+1]:
+///   g = xs[R_e] · gate_proj_e^T,  u = xs[R_e] · up_proj_e^T   (n_e, F)
+///   h = silu(g) * u,              ys[R_e] = h · down_proj_e^T (n_e, C)
+/// Overwrites g, u, h (T*K, F) and ys (T*K, C). Experts with no rows are skipped.
+pub fn experts_forward(
+    g: &mut [f32],
+    u: &mut [f32],
+    h: &mut [f32],
+    ys: &mut [f32],
+    xs: &[f32],
+    wt: &ExpertWeights,
+    offsets: &[usize],
+    c: usize,
+    f: usize,
+) {
+    for e in 0..offsets.len() - 1 {
+        let (lo, n) = (offsets[e], offsets[e + 1] - offsets[e]);
+        if n == 0 {
+            continue;
+        }
+        let x = &xs[lo * c..][..n * c];
+        let (ge, ue, he) = (&mut g[lo * f..][..n * f], &mut u[lo * f..][..n * f], &mut h[lo * f..][..n * f]);
+        matmul_forward(ge, x, &wt.gate_proj[e * f * c..][..f * c], n, c, f);
+        matmul_forward(ue, x, &wt.up_proj[e * f * c..][..f * c], n, c, f);
+        swiglu_forward(he, ge, ue);
+        matmul_forward(&mut ys[lo * c..][..n * c], he, &wt.down_proj[e * c * f..][..c * f], n, f, c);
+    }
+}
+
+/// Backward of `experts_forward`. Overwrites dxs (T*K, C) and the scratch dh, dg, du (T*K, F);
+/// accumulates into the expert weight gradients. dys (T*K, C) is the gradient of ys.
+#[allow(clippy::too_many_arguments)]
+pub fn experts_backward(
+    dxs: &mut [f32],
+    grads: &mut ExpertGrads,
+    dh: &mut [f32],
+    dg: &mut [f32],
+    du: &mut [f32],
+    dys: &[f32],
+    xs: &[f32],
+    g: &[f32],
+    u: &[f32],
+    h: &[f32],
+    wt: &ExpertWeights,
+    offsets: &[usize],
+    c: usize,
+    f: usize,
+) {
+    dxs.fill(0.0);
+    dh.fill(0.0);
+    for e in 0..offsets.len() - 1 {
+        let (lo, n) = (offsets[e], offsets[e + 1] - offsets[e]);
+        if n == 0 {
+            continue;
+        }
+        let rows_f = lo * f..(lo + n) * f;
+        let rows_c = lo * c..(lo + n) * c;
+        let (wg, wu, wd) = (e * f * c..(e + 1) * f * c, e * f * c..(e + 1) * f * c, e * c * f..(e + 1) * c * f);
+        matmul_backward(&mut dh[rows_f.clone()], &mut grads.down_proj[wd.clone()], &dys[rows_c.clone()], &h[rows_f.clone()], &wt.down_proj[wd], n, f, c);
+        swiglu_backward(&mut dg[rows_f.clone()], &mut du[rows_f.clone()], &dh[rows_f.clone()], &g[rows_f.clone()], &u[rows_f.clone()]);
+        matmul_backward(&mut dxs[rows_c.clone()], &mut grads.gate_proj[wg.clone()], &dg[rows_f.clone()], &xs[rows_c.clone()], &wt.gate_proj[wg], n, c, f);
+        matmul_backward(&mut dxs[rows_c.clone()], &mut grads.up_proj[wu.clone()], &du[rows_f], &xs[rows_c], &wt.up_proj[wu], n, c, f);
+    }
+}
+
+/// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]]. Overwrites out.
+pub fn combine_forward(out: &mut [f32], ys: &[f32], w: &[f32], pos: &[u32], c: usize, k: usize) {
+    out.par_chunks_mut(c).enumerate().for_each(|(t, o)| {
+        o.fill(0.0);
+        for slot in 0..k {
+            let wk = w[t * k + slot];
+            let y = &ys[pos[t * k + slot] as usize * c..][..c];
+            o.iter_mut().zip(y).for_each(|(o, &y)| *o += wk * y);
+        }
+    });
+}
+
+/// Overwrites dys (T*K, C): dys[p] = w[t,k] * dout[t] for the pair (t, k) = rows[p];
+/// and dw (T, K) = <dout[t], ys[pos[t*K+k]]>.
+#[allow(clippy::too_many_arguments)]
+pub fn combine_backward(
+    dys: &mut [f32],
+    dw: &mut [f32],
+    dout: &[f32],
+    ys: &[f32],
+    w: &[f32],
+    rows: &[u32],
+    pos: &[u32],
+    c: usize,
+    k: usize,
+) {
+    dw.par_chunks_mut(k).enumerate().for_each(|(t, dw_t)| {
+        let d = &dout[t * c..][..c];
+        for slot in 0..k {
+            let y = &ys[pos[t * k + slot] as usize * c..][..c];
+            dw_t[slot] = d.iter().zip(y).map(|(a, b)| a * b).sum();
+        }
+    });
+    dys.par_chunks_mut(c).zip(rows.par_iter()).for_each(|(dy, &tk)| {
+        let (wk, d) = (w[tk as usize], &dout[(tk as usize / k) * c..][..c]);
+        dy.iter_mut().zip(d).for_each(|(a, &b)| *a = wk * b);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_sort_is_stable_and_inverse() {
+        // T = 3, K = 2, E = 3.
+        let idx = [2u32, 0, 0, 1, 2, 0];
+        let (mut off, mut rows, mut pos) = ([0usize; 4], [0u32; 6], [0u32; 6]);
+        permute_forward(&mut off, &mut rows, &mut pos, &idx, 3);
+        assert_eq!(off, [0, 3, 4, 6]);
+        assert_eq!(rows, [1, 2, 5, 3, 0, 4]);
+        for tk in 0..6 {
+            assert_eq!(rows[pos[tk] as usize] as usize, tk);
+        }
+    }
+}

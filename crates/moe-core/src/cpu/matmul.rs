@@ -1,0 +1,108 @@
+//! Dense matmul in the llm.c convention: out = inp · weight^T, weight stored (out_features, in_features)
+//! as in PyTorch/Hugging Face. Backed by the `gemm` crate, parallel on the current rayon pool.
+
+use gemm::{gemm, Parallelism};
+
+/// out (M, N) = inp (M, K) · weight (N, K)^T. Overwrites `out`.
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], m: usize, k: usize, n: usize) {
+    debug_assert!(out.len() == m * n && inp.len() == m * k && weight.len() == n * k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // gemm takes (column stride, row stride) pairs; weight^T is weight read with swapped strides.
+    unsafe {
+        gemm(
+            m, n, k,
+            out.as_mut_ptr(), 1, n as isize, false,
+            inp.as_ptr(), 1, k as isize,
+            weight.as_ptr(), k as isize, 1,
+            0.0, 1.0, false, false, false, Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K).
+/// Both outputs accumulate; the caller zeroes activation gradients it wants overwritten.
+pub fn matmul_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    debug_assert!(dinp.len() == m * k && dweight.len() == n * k && dout.len() == m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    unsafe {
+        gemm(
+            m, k, n,
+            dinp.as_mut_ptr(), 1, k as isize, true,
+            dout.as_ptr(), 1, n as isize,
+            weight.as_ptr(), 1, k as isize,
+            1.0, 1.0, false, false, false, Parallelism::Rayon(0),
+        );
+        gemm(
+            n, k, m,
+            dweight.as_mut_ptr(), 1, k as isize, true,
+            dout.as_ptr(), n as isize, 1,
+            inp.as_ptr(), 1, k as isize,
+            1.0, 1.0, false, false, false, Parallelism::Rayon(0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, randn};
+
+    /// The specification: plain loops, f64 accumulation.
+    fn matmul_forward_slow(out: &mut [f32], inp: &[f32], weight: &[f32], m: usize, k: usize, n: usize) {
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|p| inp[i * k + p] as f64 * weight[j * k + p] as f64).sum();
+                out[i * n + j] = s as f32;
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_forward_matches_slow() {
+        let (m, k, n) = (37, 19, 23);
+        let (inp, w) = (randn(m * k, 1), randn(n * k, 2));
+        let (mut fast, mut slow) = (vec![0.0; m * n], vec![0.0; m * n]);
+        matmul_forward(&mut fast, &inp, &w, m, k, n);
+        matmul_forward_slow(&mut slow, &inp, &w, m, k, n);
+        assert_close("out", &fast, &slow, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn matmul_backward_matches_slow_and_accumulates() {
+        let (m, k, n) = (13, 7, 11);
+        let (inp, w, dout) = (randn(m * k, 3), randn(n * k, 4), randn(m * n, 5));
+        let (mut dinp, mut dw) = (vec![0.0; m * k], vec![0.0; n * k]);
+        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n);
+        let mut dinp_ref = vec![0.0f32; m * k];
+        let mut dw_ref = vec![0.0f32; n * k];
+        for i in 0..m {
+            for p in 0..k {
+                dinp_ref[i * k + p] = (0..n).map(|j| dout[i * n + j] as f64 * w[j * k + p] as f64).sum::<f64>() as f32;
+            }
+        }
+        for j in 0..n {
+            for p in 0..k {
+                dw_ref[j * k + p] = (0..m).map(|i| dout[i * n + j] as f64 * inp[i * k + p] as f64).sum::<f64>() as f32;
+            }
+        }
+        assert_close("dinp", &dinp, &dinp_ref, 1e-5, 1e-5);
+        assert_close("dweight", &dw, &dw_ref, 1e-5, 1e-5);
+        // Habit 3: a second backward adds the same amount again.
+        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n);
+        let twice: Vec<f32> = dw_ref.iter().map(|x| 2.0 * x).collect();
+        assert_close("dweight twice", &dw, &twice, 1e-5, 1e-5);
+    }
+}

@@ -1,0 +1,49 @@
+//! Typed errors of the core. Each variant has a stable code string that the napi binding puts on the
+//! JS `Error` as `err.code`; callers match on the code, never on the message.
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoeError {
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+    #[error("unknown parameter: {0}")]
+    UnknownParameter(String),
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl MoeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            MoeError::InvalidConfig(_) => "INVALID_CONFIG",
+            MoeError::ShapeMismatch(_) => "SHAPE_MISMATCH",
+            MoeError::NonFinite(_) => "NON_FINITE",
+            MoeError::UnknownParameter(_) => "UNKNOWN_PARAMETER",
+            MoeError::InvalidState(_) => "INVALID_STATE",
+            MoeError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, MoeError>;
+
+/// Fails with `SHAPE_MISMATCH` unless `len == expected`.
+pub fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
+    if len != expected {
+        return Err(MoeError::ShapeMismatch(format!("{what}: expected {expected} values, got {len}")));
+    }
+    Ok(())
+}
+
+/// Fails with `NON_FINITE` if any value is NaN or infinite.
+pub fn check_finite(what: &str, xs: &[f32]) -> Result<()> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(MoeError::NonFinite(format!("{what}[{i}] = {}", xs[i]))),
+        None => Ok(()),
+    }
+}
