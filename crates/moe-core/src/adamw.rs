@@ -34,6 +34,12 @@ fn default_eps() -> f32 {
 }
 
 impl AdamWConfig {
+    pub fn from_json(v: serde_json::Value) -> Result<Self> {
+        let cfg: AdamWConfig = serde_json::from_value(v).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(MoeError::InvalidConfig(m.to_string()));
         if !(self.lr.is_finite() && self.lr >= 0.0) {

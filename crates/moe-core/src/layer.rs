@@ -31,7 +31,7 @@ impl MoeLayer {
         let specs = moe_param_specs(&cfg, "", 0);
         let n = moe_param_count(&cfg);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-        let normal = Normal::new(0.0f32, cfg.initializer_range).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        let normal = Normal::new(0.0f32, cfg.initializer_range as f32).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
         let params: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
         Ok(MoeLayer { cfg, specs, params, grads: vec![0.0; n], opt: AdamWState::new(n), acts: MoeActs::default(), stored: false })
     }
@@ -117,6 +117,14 @@ impl MoeLayer {
         let cfg = &self.cfg;
         crate::cpu::pool().install(|| moe_backward(&mut dx, &mut grads, acts, dout, pressure, z_scale, &wt, cfg));
         Ok(dx)
+    }
+
+    /// Replaces the whole gradient buffer (e.g. by its all-reduced sum over ranks).
+    pub fn set_grads(&mut self, data: &[f32]) -> Result<()> {
+        check_len("grads", data.len(), self.grads.len())?;
+        check_finite("grads", data)?;
+        self.grads.copy_from_slice(data);
+        Ok(())
     }
 
     pub fn zero_grad(&mut self) {

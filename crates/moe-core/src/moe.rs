@@ -6,10 +6,10 @@ use crate::cpu::experts::*;
 use crate::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::cpu::router::{router_backward, router_forward, router_stats};
 use crate::error::{MoeError, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration with the Hugging Face `Qwen3MoeConfig` field names.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoeConfig {
     pub hidden_size: usize,
@@ -19,12 +19,12 @@ pub struct MoeConfig {
     #[serde(default)]
     pub norm_topk_prob: bool,
     #[serde(default = "default_init_range")]
-    pub initializer_range: f32,
+    pub initializer_range: f64,
     #[serde(default)]
     pub seed: u64,
 }
 
-fn default_init_range() -> f32 {
+fn default_init_range() -> f64 {
     0.02
 }
 

@@ -1,0 +1,60 @@
+// The collective operations the trainer needs from data-parallel ranks, and an in-process
+// implementation where R "virtual ranks" are concurrent async tasks of one Node process.
+// Real processes (MPI) implement the same interface.
+
+/** What data parallelism needs: sum-all-reduce in place, this rank's index and the group size. */
+export interface Communicator {
+  readonly rank: number;
+  readonly size: number;
+  /** Replaces `data` on every rank by the elementwise sum over ranks (summed in rank order). */
+  allReduceSum(data: Float64Array | Float32Array): Promise<void>;
+}
+
+/** A group of size 1: every collective is the identity. */
+export const SOLO: Communicator = { rank: 0, size: 1, allReduceSum: async () => {} };
+
+type Pending = { data: Float64Array | Float32Array; resolve: () => void; reject: (e: Error) => void };
+
+/**
+ * R virtual ranks in one process. Each rank's n-th collective call meets the n-th call of every other
+ * rank; the sum is taken in f64 in rank order, so the result does not depend on arrival order.
+ */
+export class LocalGroup {
+  private rounds = new Map<number, (Pending | undefined)[]>();
+  private calls: number[];
+
+  constructor(readonly size: number) {
+    if (!Number.isInteger(size) || size < 1) throw new RangeError(`group size must be a positive integer, got ${size}`);
+    this.calls = new Array(size).fill(0);
+  }
+
+  /** The communicator of virtual rank `rank`. */
+  comm(rank: number): Communicator {
+    if (!Number.isInteger(rank) || rank < 0 || rank >= this.size) throw new RangeError(`rank ${rank} is not in 0..${this.size - 1}`);
+    return { rank, size: this.size, allReduceSum: (data) => this.allReduceSum(rank, data) };
+  }
+
+  private allReduceSum(rank: number, data: Float64Array | Float32Array): Promise<void> {
+    const round = this.calls[rank]++;
+    const slots = this.rounds.get(round) ?? new Array<Pending | undefined>(this.size).fill(undefined);
+    this.rounds.set(round, slots);
+    return new Promise<void>((resolve, reject) => {
+      slots[rank] = { data, resolve, reject };
+      if (slots.some((s) => s === undefined)) return;
+      this.rounds.delete(round);
+      const all = slots as Pending[];
+      const n = data.length;
+      if (all.some((s) => s.data.length !== n)) {
+        const err = new Error(`all-reduce round ${round}: ranks passed arrays of different lengths`);
+        all.forEach((s) => s.reject(err));
+        return;
+      }
+      const sum = new Float64Array(n);
+      for (const s of all) for (let i = 0; i < n; i++) sum[i] += s.data[i];
+      for (const s of all) {
+        s.data.set(sum);
+        s.resolve();
+      }
+    });
+  }
+}

@@ -1,0 +1,59 @@
+// Balance configuration: one or more load-balancing terms, each with its own scope and coefficient,
+// plus the router z-loss. Validated with zod so a bad config fails with one readable line.
+
+import { z } from 'zod';
+
+export const SCOPES = ['sequence', 'micro', 'dp', 'global', 'global-exact'] as const;
+export type Scope = (typeof SCOPES)[number];
+
+const term = z
+  .object({
+    /** Which sequences estimate the expert frequencies f (DESIGN §2). */
+    scope: z.enum(SCOPES).optional(),
+    /** The paper's "Balance BSZ": f over consecutive groups of this many sequences. */
+    balanceSequences: z.number().int().positive().optional(),
+    /** alpha: the term's weight in the loss (LBL = 1 at perfect balance). */
+    coef: z.number().nonnegative(),
+  })
+  .strict()
+  .refine((t) => (t.scope === undefined) !== (t.balanceSequences === undefined), {
+    message: 'each balance term needs exactly one of `scope` or `balanceSequences`',
+  });
+
+export const balanceConfigSchema = z
+  .object({
+    terms: z.array(term),
+    /** beta of the router z-loss  beta * (1/T_glob) * sum_t logsumexp(z_t)^2. */
+    zLoss: z.number().nonnegative().default(0),
+  })
+  .strict();
+
+export type BalanceTerm = z.infer<typeof term>;
+export type BalanceConfig = z.output<typeof balanceConfigSchema>;
+export type BalanceConfigInput = z.input<typeof balanceConfigSchema>;
+
+/** An Error with a stable `code`, like the native ones. */
+export class MoeTrainerError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'MoeTrainerError';
+  }
+}
+
+export function parseBalanceConfig(input: unknown): BalanceConfig {
+  const r = balanceConfigSchema.safeParse(input);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const where = issue.path.length ? `balance.${issue.path.join('.')}: ` : 'balance: ';
+    throw new MoeTrainerError('INVALID_CONFIG', where + issue.message);
+  }
+  return r.data;
+}
+
+/** A readable name of a term, used as its key in logs ("global", "micro", "bsz=4"). */
+export function termName(t: BalanceTerm): string {
+  return t.scope ?? `bsz=${t.balanceSequences}`;
+}
