@@ -2,25 +2,12 @@
 // optimiser step of the MoE layer under any (R, A, b) partition with R virtual ranks.
 
 import { MoeLayer, type MoeLayerConfig, type RoutingStats } from '../index.js';
+import { gauss, rng } from '../src/rng.js';
 import { Balancer, LocalGroup, type MicroStats, type StepBalance, type BalanceConfigInput } from '../src/balance/index.js';
-
-/** mulberry32: a tiny seeded PRNG, enough for test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function randn(n: number, seed: number): Float32Array {
   const r = rng(seed);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
-  return out;
+  return Float32Array.from({ length: n }, () => gauss(r));
 }
 
 export const D = 8;

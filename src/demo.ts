@@ -6,6 +6,7 @@
 import { MoeLayer, type MoeLayerConfig } from '../index.js';
 import { Balancer, LocalGroup, type Scope } from './balance/index.js';
 import { imbalance, maxOverUniform, mutualInformation, selectionFrequency } from './metrics.js';
+import { gauss, rng } from './rng.js';
 
 // ---- config ---------------------------------------------------------------------------------
 const DOMAINS = ['alpha', 'beta', 'gamma', 'delta'];
@@ -22,16 +23,6 @@ const ALPHA = 0.2;
 const Z_LOSS = 1e-3;
 
 // ---- data -----------------------------------------------------------------------------------
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const gauss = (r: () => number) => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
 const d = layerConfig.hidden_size;
 const world = rng(42);
 const centres = DOMAINS.map(() => Float32Array.from({ length: d }, () => 1.5 * gauss(world)));
