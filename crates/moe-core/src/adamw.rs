@@ -21,6 +21,21 @@ pub struct AdamWConfig {
     /// Clip the global gradient L2 norm to this value before the update (none if absent).
     #[serde(default)]
     pub max_grad_norm: Option<f32>,
+    /// Optional schedule: linear warm-up, then cosine decay of `lr` to `min_lr`.
+    #[serde(default)]
+    pub schedule: Option<LrSchedule>,
+}
+
+/// lr(t) for step t (1-based): lr * t / warmup_steps while t <= warmup_steps, then
+/// min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2, progress = (t - warmup) / (total - warmup),
+/// clamped to [0, 1] (min_lr after total_steps).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LrSchedule {
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    #[serde(default)]
+    pub min_lr: f32,
 }
 
 fn default_beta1() -> f32 {
@@ -57,7 +72,26 @@ impl AdamWConfig {
         if matches!(self.max_grad_norm, Some(n) if !(n > 0.0 && n.is_finite())) {
             return bad("maxGradNorm must be > 0");
         }
+        if let Some(s) = &self.schedule {
+            if s.total_steps == 0 || s.warmup_steps > s.total_steps {
+                return bad("schedule needs 0 <= warmupSteps <= totalSteps and totalSteps >= 1");
+            }
+            if !(s.min_lr >= 0.0 && s.min_lr <= self.lr) {
+                return bad("schedule.minLr must lie in [0, lr]");
+            }
+        }
         Ok(())
+    }
+
+    /// The learning rate of step t (1-based).
+    pub fn lr_at(&self, t: u64) -> f32 {
+        let Some(s) = &self.schedule else { return self.lr };
+        if t <= s.warmup_steps {
+            return self.lr * t as f32 / s.warmup_steps as f32;
+        }
+        let span = (s.total_steps - s.warmup_steps).max(1) as f64;
+        let progress = ((t - s.warmup_steps) as f64 / span).min(1.0);
+        s.min_lr + (self.lr - s.min_lr) * (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
     }
 }
 
@@ -75,9 +109,11 @@ impl AdamWState {
     }
 }
 
-/// L2 norm of the whole gradient buffer, accumulated in f64.
+/// L2 norm of the whole gradient buffer, accumulated in f64 over fixed chunks summed in order,
+/// so the result does not depend on thread scheduling (resume must be bit-exact).
 pub fn grad_norm(grads: &[f32]) -> f64 {
-    grads.par_iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt()
+    let partial: Vec<f64> = grads.par_chunks(1 << 14).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum()).collect();
+    partial.iter().sum::<f64>().sqrt()
 }
 
 /// Clip scale for a gradient of norm `norm`: min(1, max_norm / norm).
@@ -90,7 +126,7 @@ pub fn clip_scale(norm: f64, max_norm: Option<f32>) -> f32 {
 
 /// One AdamW update of params (N) from grads (N) * grad_scale, moments m, v (N) at step t (1-based):
 ///   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  m̂ = m/(1-b1^t);  v̂ = v/(1-b2^t)
-///   p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)     (wd = weight_decay when `decay`, else 0)
+///   p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)     (wd = weight_decay when `decay`, else 0; lr = lr_at(t))
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     params: &mut [f32],
@@ -99,6 +135,7 @@ pub fn adamw_update(
     grads: &[f32],
     grad_scale: f32,
     cfg: &AdamWConfig,
+    lr: f32,
     t: u64,
     decay: bool,
 ) {
@@ -112,7 +149,7 @@ pub fn adamw_update(
             *m = cfg.beta1 * *m + (1.0 - cfg.beta1) * g;
             *v = cfg.beta2 * *v + (1.0 - cfg.beta2) * g * g;
             let (mh, vh) = (*m / bc1, *v / bc2);
-            *p -= cfg.lr * (mh / (vh.sqrt() + cfg.eps) + wd * *p);
+            *p -= lr * (mh / (vh.sqrt() + cfg.eps) + wd * *p);
         },
     );
 }
@@ -122,7 +159,7 @@ mod tests {
     use super::*;
 
     fn cfg(wd: f32) -> AdamWConfig {
-        AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, max_grad_norm: None }
+        AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, max_grad_norm: None, schedule: None }
     }
 
     #[test]
@@ -133,14 +170,26 @@ mod tests {
         //   m̂ = -0.005/0.19 = -0.0263158, v̂ = 0.00049975/0.001999 = 0.25, update = -0.0526316;
         //   p = 0.89 - 0.1 (-0.0526316 + 0.089) = 0.8863632.
         let (mut p, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
-        adamw_update(&mut p, &mut m, &mut v, &[0.5], 1.0, &cfg(0.1), 1, true);
+        adamw_update(&mut p, &mut m, &mut v, &[0.5], 1.0, &cfg(0.1), 0.1, 1, true);
         assert!((p[0] - 0.89).abs() < 1e-6, "{}", p[0]);
-        adamw_update(&mut p, &mut m, &mut v, &[-0.5], 1.0, &cfg(0.1), 2, true);
+        adamw_update(&mut p, &mut m, &mut v, &[-0.5], 1.0, &cfg(0.1), 0.1, 2, true);
         assert!((p[0] - 0.886_363_2).abs() < 1e-6, "{}", p[0]);
         // Without decay the same first step moves p by exactly lr * 1.
         let (mut p, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
-        adamw_update(&mut p, &mut m, &mut v, &[0.5], 1.0, &cfg(0.1), 1, false);
+        adamw_update(&mut p, &mut m, &mut v, &[0.5], 1.0, &cfg(0.1), 0.1, 1, false);
         assert!((p[0] - 0.9).abs() < 1e-6, "{}", p[0]);
+    }
+
+    #[test]
+    fn schedule_warms_up_then_follows_the_cosine() {
+        let mut c = cfg(0.0);
+        c.schedule = Some(LrSchedule { warmup_steps: 10, total_steps: 110, min_lr: 0.01 });
+        assert!((c.lr_at(1) - 0.01).abs() < 1e-7);
+        assert!((c.lr_at(10) - 0.1).abs() < 1e-7);
+        assert!((c.lr_at(60) - 0.055).abs() < 1e-6, "half way: (lr + min_lr) / 2");
+        assert!((c.lr_at(110) - 0.01).abs() < 1e-7);
+        assert!((c.lr_at(500) - 0.01).abs() < 1e-7);
+        assert_eq!(cfg(0.0).lr_at(77), 0.1);
     }
 
     #[test]

@@ -9,6 +9,12 @@ pub enum MoeError {
     ShapeMismatch(String),
     #[error("non-finite value: {0}")]
     NonFinite(String),
+    #[error("token out of range: {0}")]
+    TokenOutOfRange(String),
+    #[error("corrupt checkpoint: {0}")]
+    CheckpointCorrupt(String),
+    #[error("i/o error: {0}")]
+    Io(String),
     #[error("unknown parameter: {0}")]
     UnknownParameter(String),
     #[error("invalid state: {0}")]
@@ -23,6 +29,9 @@ impl MoeError {
             MoeError::InvalidConfig(_) => "INVALID_CONFIG",
             MoeError::ShapeMismatch(_) => "SHAPE_MISMATCH",
             MoeError::NonFinite(_) => "NON_FINITE",
+            MoeError::TokenOutOfRange(_) => "TOKEN_OUT_OF_RANGE",
+            MoeError::CheckpointCorrupt(_) => "CHECKPOINT_CORRUPT",
+            MoeError::Io(_) => "IO_ERROR",
             MoeError::UnknownParameter(_) => "UNKNOWN_PARAMETER",
             MoeError::InvalidState(_) => "INVALID_STATE",
             MoeError::Internal(_) => "INTERNAL",

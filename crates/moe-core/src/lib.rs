@@ -3,14 +3,19 @@
 //! per-sequence router pressure comes in (DESIGN §3).
 
 pub mod adamw;
+pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod layer;
+pub mod model;
 pub mod moe;
+pub mod params;
 #[cfg(test)]
 mod testutil;
 
 pub use adamw::AdamWConfig;
 pub use error::{MoeError, Result};
 pub use layer::{ForwardOutput, MoeLayer};
+pub use config::ModelConfig;
+pub use model::{Model, ModelStats};
 pub use moe::{MoeConfig, RoutingStats};

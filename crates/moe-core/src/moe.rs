@@ -6,6 +6,7 @@ use crate::cpu::experts::*;
 use crate::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::cpu::router::{router_backward, router_forward, router_stats};
 use crate::error::{MoeError, Result};
+use crate::params::SpecBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Configuration with the Hugging Face `Qwen3MoeConfig` field names.
@@ -60,42 +61,17 @@ impl MoeConfig {
     }
 }
 
-/// One named parameter: Hugging Face name, shape, offset into the flat buffer.
-#[derive(Debug, Clone)]
-pub struct ParamSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-}
-
-impl ParamSpec {
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-    pub fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len()
-    }
-}
-
 /// The parameters of one MoE block, names prefixed with `prefix` (e.g. "model.layers.0.mlp.").
 /// Each kind is contiguous over experts, so the grouped GEMMs read one block per kind:
 /// gate.weight (E, C); all gate_proj (E x (F, C)); all up_proj (E x (F, C)); all down_proj (E x (C, F)).
-pub fn moe_param_specs(cfg: &MoeConfig, prefix: &str, offset: usize) -> Vec<ParamSpec> {
+pub fn moe_param_specs(sb: &mut SpecBuilder, cfg: &MoeConfig, prefix: &str) {
     let (c, f, e) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
-    let mut specs = Vec::with_capacity(1 + 3 * e);
-    let mut at = offset;
-    let mut push = |name: String, shape: Vec<usize>| {
-        let n: usize = shape.iter().product();
-        specs.push(ParamSpec { name, shape, offset: at });
-        at += n;
-    };
-    push(format!("{prefix}gate.weight"), vec![e, c]);
+    sb.push(format!("{prefix}gate.weight"), vec![e, c]);
     for (kind, shape) in [("gate_proj", [f, c]), ("up_proj", [f, c]), ("down_proj", [c, f])] {
         for i in 0..e {
-            push(format!("{prefix}experts.{i}.{kind}.weight"), shape.to_vec());
+            sb.push(format!("{prefix}experts.{i}.{kind}.weight"), shape.to_vec());
         }
     }
-    specs
 }
 
 /// Number of parameters of one MoE block.

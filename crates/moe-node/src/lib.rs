@@ -155,7 +155,7 @@ impl Task for StepTask {
     type Output = moe_core::Result<f64>;
     type JsValue = f64;
     fn compute(&mut self) -> Result<Self::Output> {
-        Ok(with_layer(&self.layer, |l| l.step(&self.opt)))
+        Ok(with_layer(&self.layer, |l| l.store.step(&self.opt)))
     }
     fn resolve(&mut self, env: Env, out: Self::Output) -> Result<f64> {
         out.map_err(|e| js_error(&env, e))
@@ -192,50 +192,50 @@ impl MoeLayer {
 
     #[napi(getter)]
     pub fn num_parameters(&self, env: Env) -> Result<f64> {
-        self.sync(&env, |l| Ok(l.params.len() as f64))
+        self.sync(&env, |l| Ok(l.store.params.len() as f64))
     }
 
     /// Every parameter, in the order of the flat buffer.
     #[napi]
     pub fn parameters(&self, env: Env) -> Result<Vec<ParameterInfo>> {
         self.sync(&env, |l| {
-            Ok(l.specs.iter().map(|s| ParameterInfo { name: s.name.clone(), shape: s.shape.iter().map(|&d| d as u32).collect() }).collect())
+            Ok(l.store.specs.iter().map(|s| ParameterInfo { name: s.name.clone(), shape: s.shape.iter().map(|&d| d as u32).collect() }).collect())
         })
     }
 
     /// A copy of parameter `name`, row-major.
     #[napi]
     pub fn get_parameter(&self, env: Env, name: String) -> Result<Float32Array> {
-        self.sync(&env, |l| l.param(&name).map(|p| Float32Array::new(p.to_vec())))
+        self.sync(&env, |l| l.store.param(&name).map(|p| Float32Array::new(p.to_vec())))
     }
 
     #[napi]
     pub fn set_parameter(&self, env: Env, name: String, data: Float32Array) -> Result<()> {
-        self.sync(&env, |l| l.set_param(&name, &data))
+        self.sync(&env, |l| l.store.set_param(&name, &data))
     }
 
     /// A copy of the accumulated gradient of parameter `name`.
     #[napi]
     pub fn get_grad(&self, env: Env, name: String) -> Result<Float32Array> {
-        self.sync(&env, |l| l.grad(&name).map(|g| Float32Array::new(g.to_vec())))
+        self.sync(&env, |l| l.store.grad(&name).map(|g| Float32Array::new(g.to_vec())))
     }
 
     /// All gradients as one flat array in parameter order (for all-reduce).
     #[napi]
     pub fn get_grads(&self, env: Env) -> Result<Float32Array> {
-        self.sync(&env, |l| Ok(Float32Array::new(l.grads.clone())))
+        self.sync(&env, |l| Ok(Float32Array::new(l.store.grads.clone())))
     }
 
     /// Replaces all gradients (e.g. with their all-reduced sum).
     #[napi]
     pub fn set_grads(&self, env: Env, data: Float32Array) -> Result<()> {
-        self.sync(&env, |l| l.set_grads(&data))
+        self.sync(&env, |l| l.store.set_grads(&data))
     }
 
     #[napi]
     pub fn zero_grad(&self, env: Env) -> Result<()> {
         self.sync(&env, |l| {
-            l.zero_grad();
+            l.store.zero_grad();
             Ok(())
         })
     }

@@ -1,8 +1,13 @@
 //! CPU kernels, one op family per file, each `<op>_forward` beside its `<op>_backward`.
 //! They are the reference every faster path (and, later, every WGSL kernel) is tested against.
 
+pub mod attention;
+pub mod crossentropy;
+pub mod embedding;
 pub mod experts;
 pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
 pub mod router;
 
 use std::sync::OnceLock;
@@ -23,4 +28,24 @@ pub fn pool() -> &'static rayon::ThreadPool {
             .build()
             .expect("cannot start the CPU thread pool")
     })
+}
+
+/// dst (C) += the sum over rows 0..n of the contributions `f(row, acc)` adds into `acc`. Blocks of
+/// rows run in parallel and their partial sums are added in block order, so the result does not
+/// depend on thread scheduling (training must resume bit-exactly).
+pub fn sum_row_blocks(dst: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    const BLOCK: usize = 64;
+    let c = dst.len();
+    let partial: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let mut acc = vec![0.0f32; c];
+            (blk * BLOCK..n.min((blk + 1) * BLOCK)).for_each(|row| f(row, &mut acc));
+            acc
+        })
+        .collect();
+    for p in partial {
+        dst.iter_mut().zip(&p).for_each(|(d, v)| *d += v);
+    }
 }

@@ -1,0 +1,166 @@
+//! Model configuration with the Hugging Face `Qwen3MoeConfig` field names, validated, and its
+//! `config.json` form (model_type "qwen3_moe") so transformers loads our checkpoints.
+
+use crate::error::{MoeError, Result};
+use crate::moe::MoeConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub moe_intermediate_size: usize,
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    /// Seed of the weight initialisation (ours; transformers ignores it).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+/// Hugging Face fields we accept and write but do not model: each with the only value we support
+/// (None = any value).
+const HF_FIXED: &[(&str, Option<&str>)] = &[
+    ("model_type", Some("\"qwen3_moe\"")),
+    ("architectures", None),
+    ("hidden_act", Some("\"silu\"")),
+    ("attention_bias", Some("false")),
+    ("decoder_sparse_step", Some("1")),
+    ("mlp_only_layers", Some("[]")),
+    ("intermediate_size", None),
+    ("attention_dropout", None),
+    ("torch_dtype", None),
+    ("dtype", None),
+    ("transformers_version", None),
+    ("use_cache", None),
+    ("use_sliding_window", Some("false")),
+    ("sliding_window", None),
+    ("max_window_layers", None),
+    ("rope_scaling", Some("null")),
+    ("router_aux_loss_coef", None),
+    ("output_router_logits", None),
+    ("bos_token_id", None),
+    ("eos_token_id", None),
+    ("pad_token_id", None),
+];
+
+impl ModelConfig {
+    /// Parses and validates a config object; unknown fields are refused unless they are Hugging Face
+    /// fields with a value this model implements (e.g. `"hidden_act": "silu"`).
+    pub fn from_json(v: Value) -> Result<Self> {
+        let bad = |m: String| MoeError::InvalidConfig(m);
+        let Value::Object(obj) = v else { return Err(bad("the config must be an object".into())) };
+        let mut known = Map::new();
+        for (k, val) in obj {
+            if let Some((_, want)) = HF_FIXED.iter().find(|(name, _)| *name == k) {
+                if let Some(want) = want {
+                    if val.to_string() != *want {
+                        return Err(bad(format!("{k} = {val} is not supported (only {want})")));
+                    }
+                }
+            } else {
+                known.insert(k, val);
+            }
+        }
+        let cfg: ModelConfig = serde_json::from_value(Value::Object(known)).map_err(|e| bad(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(MoeError::InvalidConfig(m));
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be >= 1"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim ({}) must be even for the rotary embedding", self.head_dim));
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return bad("vocab_size must fit in 32 bits".into());
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return bad("rms_norm_eps and rope_theta must be > 0".into());
+        }
+        self.moe().validate()
+    }
+
+    /// The MoE block of every decoder layer.
+    pub fn moe(&self) -> MoeConfig {
+        MoeConfig {
+            hidden_size: self.hidden_size,
+            moe_intermediate_size: self.moe_intermediate_size,
+            num_experts: self.num_experts,
+            num_experts_per_tok: self.num_experts_per_tok,
+            norm_topk_prob: self.norm_topk_prob,
+            initializer_range: self.initializer_range,
+            seed: self.seed,
+        }
+    }
+
+    /// The `config.json` that `Qwen3MoeForCausalLM.from_pretrained` reads.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let extra = json!({
+            "model_type": "qwen3_moe",
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "intermediate_size": self.moe_intermediate_size,
+            "use_sliding_window": false,
+            "rope_scaling": null,
+            "torch_dtype": "float32",
+            "use_cache": true,
+        });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+}

@@ -1,0 +1,171 @@
+//! Causal grouped-query attention: H query heads share KV key/value heads (query head h reads
+//! kv head h / (H / KV)); scores scaled by 1/sqrt(D), softmax over positions j <= i.
+//! Layouts: q, out (T, H, D); k, v (T, KV, D); probs (B, H, S, S) with zeros above the diagonal.
+
+use rayon::prelude::*;
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over sequences.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: usize, h: usize, kv: usize, d: usize) {
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = h / kv;
+    out.par_chunks_mut(s * h * d).zip(probs.par_chunks_mut(h * s * s)).enumerate().for_each(|(b, (out, probs))| {
+        let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
+        for hh in 0..h {
+            let g = hh / group;
+            for i in 0..s {
+                let row = &mut probs[(hh * s + i) * s..][..s];
+                let qi = &q[(i * h + hh) * d..][..d];
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..=i {
+                    row[j] = scale * dot(qi, &k[(j * kv + g) * d..][..d]);
+                    max = max.max(row[j]);
+                }
+                let mut sum = 0.0;
+                for p in &mut row[..=i] {
+                    *p = (*p - max).exp();
+                    sum += *p;
+                }
+                row[..=i].iter_mut().for_each(|p| *p /= sum);
+                row[i + 1..].fill(0.0);
+                let o = &mut out[(i * h + hh) * d..][..d];
+                o.fill(0.0);
+                for j in 0..=i {
+                    let vj = &v[(j * kv + g) * d..][..d];
+                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += row[j] * v);
+                }
+            }
+        }
+    });
+}
+
+/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs:
+///   dv_j += p_ij do_i;  dp_ij = do_i . v_j;  ds_ij = p_ij (dp_ij - sum_j p_ij dp_ij);
+///   dq_i += scale sum_j ds_ij k_j;  dk_j += scale ds_ij q_i.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    probs: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+) {
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = h / kv;
+    dq.par_chunks_mut(s * h * d)
+        .zip(dk.par_chunks_mut(s * kv * d).zip(dv.par_chunks_mut(s * kv * d)))
+        .enumerate()
+        .for_each(|(b, (dq, (dk, dv)))| {
+            dq.fill(0.0);
+            dk.fill(0.0);
+            dv.fill(0.0);
+            let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
+            let (dout, probs) = (&dout[b * s * h * d..][..s * h * d], &probs[b * h * s * s..][..h * s * s]);
+            let mut ds = vec![0.0f32; s];
+            for hh in 0..h {
+                let g = hh / group;
+                for i in 0..s {
+                    let row = &probs[(hh * s + i) * s..][..s];
+                    let doi = &dout[(i * h + hh) * d..][..d];
+                    let mut sum = 0.0;
+                    for j in 0..=i {
+                        let dp = dot(doi, &v[(j * kv + g) * d..][..d]);
+                        ds[j] = dp;
+                        sum += row[j] * dp;
+                        dv[(j * kv + g) * d..][..d].iter_mut().zip(doi).for_each(|(a, o)| *a += row[j] * o);
+                    }
+                    let qi = &q[(i * h + hh) * d..][..d];
+                    for j in 0..=i {
+                        let dsj = scale * row[j] * (ds[j] - sum);
+                        let kj = &k[(j * kv + g) * d..][..d];
+                        dq[(i * h + hh) * d..][..d].iter_mut().zip(kj).for_each(|(a, k)| *a += dsj * k);
+                        dk[(j * kv + g) * d..][..d].iter_mut().zip(qi).for_each(|(a, q)| *a += dsj * q);
+                    }
+                }
+            }
+        });
+}
+
+/// One new query per head against a key/value cache of n positions (generation; inference only,
+/// no backward). out (H*D); q (H*D); kcache, vcache (n, KV*D).
+pub fn attention_decode(out: &mut [f32], q: &[f32], kcache: &[f32], vcache: &[f32], n: usize, h: usize, kv: usize, d: usize) {
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = h / kv;
+    let mut p = vec![0.0f32; n];
+    for hh in 0..h {
+        let g = hh / group;
+        let qh = &q[hh * d..][..d];
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n {
+            p[j] = scale * dot(qh, &kcache[(j * kv + g) * d..][..d]);
+            max = max.max(p[j]);
+        }
+        let mut sum = 0.0;
+        p.iter_mut().for_each(|x| {
+            *x = (*x - max).exp();
+            sum += *x;
+        });
+        let o = &mut out[hh * d..][..d];
+        o.fill(0.0);
+        for j in 0..n {
+            let w = p[j] / sum;
+            o.iter_mut().zip(&vcache[(j * kv + g) * d..][..d]).for_each(|(o, v)| *o += w * v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, dot as dot64, gradcheck, randn};
+
+    const B: usize = 2;
+    const S: usize = 4;
+    const H: usize = 4;
+    const KV: usize = 2;
+    const D: usize = 3;
+
+    fn fwd(q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (mut out, mut probs) = (vec![0.0; B * S * H * D], vec![0.0; B * H * S * S]);
+        attention_forward(&mut out, &mut probs, q, k, v, S, H, KV, D);
+        (out, probs)
+    }
+
+    #[test]
+    fn attention_gradcheck() {
+        let (q, k, v) = (randn(B * S * H * D, 1), randn(B * S * KV * D, 2), randn(B * S * KV * D, 3));
+        let dout = randn(B * S * H * D, 4);
+        let (_, probs) = fwd(&q, &k, &v);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        attention_backward(&mut dq, &mut dk, &mut dv, &dout, &probs, &q, &k, &v, S, H, KV, D);
+        gradcheck("attention.q", |x| dot64(&fwd(x, &k, &v).0, &dout), &q, &dq, 1e-2, 1e-3, 1e-2);
+        gradcheck("attention.k", |x| dot64(&fwd(&q, x, &v).0, &dout), &k, &dk, 1e-2, 1e-3, 1e-2);
+        gradcheck("attention.v", |x| dot64(&fwd(&q, &k, x).0, &dout), &v, &dv, 1e-2, 1e-3, 1e-2);
+    }
+
+    #[test]
+    fn attention_is_causal_and_decode_matches_the_last_row() {
+        let (q, k, mut v) = (randn(B * S * H * D, 1), randn(B * S * KV * D, 2), randn(B * S * KV * D, 3));
+        let (out, _) = fwd(&q, &k, &v);
+        // Changing the last position's value cannot change earlier outputs.
+        v[(S - 1) * KV * D] += 5.0;
+        let (out2, _) = fwd(&q, &k, &v);
+        assert_eq!(&out[..(S - 1) * H * D], &out2[..(S - 1) * H * D]);
+        // Decoding the last query of sequence 0 against its S cached keys gives the same row.
+        let mut dec = vec![0.0; H * D];
+        attention_decode(&mut dec, &q[(S - 1) * H * D..][..H * D], &k[..S * KV * D], &v[..S * KV * D], S, H, KV, D);
+        assert_close("decode", &dec, &out2[(S - 1) * H * D..][..H * D], 1e-6, 1e-5);
+    }
+}

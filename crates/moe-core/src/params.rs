@@ -1,0 +1,146 @@
+//! One flat buffer per role — params, grads, AdamW moments — addressed through a list of named
+//! views (`ParamSpec`) whose names are the Hugging Face Qwen3-MoE keys. Shared by the standalone
+//! MoE layer and the model: lookup by name, whole-buffer gradient I/O, and the optimiser step.
+
+use crate::adamw::{adamw_update, clip_scale, grad_norm, AdamWConfig, AdamWState};
+use crate::error::{check_finite, check_len, MoeError, Result};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+/// One named parameter: Hugging Face name, shape, offset into the flat buffer.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Appends specs at consecutive offsets.
+pub struct SpecBuilder {
+    pub specs: Vec<ParamSpec>,
+    pub at: usize,
+}
+
+impl SpecBuilder {
+    pub fn new() -> Self {
+        SpecBuilder { specs: Vec::new(), at: 0 }
+    }
+    pub fn push(&mut self, name: String, shape: Vec<usize>) {
+        let n: usize = shape.iter().product();
+        self.specs.push(ParamSpec { name, shape, offset: self.at });
+        self.at += n;
+    }
+}
+
+/// Splits `buf` into consecutive pieces of the given lengths.
+pub fn split_many<'a>(mut buf: &'a [f32], lens: &[usize]) -> Vec<&'a [f32]> {
+    lens.iter()
+        .map(|&n| {
+            let (a, b) = buf.split_at(n);
+            buf = b;
+            a
+        })
+        .collect()
+}
+
+/// Splits `buf` into consecutive mutable pieces of the given lengths.
+pub fn split_many_mut<'a>(mut buf: &'a mut [f32], lens: &[usize]) -> Vec<&'a mut [f32]> {
+    lens.iter()
+        .map(|&n| {
+            let (a, b) = std::mem::take(&mut buf).split_at_mut(n);
+            buf = b;
+            a
+        })
+        .collect()
+}
+
+pub struct ParamStore {
+    pub specs: Vec<ParamSpec>,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    pub opt: AdamWState,
+}
+
+impl ParamStore {
+    /// Matrices (2-D specs) drawn from N(0, std²) by ChaCha8 seeded with `seed`, in spec order;
+    /// vectors (norm weights) set to 1.
+    pub fn init(specs: Vec<ParamSpec>, std: f64, seed: u64) -> Result<Self> {
+        let n = specs.last().map_or(0, |s| s.offset + s.len());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, std as f32).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        let mut params = vec![0.0f32; n];
+        for s in &specs {
+            let p = &mut params[s.range()];
+            if s.shape.len() >= 2 {
+                p.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
+            } else {
+                p.fill(1.0);
+            }
+        }
+        Ok(ParamStore { specs, params, grads: vec![0.0; n], opt: AdamWState::new(n) })
+    }
+
+    pub fn spec(&self, name: &str) -> Result<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name).ok_or_else(|| MoeError::UnknownParameter(name.to_string()))
+    }
+
+    pub fn param(&self, name: &str) -> Result<&[f32]> {
+        Ok(&self.params[self.spec(name)?.range()])
+    }
+
+    pub fn grad(&self, name: &str) -> Result<&[f32]> {
+        Ok(&self.grads[self.spec(name)?.range()])
+    }
+
+    pub fn set_param(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let range = self.spec(name)?.range();
+        check_len(name, data.len(), range.len())?;
+        check_finite(name, data)?;
+        self.params[range].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Replaces the whole gradient buffer (e.g. by its all-reduced sum over ranks).
+    pub fn set_grads(&mut self, data: &[f32]) -> Result<()> {
+        check_len("grads", data.len(), self.grads.len())?;
+        check_finite("grads", data)?;
+        self.grads.copy_from_slice(data);
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    /// One AdamW step on the accumulated gradients (clipped first when `max_grad_norm` is set),
+    /// with decay on matrices only. Returns the gradient norm before clipping. A non-finite norm
+    /// fails with `NON_FINITE` and leaves parameters and moments untouched.
+    pub fn step(&mut self, opt: &AdamWConfig) -> Result<f64> {
+        opt.validate()?;
+        let norm = crate::cpu::pool().install(|| grad_norm(&self.grads));
+        if !norm.is_finite() {
+            return Err(MoeError::NonFinite(format!("gradient norm is {norm}")));
+        }
+        let scale = clip_scale(norm, opt.max_grad_norm);
+        self.opt.step += 1;
+        let t = self.opt.step;
+        let lr = opt.lr_at(t);
+        let (params, grads, st) = (&mut self.params, &self.grads, &mut self.opt);
+        crate::cpu::pool().install(|| {
+            for s in &self.specs {
+                let r = s.range();
+                adamw_update(&mut params[r.clone()], &mut st.m[r.clone()], &mut st.v[r.clone()], &grads[r], scale, opt, lr, t, s.shape.len() >= 2);
+            }
+        });
+        Ok(norm)
+    }
+}
