@@ -130,6 +130,12 @@ impl ModelConfig {
         self.moe().validate()
     }
 
+    /// Equal up to the initialisation settings (seed, initializer_range), which a checkpoint overrides.
+    pub fn same_architecture(&self, other: &ModelConfig) -> bool {
+        let norm = |c: &ModelConfig| ModelConfig { seed: 0, initializer_range: 0.0, ..c.clone() };
+        norm(self) == norm(other)
+    }
+
     /// The MoE block of every decoder layer.
     pub fn moe(&self) -> MoeConfig {
         MoeConfig {

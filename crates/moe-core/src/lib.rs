@@ -3,9 +3,11 @@
 //! per-sequence router pressure comes in (DESIGN §3).
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod generate;
 pub mod layer;
 pub mod model;
 pub mod moe;

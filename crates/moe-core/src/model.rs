@@ -321,6 +321,53 @@ impl Model {
         Ok(acts.logits)
     }
 
+    /// Saves `config.json` + `model.safetensors`, and with `trainer` (the trainer's JSON state) the
+    /// optimiser state too. See `checkpoint`.
+    pub fn save(&self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
+        crate::checkpoint::save(dir, &self.cfg, &self.store, trainer)
+    }
+
+    /// A model built from a checkpoint, with its optimiser state when the checkpoint has one.
+    /// Returns the trainer's saved state too.
+    pub fn from_checkpoint(dir: &std::path::Path) -> Result<(Model, Option<String>)> {
+        let loaded = crate::checkpoint::load(dir)?;
+        let mut m = Model::new(loaded.cfg.clone())?;
+        let trainer = m.apply(loaded);
+        Ok((m, trainer))
+    }
+
+    /// Loads a checkpoint of the same architecture into this model. Everything is read and checked
+    /// first: on any error the model is exactly as it was. Without a training state in the
+    /// checkpoint the optimiser starts afresh. Returns the trainer's saved state.
+    pub fn load_checkpoint(&mut self, dir: &std::path::Path) -> Result<Option<String>> {
+        let loaded = crate::checkpoint::load(dir)?;
+        if !loaded.cfg.same_architecture(&self.cfg) {
+            return Err(MoeError::ShapeMismatch(format!(
+                "{}: the checkpoint's architecture differs from this model's ({:?} vs {:?})",
+                dir.display(),
+                loaded.cfg,
+                self.cfg
+            )));
+        }
+        Ok(self.apply(loaded))
+    }
+
+    fn apply(&mut self, loaded: crate::checkpoint::Loaded) -> Option<String> {
+        self.store.params = loaded.params;
+        self.store.zero_grad();
+        self.stored = false;
+        match loaded.state {
+            Some(st) => {
+                (self.store.opt.m, self.store.opt.v, self.store.opt.step) = (st.m, st.v, st.step);
+                Some(st.trainer)
+            }
+            None => {
+                self.store.opt = crate::adamw::AdamWState::new(self.store.params.len());
+                None
+            }
+        }
+    }
+
     /// Backward of the last stored forward; accumulates gradients. pressure (L, B, E).
     pub fn backward(&mut self, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
         if !self.stored {

@@ -1,0 +1,162 @@
+//! Checkpoints in Hugging Face's layout: `config.json` + `model.safetensors` with the Qwen3-MoE
+//! tensor names (loadable by `Qwen3MoeForCausalLM.from_pretrained`). A training checkpoint adds
+//! `training_state.safetensors`: AdamW moments, the step, and the trainer's own state (data
+//! position, RNG, balancer) as an opaque JSON string. Every file is written to a temporary name and
+//! renamed; both safetensors files carry one checkpoint id, so a torn write is detected on load.
+
+use crate::config::ModelConfig;
+use crate::error::{MoeError, Result};
+use crate::model::model_param_store;
+use crate::params::ParamStore;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "training_state.safetensors";
+const ID_KEY: &str = "moe_trainer_checkpoint_id";
+
+/// Optimiser state and the trainer's opaque state, as saved with a training checkpoint.
+#[derive(Debug, Clone)]
+pub struct TrainingState {
+    pub step: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// JSON written by the TypeScript trainer; the core never reads it.
+    pub trainer: String,
+}
+
+/// A checkpoint read and fully validated, not yet applied to any model.
+pub struct Loaded {
+    pub cfg: ModelConfig,
+    pub params: Vec<f32>,
+    pub state: Option<TrainingState>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> MoeError {
+    MoeError::Io(format!("{}: {e}", path.display()))
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> MoeError {
+    MoeError::CheckpointCorrupt(format!("{}: {what}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, shape, data)| TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(data)).map(|v| (name, v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| MoeError::Internal(e.to_string()))?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| MoeError::Internal(e.to_string()))
+}
+
+/// Saves the model (and, with `state`, the training state) into `dir`, creating it if needed.
+pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, trainer: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let id = format!("{nanos:x}-{:x}-{}", std::process::id(), store.opt.step);
+    let meta = |extra: &[(&str, String)]| {
+        let mut m: HashMap<String, String> = [("format".to_string(), "pt".to_string()), (ID_KEY.to_string(), id.clone())].into();
+        m.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        m
+    };
+    let state_path = dir.join(STATE_FILE);
+    match trainer {
+        Some(trainer) => {
+            let n = store.params.len();
+            let bytes = serialize(
+                vec![("optimizer.exp_avg".into(), vec![n], &store.opt.m), ("optimizer.exp_avg_sq".into(), vec![n], &store.opt.v)],
+                meta(&[("step", store.opt.step.to_string()), ("trainer_state", trainer.to_string())]),
+            )?;
+            write_atomic(&state_path, &bytes)?;
+        }
+        None if state_path.exists() => std::fs::remove_file(&state_path).map_err(|e| io(&state_path, e))?,
+        None => {}
+    }
+    let cfg_json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| MoeError::Internal(e.to_string()))?;
+    write_atomic(&dir.join(CONFIG_FILE), cfg_json.as_bytes())?;
+    let tensors = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
+    write_atomic(&dir.join(MODEL_FILE), &serialize(tensors, meta(&[]))?)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt(path, "missing"),
+        _ => io(path, e),
+    })
+}
+
+/// Reads tensor `name` as f32 with the expected shape.
+fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = st.tensor(name).map_err(|_| corrupt(path, format!("tensor {name} is missing")))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(corrupt(path, format!("tensor {name} is {:?}; only F32 is supported", t.dtype())));
+    }
+    if t.shape() != shape {
+        return Err(MoeError::ShapeMismatch(format!("{}: tensor {name} has shape {:?}, the model needs {shape:?}", path.display(), t.shape())));
+    }
+    let data: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(corrupt(path, format!("tensor {name}[{i}] is not finite")));
+    }
+    Ok(data)
+}
+
+fn metadata(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Reads and validates the checkpoint in `dir`. Nothing is applied anywhere.
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let cfg_json: serde_json::Value = serde_json::from_slice(&read(&cfg_path)?).map_err(|e| corrupt(&cfg_path, e))?;
+    let cfg = ModelConfig::from_json(cfg_json).map_err(|e| corrupt(&cfg_path, e))?;
+    let layout = model_param_store(&cfg)?;
+
+    let model_path = dir.join(MODEL_FILE);
+    let bytes = read(&model_path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&model_path, e))?;
+    let mut params = vec![0.0f32; layout.params.len()];
+    for s in &layout.specs {
+        params[s.range()].copy_from_slice(&tensor(&st, &model_path, &s.name, &s.shape)?);
+    }
+    // A tied head may also be stored; anything else unknown means this is not our model.
+    let tied_extra = |n: &str| cfg.tie_word_embeddings && n == "lm_head.weight";
+    if let Some(extra) = st.names().into_iter().find(|n| !tied_extra(n) && layout.specs.iter().all(|s| s.name != *n)) {
+        return Err(corrupt(&model_path, format!("unexpected tensor {extra}")));
+    }
+    let id = metadata(&bytes, &model_path)?.get(ID_KEY).cloned();
+
+    let state_path = dir.join(STATE_FILE);
+    let state = if state_path.exists() {
+        let bytes = read(&state_path)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&state_path, e))?;
+        let meta = metadata(&bytes, &state_path)?;
+        if meta.get(ID_KEY) != id.as_ref() || id.is_none() {
+            return Err(corrupt(&state_path, "belongs to another save than model.safetensors (interrupted write?)"));
+        }
+        let n = params.len();
+        let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| corrupt(&state_path, "no step"))?;
+        let trainer = meta.get("trainer_state").cloned().ok_or_else(|| corrupt(&state_path, "no trainer_state"))?;
+        Some(TrainingState {
+            step,
+            m: tensor(&st, &state_path, "optimizer.exp_avg", &[n])?,
+            v: tensor(&st, &state_path, "optimizer.exp_avg_sq", &[n])?,
+            trainer,
+        })
+    } else {
+        None
+    };
+    Ok(Loaded { cfg, params, state })
+}
