@@ -46,15 +46,66 @@ export declare class MoeLayer {
    */
   backward(dOut: Float32Array, pressure: Float32Array, zScale: number): Promise<Float32Array>
   /**
-   * One AdamW step: { lr, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0, maxGradNorm? }.
-   * Resolves to the gradient norm before clipping.
+   * One AdamW step: { lr, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0, maxGradNorm?,
+   * schedule? }. Resolves to the gradient norm before clipping.
    */
   step(options: AdamWOptions): Promise<number>
   /** Frees the layer's memory now; any later call fails with INVALID_STATE. */
   dispose(): void
 }
 
-/** Type-only mirror of `moe_core::AdamWConfig`. */
+/**
+ * A Qwen3-MoE causal language model on the CPU. Parameters use the Hugging Face names
+ * (`model.layers.{l}.mlp.experts.{e}.up_proj.weight`, ...); checkpoints load in transformers.
+ */
+export declare class MoeModel {
+  /** A freshly initialised model (seeded by `config.seed`). */
+  constructor(config: ModelConfig)
+  /** A model read from a checkpoint folder (config.json + model.safetensors [+ training state]). */
+  static fromCheckpoint(dir: string): Promise<MoeModel>
+  /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
+  get trainerState(): string | null
+  /** The validated configuration, defaults filled in. */
+  get config(): Required<ModelConfig>
+  /** Optimiser steps taken (restored by checkpoints). */
+  get optimizerStep(): number
+  get numParameters(): number
+  parameters(): Array<ParameterInfo>
+  getParameter(name: string): Float32Array
+  setParameter(name: string, data: Float32Array): void
+  getGrad(name: string): Float32Array
+  /** All gradients as one flat array in parameter order (read, all-reduce, write back). */
+  getGrads(): Float32Array
+  setGrads(data: Float32Array): void
+  zeroGrad(): void
+  /**
+   * Forward on tokens (B, S) with B = numSequences: the loss and the per-layer, per-sequence
+   * routing statistics. `store: false` keeps no activations (evaluation, statistics pre-pass).
+   */
+  forward(tokens: Uint32Array, numSequences: number, options?: ModelForwardOptions | undefined | null): Promise<ModelForwardResult>
+  /** Logits (B*S, vocab_size) of every position; stores nothing. */
+  logits(tokens: Uint32Array, numSequences: number): Promise<Float32Array>
+  /** Backward of the last stored forward with router pressure (L, B, E); accumulates gradients. */
+  backward(pressure: Float32Array, scales: BackwardScales): Promise<void>
+  /** One AdamW step (see AdamWOptions); resolves to the gradient norm before clipping. */
+  step(options: AdamWOptions): Promise<number>
+  /**
+   * Writes config.json + model.safetensors into `dir`; with `trainerState` (JSON) also the
+   * optimiser state: a training checkpoint. Every file is replaced atomically.
+   */
+  save(dir: string, trainerState?: string | undefined | null): Promise<void>
+  /**
+   * Loads a checkpoint of the same architecture into this model (optimiser included when the
+   * checkpoint has it); resolves to the saved trainer state. On error nothing changes.
+   */
+  loadCheckpoint(dir: string): Promise<string | null>
+  /** Continues `prompt` by up to `maxNewTokens` tokens with a key/value cache. */
+  generate(prompt: Uint32Array, maxNewTokens: number, options?: GenerateOptions): Promise<Uint32Array>
+  /** Frees the model's memory now; any later call fails with INVALID_STATE. */
+  dispose(): void
+}
+
+/** Type-only mirror of `moe_core::AdamWConfig` (the step takes it as JSON for the core to validate). */
 export interface AdamWOptions {
   lr: number
   beta1?: number
@@ -62,6 +113,15 @@ export interface AdamWOptions {
   eps?: number
   weightDecay?: number
   maxGradNorm?: number
+  /** warm-up then cosine decay of lr to minLr, by the optimiser's own step count */
+  schedule?: LrSchedule
+}
+
+export interface BackwardScales {
+  /** multiplies the summed cross-entropy: 1 / T_glob */
+  lmScale: number
+  /** beta / T_glob of the router z-loss (default 0) */
+  zScale?: number
 }
 
 export interface ForwardOptions {
@@ -77,8 +137,67 @@ export interface ForwardResult {
   stats: RoutingStats
 }
 
+/** Type-only mirror of `moe_core::generate::GenerateOptions`. */
+export interface GenerateOptions {
+  /** 0 = greedy; default 1 */
+  temperature?: number
+  topK?: number
+  seed?: number
+}
+
 /** Panics inside native code on purpose, to prove that a panic reaches JS as an `INTERNAL` error. */
 export declare function internalTestPanic(): void
+
+export interface LrSchedule {
+  warmupSteps: number
+  totalSteps: number
+  minLr?: number
+}
+
+/** Type-only mirror of `moe_core::ModelConfig`: Hugging Face Qwen3MoeConfig field names. */
+export interface ModelConfig {
+  vocab_size: number
+  hidden_size: number
+  num_hidden_layers: number
+  num_attention_heads: number
+  num_key_value_heads: number
+  head_dim: number
+  moe_intermediate_size: number
+  num_experts: number
+  num_experts_per_tok: number
+  norm_topk_prob?: boolean
+  rms_norm_eps?: number
+  rope_theta?: number
+  max_position_embeddings?: number
+  tie_word_embeddings?: boolean
+  initializer_range?: number
+  seed?: number
+}
+
+export interface ModelForwardOptions {
+  /** (B, S) 1 = token t is a prediction target (position t - 1's loss counts); absent = all */
+  mask?: Uint8Array
+  /** keep activations for `backward` (default true); false = statistics-only forward */
+  store?: boolean
+}
+
+/** Per layer and per sequence routing statistics of one forward, and its loss (DESIGN §3). */
+export interface ModelForwardResult {
+  /** summed cross-entropy (nats) over valid positions */
+  loss: number
+  /** (B) summed cross-entropy per sequence */
+  lossSums: Float32Array
+  /** (B) valid positions per sequence */
+  validTokens: Float32Array
+  /** (L, B, E) */
+  counts: Float32Array
+  /** (L, B, E) */
+  scoreSums: Float32Array
+  /** (L, B) */
+  topkScoreSums: Float32Array
+  /** (L, B) */
+  zSums: Float32Array
+}
 
 /**
  * Type-only mirror of `moe_core::MoeConfig` (the constructor takes it as JSON so that the core

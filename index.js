@@ -773,7 +773,8 @@ if (
   }
 }
 
-const { MoeLayer, internalTestPanic } = nativeBinding
+const { MoeLayer, MoeModel, internalTestPanic } = nativeBinding
 export { MoeLayer }
+export { MoeModel }
 export { internalTestPanic }
 export const __napiBindingTarget = __napiLoadedBindingTarget

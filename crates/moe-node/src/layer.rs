@@ -1,0 +1,172 @@
+//! `MoeLayer`: the standalone MoE block.
+
+use crate::{dispose, js_error, params, task, with, CoreTask, ParameterInfo, Shared};
+use moe_core::{MoeConfig, MoeError};
+use napi::bindgen_prelude::*;
+use napi::Env;
+use napi_derive::napi;
+use std::sync::{Arc, Mutex};
+
+type Core = moe_core::MoeLayer;
+
+/// Type-only mirror of `moe_core::MoeConfig` (the constructor takes it as JSON so that the core
+/// validates it and reports INVALID_CONFIG). Hugging Face Qwen3MoeConfig field names.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct MoeLayerConfig {
+    #[napi(js_name = "hidden_size")]
+    pub hidden_size: u32,
+    #[napi(js_name = "moe_intermediate_size")]
+    pub moe_intermediate_size: u32,
+    #[napi(js_name = "num_experts")]
+    pub num_experts: u32,
+    #[napi(js_name = "num_experts_per_tok")]
+    pub num_experts_per_tok: u32,
+    #[napi(js_name = "norm_topk_prob")]
+    pub norm_topk_prob: Option<bool>,
+    #[napi(js_name = "initializer_range")]
+    pub initializer_range: Option<f64>,
+    pub seed: Option<u32>,
+}
+
+#[napi(object)]
+pub struct RoutingStats {
+    /// (B, E) tokens of sequence b that chose expert i
+    pub counts: Float32Array,
+    /// (B, E) sum over the sequence's valid tokens of the softmax score of expert i
+    pub score_sums: Float32Array,
+    /// (B) sum over valid tokens of their top-k scores
+    pub topk_score_sums: Float32Array,
+    /// (B) sum over valid tokens of logsumexp(router logits)^2
+    pub z_sums: Float32Array,
+    /// (B) valid (mask 1) tokens
+    pub valid_tokens: Float32Array,
+}
+
+#[napi(object)]
+pub struct ForwardResult {
+    /// (T, hidden_size)
+    pub output: Float32Array,
+    pub stats: RoutingStats,
+}
+
+#[napi(object)]
+pub struct ForwardOptions {
+    /// (T) 1 = valid token; absent = all valid
+    pub mask: Option<Uint8Array>,
+    /// keep activations for `backward` (default true); false = statistics-only forward
+    pub store: Option<bool>,
+}
+
+fn forward_result(o: moe_core::ForwardOutput) -> ForwardResult {
+    let s = o.stats;
+    ForwardResult {
+        output: Float32Array::new(o.out),
+        stats: RoutingStats {
+            counts: Float32Array::new(s.counts),
+            score_sums: Float32Array::new(s.score_sums),
+            topk_score_sums: Float32Array::new(s.topk_score_sums),
+            z_sums: Float32Array::new(s.z_sums),
+            valid_tokens: Float32Array::new(s.valid_tokens),
+        },
+    }
+}
+
+/// A standalone MoE layer (router + dropless SwiGLU experts) on the CPU. Parameters and gradients
+/// are addressed by their Hugging Face names: `gate.weight` [E, d],
+/// `experts.{e}.gate_proj.weight` / `up_proj.weight` [F, d], `experts.{e}.down_proj.weight` [d, F].
+#[napi]
+pub struct MoeLayer {
+    inner: Shared<Core>,
+}
+
+#[napi]
+impl MoeLayer {
+    /// `config` uses the Qwen3MoeConfig names: hidden_size, moe_intermediate_size, num_experts,
+    /// num_experts_per_tok, norm_topk_prob (default false), initializer_range (0.02), seed (0).
+    #[napi(constructor, ts_args_type = "config: MoeLayerConfig")]
+    pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
+        let layer = crate::guard(|| MoeConfig::from_json(config).and_then(Core::new)).map_err(|e| js_error(&env, e))?;
+        Ok(MoeLayer { inner: Arc::new(Mutex::new(Some(layer))) })
+    }
+
+    /// The validated configuration, defaults filled in.
+    #[napi(getter, ts_return_type = "Required<MoeLayerConfig>")]
+    pub fn config(&self, env: Env) -> Result<serde_json::Value> {
+        with(&self.inner, |l| serde_json::to_value(&l.cfg).map_err(|e| MoeError::Internal(e.to_string()))).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi(getter)]
+    pub fn num_parameters(&self, env: Env) -> Result<f64> {
+        params::count(&self.inner).map_err(|e| js_error(&env, e))
+    }
+
+    /// Every parameter, in the order of the flat buffer.
+    #[napi]
+    pub fn parameters(&self, env: Env) -> Result<Vec<ParameterInfo>> {
+        params::list(&self.inner).map_err(|e| js_error(&env, e))
+    }
+
+    /// A copy of parameter `name`, row-major.
+    #[napi]
+    pub fn get_parameter(&self, env: Env, name: String) -> Result<Float32Array> {
+        params::get(&self.inner, &name).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi]
+    pub fn set_parameter(&self, env: Env, name: String, data: Float32Array) -> Result<()> {
+        params::set(&self.inner, &name, &data).map_err(|e| js_error(&env, e))
+    }
+
+    /// A copy of the accumulated gradient of parameter `name`.
+    #[napi]
+    pub fn get_grad(&self, env: Env, name: String) -> Result<Float32Array> {
+        params::grad(&self.inner, &name).map_err(|e| js_error(&env, e))
+    }
+
+    /// All gradients as one flat array in parameter order (for all-reduce).
+    #[napi]
+    pub fn get_grads(&self, env: Env) -> Result<Float32Array> {
+        params::grads(&self.inner).map_err(|e| js_error(&env, e))
+    }
+
+    /// Replaces all gradients (e.g. with their all-reduced sum).
+    #[napi]
+    pub fn set_grads(&self, env: Env, data: Float32Array) -> Result<()> {
+        params::set_grads(&self.inner, &data).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi]
+    pub fn zero_grad(&self, env: Env) -> Result<()> {
+        params::zero_grad(&self.inner).map_err(|e| js_error(&env, e))
+    }
+
+    /// Forward on `numSequences` equal-length sequences packed in x (T, hidden_size). Resolves to the
+    /// output and per-sequence routing statistics. With `store: false` it keeps no activations.
+    #[napi(ts_return_type = "Promise<ForwardResult>")]
+    pub fn forward(&self, x: Float32Array, num_sequences: u32, options: Option<ForwardOptions>) -> AsyncTask<CoreTask<Core, moe_core::ForwardOutput, ForwardResult>> {
+        let (mask, store) = options.map_or((None, true), |o| (o.mask.map(|m| m.to_vec()), o.store.unwrap_or(true)));
+        let x = x.to_vec();
+        task(&self.inner, forward_result, move |l| l.forward(&x, mask.as_deref(), num_sequences as usize, store))
+    }
+
+    /// Backward of the last stored forward: dOut (T, hidden_size), pressure (B, E), zScale = beta/T_glob.
+    /// Accumulates parameter gradients; resolves to dx (T, hidden_size).
+    #[napi(ts_return_type = "Promise<Float32Array>")]
+    pub fn backward(&self, d_out: Float32Array, pressure: Float32Array, z_scale: f64) -> AsyncTask<CoreTask<Core, Vec<f32>, Float32Array>> {
+        let (dout, pressure) = (d_out.to_vec(), pressure.to_vec());
+        task(&self.inner, Float32Array::new, move |l| l.backward(&dout, &pressure, z_scale as f32))
+    }
+
+    /// One AdamW step: { lr, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0, maxGradNorm?,
+    /// schedule? }. Resolves to the gradient norm before clipping.
+    #[napi(ts_args_type = "options: AdamWOptions", ts_return_type = "Promise<number>")]
+    pub fn step(&self, env: Env, options: serde_json::Value) -> Result<AsyncTask<CoreTask<Core, f64, f64>>> {
+        params::step(&env, &self.inner, options)
+    }
+
+    /// Frees the layer's memory now; any later call fails with INVALID_STATE.
+    #[napi]
+    pub fn dispose(&self) {
+        dispose(&self.inner)
+    }
+}
