@@ -1,0 +1,29 @@
+// Named model configurations. DEMO_MODEL is the small model of `npm run demo` and of the training
+// step benchmark: byte-level vocabulary, 4 layers of 8 experts (top-2), about 2 M parameters.
+
+import type { ModelConfig } from '../index.js';
+
+/** 256 byte values + BOS, EOS, PAD. */
+export const BYTE_VOCAB = 259;
+
+export const DEMO_MODEL: ModelConfig = {
+  vocab_size: BYTE_VOCAB,
+  hidden_size: 128,
+  num_hidden_layers: 4,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 32,
+  moe_intermediate_size: 128,
+  num_experts: 8,
+  num_experts_per_tok: 2,
+  norm_topk_prob: true,
+  rope_theta: 10000,
+  max_position_embeddings: 1024,
+  tie_word_embeddings: false,
+  initializer_range: 0.02,
+  seed: 0,
+};
+
+/** Sequence length and sequences per micro-batch the demo trains with. */
+export const DEMO_SEQ_LEN = 128;
+export const DEMO_MICRO_BATCH = 8;
