@@ -1,0 +1,72 @@
+// The data a training run leaves behind, shared by the trainer (writer), `moe compare` and
+// `moe report` (readers). A run folder holds `result.json` (RunResult) and `metrics.jsonl`
+// (one StepMetrics per line).
+
+/** Per-step training metrics (DESIGN §7), one JSON object per line of metrics.jsonl. */
+export interface StepMetrics {
+  step: number;
+  /** mean cross-entropy per valid token (nats) */
+  loss: number;
+  /** per term name ("global", "micro", "bsz=4", ...), per layer: LBL at the training scope(s) */
+  lbl: Record<string, number[]>;
+  /** per layer: LBL at micro scope and at global scope, whatever the training scope */
+  lblMicro: number[];
+  lblGlobal: number[];
+  zLoss: number;
+  /** per layer: max/mean - 1 of the expert counts over the global batch */
+  globalImbalance: number[];
+  /** per layer: mean over micro-batches of max/mean - 1 of their expert counts */
+  microImbalance: number[];
+  gradNorm: number;
+  lr: number;
+  tokensPerSec: number;
+  stepMs: number;
+}
+
+/** Held-out figures of one domain. */
+export interface DomainEval {
+  /** mean cross-entropy per predicted token (nats) */
+  loss: number;
+  /** bits per byte (equals loss / ln 2 / bytes-per-token; bytes-per-token = 1 for the byte tokenizer) */
+  bitsPerByte: number;
+  perplexity: number;
+  tokens: number;
+}
+
+/** Routing specialisation of one layer on the held-out data. */
+export interface LayerSpecialisation {
+  /** (D, E) selection frequency: tokens of domain d choosing expert i / tokens of d; rows sum to K */
+  frequency: number[][];
+  /** mean over domains of max_i frequency / (K / E) */
+  maxOverUniform: number;
+  /** mutual information between domain and chosen expert, bits */
+  mutualInformation: number;
+  /** (D) mean top-k score sum per token */
+  topkScore: number[];
+  /** (D, D) Jensen–Shannon divergence between the domains' expert distributions, bits */
+  jsDivergence: number[][];
+}
+
+export interface EvalResult {
+  step: number;
+  perDomain: Record<string, DomainEval>;
+  /** token-weighted over domains */
+  mean: DomainEval;
+  /** per layer */
+  layers: LayerSpecialisation[];
+}
+
+export interface RunResult {
+  /** e.g. "micro", "global" */
+  name: string;
+  /** the validated training config, as JSON */
+  config: unknown;
+  domains: string[];
+  numExperts: number;
+  topK: number;
+  /** evaluations during training, the last one final */
+  evals: EvalResult[];
+  /** wall-clock seconds of training */
+  seconds: number;
+  machine: string;
+}
