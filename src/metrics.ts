@@ -32,3 +32,14 @@ export function imbalance(perExpert: ArrayLike<number>): number {
   const mean = xs.reduce((a, v) => a + v, 0) / xs.length;
   return mean > 0 ? Math.max(...xs) / mean - 1 : 0;
 }
+
+/** Jensen–Shannon divergence (bits) between two distributions given as non-negative weights. */
+export function jsDivergence(a: number[], b: number[]): number {
+  const sa = a.reduce((x, v) => x + v, 0);
+  const sb = b.reduce((x, v) => x + v, 0);
+  const kl = (p: number[], q: number[]) => p.reduce((acc, pi, i) => (pi > 0 ? acc + pi * Math.log2(pi / q[i]) : acc), 0);
+  const p = a.map((v) => v / sa);
+  const q = b.map((v) => v / sb);
+  const m = p.map((v, i) => (v + q[i]) / 2);
+  return (kl(p, m) + kl(q, m)) / 2;
+}

@@ -68,5 +68,9 @@ export interface RunResult {
   evals: EvalResult[];
   /** wall-clock seconds of training */
   seconds: number;
+  /** optimiser steps completed */
+  stepsDone: number;
+  /** stopped early by SIGINT/SIGTERM (a checkpoint was saved) */
+  interrupted?: boolean;
   machine: string;
 }

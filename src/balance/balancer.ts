@@ -133,6 +133,11 @@ export class Balancer {
     this.zAcc = new Float64Array(L);
   }
 
+  /** T_glob of the current step: valid tokens of the global batch over all ranks. */
+  get globalTokens(): number {
+    return this.tGlob;
+  }
+
   /** True when a term needs the whole global batch's counts before the first backward. */
   get needsExactCounts(): boolean {
     return this.plans.some((p) => p.term.scope === 'global-exact');

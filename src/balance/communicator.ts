@@ -22,6 +22,7 @@ type Pending = { data: Float64Array | Float32Array; resolve: () => void; reject:
 export class LocalGroup {
   private rounds = new Map<number, (Pending | undefined)[]>();
   private calls: number[];
+  private aborted: Error | null = null;
 
   constructor(readonly size: number) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`group size must be a positive integer, got ${size}`);
@@ -34,7 +35,19 @@ export class LocalGroup {
     return { rank, size: this.size, allReduceSum: (data) => this.allReduceSum(rank, data) };
   }
 
+  /**
+   * Fails every pending and future collective with `err`: a rank that failed must not leave the
+   * others waiting forever for its contribution.
+   */
+  abort(err: Error): void {
+    if (this.aborted) return;
+    this.aborted = err;
+    for (const slots of this.rounds.values()) slots.forEach((s) => s?.reject(err));
+    this.rounds.clear();
+  }
+
   private allReduceSum(rank: number, data: Float64Array | Float32Array): Promise<void> {
+    if (this.aborted) return Promise.reject(this.aborted);
     const round = this.calls[rank]++;
     const slots = this.rounds.get(round) ?? new Array<Pending | undefined>(this.size).fill(undefined);
     this.rounds.set(round, slots);
