@@ -1,0 +1,158 @@
+// The HTML report rendered from the synthetic fixture, checked as a person would see it: opened in
+// headless Chromium, every heatmap, chart and table row present and laid out, a screenshot saved to
+// reports/report-test.png; plus escaping and the errors for unreadable or unfinished runs.
+
+import test from 'ava';
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { chromium } from 'playwright-core';
+import { fixtureRuns } from '../src/report/fixture.js';
+import { escapeHtml } from '../src/report/html.js';
+import { renderReport } from '../src/report/render.js';
+import { writeReport } from '../src/report/write.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+// The machine has no network: these flags stop Chromium from trying to reach Google services.
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Write runs as run folders the way the trainer leaves them. */
+async function writeRunDirs(root: string, runs: ReturnType<typeof fixtureRuns>): Promise<string[]> {
+  return Promise.all(
+    runs.map(async ({ result, metrics }) => {
+      const dir = join(root, result.name);
+      await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, 'result.json'), JSON.stringify(result, null, 2));
+      await writeFile(join(dir, 'metrics.jsonl'), metrics.map((m) => JSON.stringify(m)).join('\n') + '\n');
+      return dir;
+    }),
+  );
+}
+
+test('the fixture report renders in headless Chromium: heatmaps, charts, table, screenshot', async (t) => {
+  try {
+    await access(CHROMIUM);
+  } catch {
+    t.fail(`${CHROMIUM} not found: the report test needs Chromium. Install it with: apt-get install -y chromium`);
+    return;
+  }
+  const runs = fixtureRuns();
+  const root = await mkdtemp(join(tmpdir(), 'moe-report-'));
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 60_000 });
+  try {
+    const out = join(root, 'report.html');
+    await writeReport(await writeRunDirs(root, runs), out, { title: 'Fixture: micro vs global' });
+
+    const page = await browser.newPage({ viewport: { width: 1240, height: 900 } });
+    const requests: string[] = [];
+    const errors: string[] = [];
+    page.on('request', (r) => void (r.url().startsWith('file:') || requests.push(r.url())));
+    page.on('console', (m) => void (m.type() === 'error' && errors.push(m.text())));
+    await page.goto(pathToFileURL(out).href, { waitUntil: 'load' });
+
+    const nonEmpty = async (testId: string): Promise<void> => {
+      const box = await page.getByTestId(testId).boundingBox();
+      t.truthy(box && box.width > 0 && box.height > 0, `${testId} has no visible box`);
+    };
+    for (const { result } of runs) {
+      const layers = result.evals.at(-1)!.layers.length;
+      t.is(layers, 4);
+      for (let l = 0; l < layers; l++) {
+        const id = `heatmap-${result.name}-layer-${l}`;
+        await nonEmpty(id);
+        t.is(await page.getByTestId(id).locator('rect.cell').count(), result.domains.length * result.numExperts, id);
+      }
+    }
+    await nonEmpty('heatmap-legend');
+    for (const id of ['chart-loss', 'chart-lbl']) {
+      await nonEmpty(id);
+      // Two curves per run: train + held-out, or global + micro LBL; each drawn, not empty.
+      const curves = page.getByTestId(id).locator('path.series');
+      t.is(await curves.count(), 2 * runs.length, id);
+      for (const d of await curves.evaluateAll((ps) => ps.map((p) => p.getAttribute('d') ?? ''))) t.regex(d, /^M[\d.]+ [\d.]+L/);
+    }
+    await nonEmpty('metrics-table');
+    const rows = page.getByTestId('metrics-table').locator('tbody tr');
+    t.is(await rows.count(), runs.length);
+    t.deepEqual(await rows.locator('th').allTextContents(), runs.map((r) => r.result.name));
+    t.deepEqual(requests, [], 'the page must be self-contained');
+    t.deepEqual(errors, []);
+
+    await mkdir('reports', { recursive: true });
+    await page.screenshot({ path: 'reports/report-test.png', fullPage: true });
+  } finally {
+    await browser.close();
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('escapeHtml covers the five HTML-special characters', (t) => {
+  t.is(escapeHtml(`<a href="x">Tom & Jerry's</a>`), '&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;');
+  t.is(escapeHtml('plain e0..e7 → ok'), 'plain e0..e7 → ok');
+});
+
+test('run names, domains and config are escaped in the page', (t) => {
+  const [run] = fixtureRuns();
+  const evil = '<script>alert("x")</script>';
+  const html = renderReport([
+    { ...run, result: { ...run.result, name: evil, domains: [...run.result.domains.slice(0, -1), '<u>x&y'], config: { note: evil } } },
+  ]);
+  t.false(html.includes('<script'));
+  t.false(html.includes('<u>'));
+  t.true(html.includes('&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;'));
+  t.true(html.includes('&lt;u&gt;x&amp;y'));
+});
+
+test('a run without a last eval gives a readable error naming the run', (t) => {
+  const [micro, global] = fixtureRuns();
+  const err = t.throws(() => renderReport([micro, { ...global, result: { ...global.result, evals: [] } }]), {
+    message: /run "global" has no evaluation/,
+  });
+  t.is((err as Error & { code: string }).code, 'RUN_INCOMPLETE');
+});
+
+test('a last eval whose frequency table has the wrong shape is refused', (t) => {
+  const [micro] = fixtureRuns();
+  const evals = structuredClone(micro.result.evals);
+  evals[2].layers[1].frequency.pop();
+  const err = t.throws(() => renderReport([{ ...micro, result: { ...micro.result, evals } }]), {
+    message: /layer 1: frequency is 4 x 8, expected .* 5 x 8/,
+  });
+  t.is((err as Error & { code: string }).code, 'RUN_INCOMPLETE');
+});
+
+test('writeReport: missing or invalid run files throw RUN_NOT_FOUND naming the path; output is atomic', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'moe-report-'));
+  try {
+    const out = join(root, 'sub', 'report.html');
+    const missing = join(root, 'nope');
+    const e1 = await t.throwsAsync(writeReport([missing], out), { message: new RegExp(`${missing}/result.json: cannot read`) });
+    t.is((e1 as Error & { code: string }).code, 'RUN_NOT_FOUND');
+
+    const [dir] = await writeRunDirs(root, fixtureRuns());
+    await writeFile(join(dir, 'metrics.jsonl'), '{"step":0}\n{"step":1,\n');
+    const e2 = await t.throwsAsync(writeReport([dir], out), { message: /metrics\.jsonl:2: invalid JSON/ });
+    t.is((e2 as Error & { code: string }).code, 'RUN_NOT_FOUND');
+    await writeFile(join(dir, 'result.json'), '{"name": "micro"}');
+    const e3 = await t.throwsAsync(writeReport([dir], out), { message: /result\.json: not a run result/ });
+    t.is((e3 as Error & { code: string }).code, 'RUN_NOT_FOUND');
+
+    const dirs = await writeRunDirs(join(root, 'ok'), fixtureRuns());
+    await writeReport(dirs, out);
+    const html = await readFile(out, 'utf8');
+    t.true(html.startsWith('<!DOCTYPE html>') && html.trimEnd().endsWith('</html>'));
+    t.is(html, renderReport(fixtureRuns()), 'same runs, same bytes');
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,124 @@
+// Hand-written SVG line charts for the report (loss and LBL curves): linear axes with "nice" ticks,
+// light grid lines, one path per series, and a legend under the plot that wraps onto more rows.
+
+import { escapeHtml, fixed } from './html.js';
+
+export interface Series {
+  name: string;
+  colour: string;
+  dashed?: boolean;
+  /** draw a dot at every point (sparse series such as held-out evals) */
+  markers?: boolean;
+  /** (x, y) pairs; non-finite y breaks the line instead of corrupting the path */
+  points: [number, number][];
+}
+
+export interface ChartSpec {
+  testId: string;
+  xLabel: string;
+  yLabel: string;
+  series: Series[];
+  width?: number;
+  height?: number;
+}
+
+/** Ticks at 1, 2 or 5 x 10^k covering [lo, hi] with about `count` intervals. */
+function niceTicks(lo: number, hi: number, count = 5): { ticks: number[]; decimals: number } {
+  if (!(hi > lo)) [lo, hi] = [lo - 0.5, lo + 0.5];
+  const raw = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
+  const first = Math.floor(lo / step + 1e-9);
+  const last = Math.ceil(hi / step - 1e-9);
+  const ticks = Array.from({ length: last - first + 1 }, (_, i) => (first + i) * step);
+  return { ticks, decimals: Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) };
+}
+
+const LEGEND_ROW = 18;
+
+/** One chart; the ticks enclose the data so the curves never touch the frame. */
+export function lineChartSvg(c: ChartSpec): string {
+  const W = c.width ?? 500;
+  const H = c.height ?? 300;
+  const m = { left: 58, right: 16, top: 12, bottom: 44 };
+  const finite = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  const xs = finite.map((p) => p[0]);
+  const ys = finite.map((p) => p[1]);
+  const xt = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 6);
+  const yt = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 5);
+  const [x0, x1] = [xt.ticks[0], xt.ticks[xt.ticks.length - 1]];
+  const [y0, y1] = [yt.ticks[0], yt.ticks[yt.ticks.length - 1]];
+
+  // Legend entries are laid out first: their row count sets the total height.
+  const entryW = (s: Series): number => 34 + s.name.length * 6.6 + 18;
+  let lx = m.left;
+  let row = 0;
+  const legend = c.series.map((s) => {
+    if (lx + entryW(s) > W - m.right && lx > m.left) [lx, row] = [m.left, row + 1];
+    const at = { x: lx, row };
+    lx += entryW(s);
+    return { s, ...at };
+  });
+  const legendTop = H;
+  const totalH = H + (row + 1) * LEGEND_ROW + 4;
+
+  const px = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * (W - m.left - m.right);
+  const py = (y: number): number => H - m.bottom - ((y - y0) / (y1 - y0)) * (H - m.top - m.bottom);
+  const r = (v: number): string => v.toFixed(1);
+  const parts: string[] = [];
+
+  for (const t of yt.ticks) {
+    parts.push(`<line class="grid" x1="${m.left}" x2="${W - m.right}" y1="${r(py(t))}" y2="${r(py(t))}"/>`);
+    parts.push(`<text class="axis" x="${m.left - 6}" y="${r(py(t) + 4)}" text-anchor="end">${fixed(t, yt.decimals)}</text>`);
+  }
+  for (const t of xt.ticks) {
+    parts.push(`<line class="tick" x1="${r(px(t))}" x2="${r(px(t))}" y1="${H - m.bottom}" y2="${H - m.bottom + 5}"/>`);
+    parts.push(`<text class="axis" x="${r(px(t))}" y="${H - m.bottom + 18}" text-anchor="middle">${fixed(t, xt.decimals)}</text>`);
+  }
+  parts.push(`<rect class="frame" x="${m.left}" y="${m.top}" width="${W - m.left - m.right}" height="${H - m.top - m.bottom}"/>`);
+  parts.push(`<text class="label" x="${(m.left + W - m.right) / 2}" y="${H - 6}" text-anchor="middle">${escapeHtml(c.xLabel)}</text>`);
+  parts.push(
+    `<text class="label" transform="translate(14 ${(m.top + H - m.bottom) / 2}) rotate(-90)" text-anchor="middle">` +
+      `${escapeHtml(c.yLabel)}</text>`,
+  );
+
+  for (const s of c.series) {
+    let d = '';
+    let pen = 'M';
+    for (const [x, y] of s.points) {
+      if (!Number.isFinite(y)) {
+        pen = 'M';
+        continue;
+      }
+      d += `${pen}${r(px(x))} ${r(py(y))}`;
+      pen = 'L';
+    }
+    const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
+    const name = escapeHtml(s.name);
+    parts.push(
+      `<path class="series" data-series="${name}" d="${d}" fill="none" stroke="${s.colour}" stroke-width="2"${dash}>` +
+        `<title>${name}</title></path>`,
+    );
+    if (s.markers) {
+      for (const [x, y] of s.points.filter((p) => Number.isFinite(p[1]))) {
+        parts.push(
+          `<circle class="marker" cx="${r(px(x))}" cy="${r(py(y))}" r="3.5" fill="#fff" stroke="${s.colour}" stroke-width="2">` +
+            `<title>${name}: (${x}, ${fixed(y, 4)})</title></circle>`,
+        );
+      }
+    }
+  }
+
+  for (const { s, x, row: k } of legend) {
+    const y = legendTop + k * LEGEND_ROW + 6;
+    const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
+    parts.push(`<line x1="${x}" x2="${x + 26}" y1="${y}" y2="${y}" stroke="${s.colour}" stroke-width="2"${dash}/>`);
+    if (s.markers) parts.push(`<circle cx="${x + 13}" cy="${y}" r="3.5" fill="#fff" stroke="${s.colour}" stroke-width="2"/>`);
+    parts.push(`<text class="legend-text" x="${x + 32}" y="${y + 4}">${escapeHtml(s.name)}</text>`);
+  }
+
+  return (
+    `<svg class="chart" data-testid="${escapeHtml(c.testId)}" width="${W}" height="${totalH}" viewBox="0 0 ${W} ${totalH}" ` +
+    `role="img" xmlns="http://www.w3.org/2000/svg">${parts.join('')}</svg>`
+  );
+}
