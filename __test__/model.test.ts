@@ -103,6 +103,15 @@ test('generate continues a prompt, greedy or seeded', async (t) => {
   t.throws(() => m.generate(Uint32Array.of(1), 2, { temprature: 1 } as never), { code: 'INVALID_CONFIG' });
 });
 
+test('a non-finite forward names the layer and leaves no activations to backpropagate', async (t) => {
+  const m = new MoeModel(CFG);
+  const name = 'model.layers.1.mlp.experts.0.down_proj.weight';
+  m.setParameter(name, new Float32Array(m.getParameter(name).length).fill(3e38));
+  const err = await t.throwsAsync(m.forward(TOKENS, B), { code: 'NON_FINITE' });
+  t.regex(err!.message, /layer 1/);
+  await t.throwsAsync(m.backward(new Float32Array(L * B * E), { lmScale: 1 }), { code: 'INVALID_STATE' });
+});
+
 test('bad configs and inputs fail with stable codes', async (t) => {
   t.throws(() => new MoeModel({ ...CFG, num_key_value_heads: 3 }), { code: 'INVALID_CONFIG', message: /multiple of num_key_value_heads/ });
   t.throws(() => new MoeModel({ ...CFG, head_dim: 5 }), { code: 'INVALID_CONFIG' });

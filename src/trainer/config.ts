@@ -1,0 +1,89 @@
+// The training configuration: defaults grouped by section (nanoGPT style), validated by zod so a
+// bad value fails with one readable line naming the field.
+
+import { z } from 'zod';
+import { balanceConfigSchema, MoeTrainerError } from '../balance/config.js';
+import { DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
+
+const int = (min: number) => z.number().int().min(min);
+
+export const trainConfigSchema = z
+  .object({
+    /** Model overrides on top of DEMO_MODEL (Hugging Face Qwen3MoeConfig names; vocab_size follows the tokenizer). */
+    model: z.record(z.string(), z.unknown()).default({}),
+    data: z
+      .object({
+        /** folder with <domain>.jsonl and MANIFEST.json */
+        corpus: z.string().default('data'),
+        /** sampling weight per domain; absent = every domain of the corpus with weight 1 */
+        weights: z.record(z.string(), z.number().nonnegative()).optional(),
+        seqLen: int(2).default(DEMO_SEQ_LEN),
+        /** the paper's control: sequences of any domain in one micro-batch */
+        mixedMicroBatches: z.boolean().default(false),
+        tokenizer: z.discriminatedUnion('kind', [z.object({ kind: z.literal('byte') }).strict(), z.object({ kind: z.literal('bpe'), vocabSize: int(260) }).strict()]).default({ kind: 'byte' }),
+      })
+      .strict()
+      .prefault({}),
+    batch: z
+      .object({
+        /** R: virtual data-parallel ranks (model replicas in this process) */
+        ranks: int(1).default(2),
+        /** A: gradient-accumulation micro-steps per optimiser step */
+        accumSteps: int(1).default(2),
+        /** b: sequences per micro-batch */
+        microBatch: int(1).default(DEMO_MICRO_BATCH / 2),
+      })
+      .strict()
+      .prefault({}),
+    balance: balanceConfigSchema.prefault({ terms: [{ scope: 'global', coef: 0.02 }], zLoss: 1e-3 }),
+    optim: z
+      .object({
+        lr: z.number().positive().default(3e-3),
+        minLr: z.number().nonnegative().default(3e-4),
+        warmupSteps: int(0).default(30),
+        weightDecay: z.number().nonnegative().default(0.1),
+        beta1: z.number().min(0).lt(1).default(0.9),
+        beta2: z.number().min(0).lt(1).default(0.95),
+        maxGradNorm: z.number().positive().default(1.0),
+      })
+      .strict()
+      .prefault({}),
+    train: z
+      .object({
+        steps: int(1).default(400),
+        seed: int(0).default(0),
+        evalEvery: int(1).default(100),
+        /** predicted tokens per domain per evaluation */
+        evalTokens: int(1).default(16384),
+        /** steps between checkpoints (0 = only at the end and on SIGINT/SIGTERM) */
+        checkpointEvery: int(0).default(0),
+        /** what to do when the loss is not finite: stop with an error, or skip the step */
+        onNonFinite: z.enum(['stop', 'skip']).default('stop'),
+        /** show a progress bar on stderr */
+        progress: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type TrainConfig = z.output<typeof trainConfigSchema>;
+export type TrainConfigInput = z.input<typeof trainConfigSchema>;
+
+export function parseTrainConfig(input: unknown): TrainConfig {
+  const r = trainConfigSchema.safeParse(input ?? {});
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new MoeTrainerError('INVALID_CONFIG', `${issue.path.length ? issue.path.join('.') : 'config'}: ${issue.message}`);
+  }
+  const cfg = r.data;
+  if (cfg.optim.minLr > cfg.optim.lr) throw new MoeTrainerError('INVALID_CONFIG', 'optim.minLr must not exceed optim.lr');
+  // A run shorter than its warm-up warms up over the whole run.
+  cfg.optim.warmupSteps = Math.min(cfg.optim.warmupSteps, cfg.train.steps);
+  return cfg;
+}
+
+/** The model config of a training config, for a tokenizer of `vocabSize` tokens. */
+export function modelConfigOf(cfg: TrainConfig, vocabSize: number): Record<string, unknown> {
+  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, DEMO_MODEL.max_position_embeddings ?? 0) };
+}

@@ -1,0 +1,229 @@
+// The training loop, shaped like nanoGPT's train.py: set-up, then one visible loop of
+// get batch -> forward per micro-batch -> routing statistics -> balance engine -> backward ->
+// gradient all-reduce -> clipping + AdamW, with periodic evaluation, a JSONL metrics log,
+// checkpoints (every N steps, at the end, on SIGINT/SIGTERM) and exact resume.
+// R data-parallel ranks are virtual: R model replicas in this process, synchronised through a
+// LocalGroup communicator exactly as real ranks would be.
+
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import cliProgress from 'cli-progress';
+import { MoeModel, type ModelForwardResult } from '../../index.js';
+import { Balancer, LocalGroup, MoeTrainerError, type Communicator } from '../balance/index.js';
+import { readCorpus } from '../corpus/format.js';
+import { splitOf } from '../corpus/split.js';
+import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
+import { imbalance } from '../metrics.js';
+import type { EvalResult, RunResult, StepMetrics } from '../results.js';
+import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../tokenizer/index.js';
+import { modelConfigOf, parseTrainConfig, type TrainConfig } from './config.js';
+import { evaluate } from './evaluate.js';
+
+export interface RunOptions {
+  /** the run folder: metrics.jsonl, result.json, checkpoint/ */
+  outDir: string;
+  name?: string;
+  /** continue from outDir/checkpoint (the config then comes from the checkpoint) */
+  resume?: boolean;
+  /** stop after the current step and checkpoint (wired to SIGINT/SIGTERM by the CLI) */
+  signal?: AbortSignal;
+  /** receives every step's metrics */
+  onStep?: (m: StepMetrics) => void;
+  /** one-line progress messages when no progress bar is shown */
+  log?: (line: string) => void;
+}
+
+/** What the trainer saves with a checkpoint, besides the model and optimiser. */
+interface TrainerState {
+  step: number;
+  config: TrainConfig;
+  evals: EvalResult[];
+  seconds: number;
+}
+
+const CHECKPOINT = 'checkpoint';
+
+function writeAtomic(path: string, text: string): void {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+function machine(): string {
+  const cpus = os.cpus();
+  return `${cpus[0]?.model ?? 'cpu'} x${cpus.length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`;
+}
+
+/** The tokenizer of a run: bytes, or a BPE trained on the training documents of the run's domains. */
+function makeTokenizer(cfg: TrainConfig, corpus: Map<string, { id: string; text: string }[]>, trainDocs: (d: string, id: string) => boolean): Tokenizer {
+  if (cfg.data.tokenizer.kind === 'byte') return new ByteTokenizer();
+  const texts = [...corpus].flatMap(([d, docs]) => docs.filter((doc) => trainDocs(d, doc.id)).map((doc) => doc.text));
+  return BpeTokenizer.train(texts, cfg.data.tokenizer.vocabSize);
+}
+
+/** One optimiser step on one rank: its A micro-batches, the balance engine, gradient all-reduce, AdamW. */
+async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig) {
+  const { microBatch: b } = cfg.batch;
+  const S = cfg.data.seqLen;
+  await bal.beginStep(micro.length * b * (S - 1)); // all-reduces the token count: T_glob
+  const tGlob = bal.globalTokens;
+  if (bal.needsExactCounts) {
+    // global-exact: a statistics-only forward over this rank's whole share, before any backward.
+    const pre: ModelForwardResult[] = [];
+    for (const mb of micro) pre.push(await model.forward(mb.tokens, b, { store: false }));
+    await bal.setExactCounts(pre);
+  }
+  let lossSum = 0;
+  const microImbalance: number[][] = [];
+  const { num_hidden_layers: L, num_experts: E } = model.config;
+  for (const mb of micro) {
+    const out = await model.forward(mb.tokens, b);
+    // Sync point for dp / global scopes: microStep all-reduces this micro-step's expert counts.
+    const { pressure, zScale } = await bal.microStep(out);
+    await model.backward(pressure, { lmScale: 1 / tGlob, zScale });
+    lossSum += out.loss;
+    microImbalance.push(Array.from({ length: L }, (_, l) => imbalance(Array.from({ length: E }, (_, e) => out.counts.subarray(l * b * E, (l + 1) * b * E).reduce((a, v, i) => (i % E === e ? a + v : a), 0)))));
+  }
+  const balance = await bal.endStep();
+  // Gradient all-reduce: a sum, because every loss term already carries 1/T_glob.
+  const grads = model.getGrads();
+  await comm.allReduceSum(grads);
+  model.setGrads(grads);
+  const loss = Float64Array.of(lossSum);
+  await comm.allReduceSum(loss);
+  const o = cfg.optim;
+  const gradNorm = await model.step({
+    lr: o.lr, beta1: o.beta1, beta2: o.beta2, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+    schedule: { warmupSteps: o.warmupSteps, totalSteps: cfg.train.steps, minLr: o.minLr },
+  });
+  model.zeroGrad();
+  return { loss: loss[0] / tGlob, balance, gradNorm, microImbalance };
+}
+
+/** The learning rate the native schedule applies at optimiser step t (1-based), for the log. */
+function lrAt(cfg: TrainConfig, t: number): number {
+  const { lr, minLr, warmupSteps } = cfg.optim;
+  if (t <= warmupSteps) return (lr * t) / Math.max(1, warmupSteps);
+  const progress = Math.min(1, (t - warmupSteps) / Math.max(1, cfg.train.steps - warmupSteps));
+  return minLr + (lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * progress));
+}
+
+export async function train(configInput: unknown, opts: RunOptions): Promise<RunResult> {
+  // ---- set-up ---------------------------------------------------------------------------------
+  const ckptDir = join(opts.outDir, CHECKPOINT);
+  let state: TrainerState | null = null;
+  let cfg: TrainConfig;
+  if (opts.resume) {
+    if (!existsSync(join(ckptDir, 'config.json'))) throw new MoeTrainerError('CHECKPOINT_CORRUPT', `nothing to resume: ${ckptDir} holds no checkpoint`);
+    const probe = await MoeModel.fromCheckpoint(ckptDir);
+    state = JSON.parse(probe.trainerState ?? 'null') as TrainerState | null;
+    probe.dispose();
+    if (!state) throw new MoeTrainerError('CHECKPOINT_CORRUPT', `${ckptDir} is a model-only checkpoint, without trainer state`);
+    cfg = parseTrainConfig(state.config);
+  } else {
+    cfg = parseTrainConfig(configInput);
+  }
+  const corpus = readCorpus(cfg.data.corpus);
+  const weights = cfg.data.weights ?? Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
+  const tokenizer = state
+    ? tokenizerFromJSON(JSON.parse(readFileSync(join(ckptDir, 'tokenizer.json'), 'utf8')))
+    : makeTokenizer(cfg, new Map([...corpus].filter(([d]) => (weights[d] ?? 0) > 0)), (d, id) => splitOf(d, id) === 'train');
+  const { ranks: R, accumSteps: A, microBatch: b } = cfg.batch;
+  const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: b, ranks: R, accumSteps: A, weights, mixedMicroBatches: cfg.data.mixedMicroBatches, seed: cfg.train.seed });
+  const modelCfg = { ...modelConfigOf(cfg, tokenizer.vocabSize), seed: cfg.train.seed };
+  const replicas = Array.from({ length: R }, () => new MoeModel(modelCfg as never));
+  if (state) for (const m of replicas) await m.loadCheckpoint(ckptDir);
+  const { num_hidden_layers: L, num_experts: E, num_experts_per_tok: K } = replicas[0].config;
+  const newGroup = () => {
+    const group = new LocalGroup(R);
+    const balancers = replicas.map((_, r) => new Balancer(cfg.balance, { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, group.comm(r)));
+    return { group, balancers };
+  };
+  let { group, balancers } = newGroup();
+  mkdirSync(opts.outDir, { recursive: true });
+  const metricsPath = join(opts.outDir, 'metrics.jsonl');
+  const startStep = state?.step ?? 0;
+  // On resume, drop log lines of steps after the checkpoint: they are about to be redone.
+  const kept = existsSync(metricsPath) ? readFileSync(metricsPath, 'utf8').split('\n').filter((l) => l && (JSON.parse(l) as StepMetrics).step < startStep) : [];
+  writeAtomic(metricsPath, kept.map((l) => l + '\n').join(''));
+  const evals: EvalResult[] = state?.evals ?? [];
+  let seconds = state?.seconds ?? 0;
+  const name = opts.name ?? cfg.balance.terms.map((t) => t.scope ?? `bsz=${t.balanceSequences}`).join('+');
+
+  const saveCheckpoint = async (step: number) => {
+    const st: TrainerState = { step, config: cfg, evals, seconds };
+    await replicas[0].save(ckptDir, JSON.stringify(st)); // rank 0 writes; replicas are identical
+    writeAtomic(join(ckptDir, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
+  };
+  const result = (stepsDone: number, interrupted: boolean): RunResult => ({
+    name, config: cfg, domains: data.domains, numExperts: E, topK: K, evals, seconds, stepsDone, interrupted, machine: machine(),
+  });
+
+  const bar = cfg.train.progress && process.stderr.isTTY
+    ? new cliProgress.SingleBar({ format: ' {bar} {value}/{total} | ETA {eta_formatted} | {tps} tok/s | loss {loss} | LBL global {lblg} micro {lblm}', hideCursor: true, etaBuffer: 20 }, cliProgress.Presets.shades_classic)
+    : null;
+  bar?.start(cfg.train.steps, startStep, { tps: '-', loss: '-', lblg: '-', lblm: '-' });
+
+  // ---- the loop -------------------------------------------------------------------------------
+  let step = startStep;
+  try {
+    for (; step < cfg.train.steps; step++) {
+      if (opts.signal?.aborted) {
+        await saveCheckpoint(step);
+        return result(step, true);
+      }
+      const t0 = performance.now();
+      let outs;
+      try {
+        outs = await Promise.all(
+          replicas.map((m, r) =>
+            rankStep(m, balancers[r], group.comm(r), data.batch(step, r), cfg).catch((e: Error) => {
+              group.abort(e); // the other ranks must not wait for this one's contribution
+              throw e;
+            }),
+          ),
+        );
+      } catch (e) {
+        const err = e as Error & { code?: string };
+        if (err.code !== 'NON_FINITE') throw err;
+        if (cfg.train.onNonFinite === 'stop') throw new MoeTrainerError('NON_FINITE', `step ${step}: ${err.message}; stopping (train.onNonFinite = "skip" skips such steps)`);
+        opts.log?.(`step ${step}: ${err.message}; step skipped`);
+        replicas.forEach((m) => m.zeroGrad());
+        ({ group, balancers } = newGroup());
+        continue;
+      }
+      const ms = performance.now() - t0;
+      seconds += ms / 1000;
+      const { loss, balance, gradNorm } = outs[0];
+      const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+      const metrics: StepMetrics = {
+        step,
+        loss,
+        lbl: balance.lbl,
+        lblMicro: balance.lblMicro,
+        lblGlobal: balance.lblGlobal,
+        zLoss: balance.zLoss,
+        globalImbalance: Array.from({ length: L }, (_, l) => imbalance(balance.globalCounts.subarray(l * E, (l + 1) * E))),
+        microImbalance: Array.from({ length: L }, (_, l) => mean(outs.flatMap((o) => o.microImbalance.map((mi) => mi[l])))),
+        gradNorm,
+        lr: lrAt(cfg, step + 1),
+        tokensPerSec: balance.tokens / (ms / 1000),
+        stepMs: ms,
+      };
+      appendFileSync(metricsPath, JSON.stringify(metrics) + '\n');
+      opts.onStep?.(metrics);
+      bar?.update(step + 1, { tps: metrics.tokensPerSec.toFixed(0), loss: loss.toFixed(3), lblg: mean(metrics.lblGlobal).toFixed(3), lblm: mean(metrics.lblMicro).toFixed(3) });
+      if (!bar && (step % 50 === 0 || step === cfg.train.steps - 1)) opts.log?.(`step ${step}: loss ${loss.toFixed(4)}, LBL global ${mean(metrics.lblGlobal).toFixed(3)} micro ${mean(metrics.lblMicro).toFixed(3)}, ${metrics.tokensPerSec.toFixed(0)} tok/s`);
+      const last = step === cfg.train.steps - 1;
+      if ((step + 1) % cfg.train.evalEvery === 0 || last) evals.push(await evaluate(replicas[0], data, 'validation', cfg.train.evalTokens, step + 1));
+      if (cfg.train.checkpointEvery > 0 && (step + 1) % cfg.train.checkpointEvery === 0 && !last) await saveCheckpoint(step + 1);
+    }
+    await saveCheckpoint(step);
+    const res = result(step, false);
+    writeAtomic(join(opts.outDir, 'result.json'), JSON.stringify(res, null, 1));
+    return res;
+  } finally {
+    bar?.stop();
+    replicas.forEach((m) => m.dispose());
+  }
+}
