@@ -51,7 +51,7 @@ test('the pipeline is deterministic, one domain per micro-batch, and draws from 
 
 const tiny = (out: string, steps: number) => ({
   model: { hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 16, moe_intermediate_size: 32, num_experts: 4, num_experts_per_tok: 2 },
-  data: { seqLen: 32 },
+  data: { seqLen: 32, tokenizer: { kind: 'byte' } },
   batch: { ranks: 2, accumSteps: 2, microBatch: 2 },
   balance: { terms: [{ scope: 'global', coef: 0.02 }], zLoss: 1e-3 },
   optim: { lr: 1e-2, minLr: 1e-3, warmupSteps: 2 },

@@ -107,7 +107,7 @@ configOptions(program.command('train').description('train one model'))
     const cfg = configFrom(o);
     if (o.scope !== undefined || o.coef !== undefined) {
       const base = parseTrainConfig(cfg).balance;
-      setPath(cfg, 'balance', JSON.stringify({ ...base, terms: [{ scope: o.scope ?? base.terms[0]?.scope ?? 'global', coef: Number(o.coef ?? base.terms[0]?.coef ?? 0.02) }] }));
+      setPath(cfg, 'balance', JSON.stringify({ ...base, terms: [{ scope: o.scope ?? base.terms[0]?.scope ?? 'global', coef: Number(o.coef ?? base.terms[0]?.coef ?? 0.05) }] }));
     }
     const r = await train(cfg, { outDir: o.out, resume: o.resume, signal: stopSignal(), log });
     if (r.interrupted) log(`interrupted at step ${r.stepsDone}; checkpoint saved. Resume with: moe train --resume --out ${o.out}`);

@@ -15,7 +15,7 @@ import { parseTrainConfig } from './trainer/config.js';
  */
 export function variant(base: Record<string, unknown>, name: string): Record<string, unknown> {
   const cfg = parseTrainConfig(base);
-  const coef = cfg.balance.terms[0]?.coef ?? 0.02;
+  const coef = cfg.balance.terms[0]?.coef ?? 0.05;
   const terms = (() => {
     if (['micro', 'dp', 'global', 'global-exact', 'sequence'].includes(name)) return [{ scope: name, coef }];
     if (name === 'global+micro') return [{ scope: 'global', coef }, { scope: 'micro', coef: coef / 100 }];

@@ -64,7 +64,7 @@ export function heatmapSvg(h: HeatmapSpec): string {
   const width = left + E * cw + 2;
   const height = top + h.domains.length * ch + 2;
   // Label every expert when the columns are wide enough, else every n-th, so labels never collide.
-  const every = Math.ceil(textWidth(`e${E - 1}`, 10) / (cw - 2));
+  const every = Math.ceil((textWidth(`e${E - 1}`, 10) + 6) / cw);
   const showValues = cw >= 34;
   const parts: string[] = [];
   for (let i = 0; i < E; i += every) {

@@ -20,7 +20,7 @@ export const trainConfigSchema = z
         seqLen: int(2).default(DEMO_SEQ_LEN),
         /** the paper's control: sequences of any domain in one micro-batch */
         mixedMicroBatches: z.boolean().default(false),
-        tokenizer: z.discriminatedUnion('kind', [z.object({ kind: z.literal('byte') }).strict(), z.object({ kind: z.literal('bpe'), vocabSize: int(260) }).strict()]).default({ kind: 'byte' }),
+        tokenizer: z.discriminatedUnion('kind', [z.object({ kind: z.literal('byte') }).strict(), z.object({ kind: z.literal('bpe'), vocabSize: int(260) }).strict()]).default({ kind: 'bpe', vocabSize: 1024 }),
       })
       .strict()
       .prefault({}),
@@ -35,7 +35,7 @@ export const trainConfigSchema = z
       })
       .strict()
       .prefault({}),
-    balance: balanceConfigSchema.prefault({ terms: [{ scope: 'global', coef: 0.02 }], zLoss: 1e-3 }),
+    balance: balanceConfigSchema.prefault({ terms: [{ scope: 'global', coef: 0.05 }], zLoss: 1e-3 }),
     optim: z
       .object({
         lr: z.number().positive().default(3e-3),
