@@ -1,4 +1,24 @@
-// moe-trainer: the library entry point.
-export { MoeLayer } from '../index.js';
-export type { AdamWOptions, ForwardOptions, ForwardResult, MoeLayerConfig, ParameterInfo, RoutingStats } from '../index.js';
+// moe-trainer: the library entry point for TypeScript training scripts. Everything the CLI does is
+// here as functions: models and layers (native), the balance engine, the trainer loop (a Promise,
+// a callback per step, or an async iterator), evaluation, metrics, data, tokenizers, reports.
+
+export { MoeLayer, MoeModel } from '../index.js';
+export type {
+  AdamWOptions, BackwardScales, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule, ModelConfig,
+  ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, RoutingStats,
+} from '../index.js';
 export * from './balance/index.js';
+export { compare, comparisonTable, variant } from './compare.js';
+export { readCorpus, type Doc } from './corpus/format.js';
+export { splitOf } from './corpus/split.js';
+export { DataPipeline, type MicroBatch, type PipelineConfig, type Split } from './data/pipeline.js';
+export { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from './metrics.js';
+export { BYTE_VOCAB, DEMO_MODEL } from './presets.js';
+export { renderReport } from './report/render.js';
+export { writeReport } from './report/write.js';
+export type { DomainEval, EvalResult, LayerSpecialisation, RunResult, StepMetrics } from './results.js';
+export { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from './tokenizer/index.js';
+export { parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
+export { evaluate } from './trainer/evaluate.js';
+export { trainSteps } from './trainer/steps.js';
+export { train, type RunOptions } from './trainer/train.js';

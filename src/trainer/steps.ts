@@ -1,0 +1,32 @@
+// `trainSteps`: the training loop as an async iterator of step metrics, for scripts that want to
+// react to every step (dashboards, early stopping) without callbacks. Breaking out of the loop
+// stops training after the current step and saves a checkpoint, like SIGINT does.
+
+import type { RunResult, StepMetrics } from '../results.js';
+import { train, type RunOptions } from './train.js';
+
+export async function* trainSteps(config: unknown, opts: Omit<RunOptions, 'onStep' | 'signal'>): AsyncGenerator<StepMetrics, RunResult> {
+  const queue: StepMetrics[] = [];
+  let wake: (() => void) | null = null;
+  const stop = new AbortController();
+  let finished = false;
+  const run = train(config, { ...opts, signal: stop.signal, onStep: (m) => (queue.push(m), wake?.()) }).finally(() => {
+    finished = true;
+    wake?.();
+  });
+  run.catch(() => {}); // surfaced by the `await run` below
+  try {
+    for (;;) {
+      while (queue.length) yield queue.shift()!;
+      if (finished) break;
+      await new Promise<void>((r) => (wake = r));
+      wake = null;
+    }
+    return await run;
+  } finally {
+    if (!finished) {
+      stop.abort(); // the consumer broke out: checkpoint and stop
+      await run.catch(() => {});
+    }
+  }
+}
