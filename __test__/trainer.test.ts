@@ -2,8 +2,8 @@
 // a tiny run whose loss falls, exact resume after an interruption, and CLI errors for bad input.
 
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readCorpus } from '../src/corpus/format.js';
@@ -125,4 +125,23 @@ test('the CLI answers bad input with one line and status 2', (t) => {
     t.is(r.status, 0, cmd);
     t.regex(r.stdout, /Usage: moe/);
   }
+});
+
+test('SIGTERM stops `moe train` after the current step and saves a checkpoint', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-sig-'));
+  const { out: _, ...cfg } = tiny(dir, 400);
+  const sets = Object.entries(cfg).flatMap(([k, v]) => ['--set', `${k}=${JSON.stringify(v)}`]);
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'train', '--out', dir, ...sets], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const metrics = join(dir, 'metrics.jsonl');
+  while (!(existsSync(metrics) && readFileSync(metrics, 'utf8').split('\n').length > 3)) await new Promise((r) => setTimeout(r, 100));
+  child.kill('SIGTERM');
+  const code = await new Promise((r) => child.on('exit', r));
+  t.is(code, 0, stderr);
+  const m = /interrupted at step (\d+); checkpoint saved/.exec(stderr);
+  t.truthy(m, stderr);
+  t.true(existsSync(join(dir, 'checkpoint', 'training_state.safetensors')));
+  t.is(losses(dir).length, Number(m![1]));
+  rmSync(dir, { recursive: true });
 });

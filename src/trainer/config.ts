@@ -85,5 +85,6 @@ export function parseTrainConfig(input: unknown): TrainConfig {
 
 /** The model config of a training config, for a tokenizer of `vocabSize` tokens. */
 export function modelConfigOf(cfg: TrainConfig, vocabSize: number): Record<string, unknown> {
-  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, DEMO_MODEL.max_position_embeddings ?? 0) };
+  const maxPos = Number(cfg.model.max_position_embeddings ?? DEMO_MODEL.max_position_embeddings);
+  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, maxPos) };
 }
