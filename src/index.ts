@@ -10,14 +10,14 @@ export type {
 export * from './balance/index.js';
 export { compare, comparisonTable, variant } from './compare.js';
 export { readCorpus, type Doc } from './corpus/format.js';
-export { splitOf } from './corpus/split.js';
-export { DataPipeline, type MicroBatch, type PipelineConfig, type Split } from './data/pipeline.js';
+export { splitOf, type Split } from './corpus/split.js';
+export { DataPipeline, type MicroBatch, type PipelineConfig } from './data/pipeline.js';
 export { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from './metrics.js';
 export { BYTE_VOCAB, DEMO_MODEL } from './presets.js';
-export { renderReport } from './report/render.js';
+export { renderReport, type RunData } from './report/render.js';
 export { writeReport } from './report/write.js';
 export type { DomainEval, EvalResult, LayerSpecialisation, RunResult, StepMetrics } from './results.js';
-export { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from './tokenizer/index.js';
+export { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer, type TokenizerJSON } from './tokenizer/index.js';
 export { parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
 export { evaluate } from './trainer/evaluate.js';
 export { trainSteps } from './trainer/steps.js';

@@ -6,7 +6,7 @@ import { z } from 'zod';
 export const SCOPES = ['sequence', 'micro', 'dp', 'global', 'global-exact'] as const;
 export type Scope = (typeof SCOPES)[number];
 
-const term = z
+export const balanceTermSchema = z
   .object({
     /** Which sequences estimate the expert frequencies f (DESIGN §2). */
     scope: z.enum(SCOPES).optional(),
@@ -22,13 +22,13 @@ const term = z
 
 export const balanceConfigSchema = z
   .object({
-    terms: z.array(term),
+    terms: z.array(balanceTermSchema),
     /** beta of the router z-loss  beta * (1/T_glob) * sum_t logsumexp(z_t)^2. */
     zLoss: z.number().nonnegative().default(0),
   })
   .strict();
 
-export type BalanceTerm = z.infer<typeof term>;
+export type BalanceTerm = z.infer<typeof balanceTermSchema>;
 export type BalanceConfig = z.output<typeof balanceConfigSchema>;
 export type BalanceConfigInput = z.input<typeof balanceConfigSchema>;
 

@@ -5,11 +5,9 @@
 // rank): the pipeline is deterministic and its whole state for resuming is the step number.
 
 import { MoeTrainerError } from '../balance/config.js';
-import { splitOf } from '../corpus/split.js';
+import { splitOf, type Split } from '../corpus/split.js';
 import { rng } from '../rng.js';
 import type { Tokenizer } from '../tokenizer/index.js';
-
-export type Split = 'train' | 'validation' | 'test';
 
 export interface PipelineConfig {
   /** S: tokens per sequence */

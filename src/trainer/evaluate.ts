@@ -4,7 +4,8 @@
 // Statistics-only forwards: nothing is stored and no balance buffer is touched.
 
 import type { MoeModel } from '../../index.js';
-import type { DataPipeline, Split } from '../data/pipeline.js';
+import type { Split } from '../corpus/split.js';
+import type { DataPipeline } from '../data/pipeline.js';
 import { jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from '../metrics.js';
 import type { DomainEval, EvalResult, LayerSpecialisation } from '../results.js';
 
