@@ -1,7 +1,8 @@
-//! CPU benchmark of the MoE layer forward + backward at the foundation shape
-//! (T=4096, d=512, F=256, E=16, K=4), printed next to the large-matrix GEMM rate of the `gemm`
-//! crate measured in the same run on the same thread pool: the practical peak of this machine.
-//! Run: `npm run bench` (= cargo bench -p moe-core --bench moe_layer). MOE_NUM_THREADS sets threads.
+//! CPU benchmark of the MoE layer forward + backward, next to the large-matrix GEMM rate of the
+//! `gemm` crate measured in the same run on the same thread pool (the practical peak of the
+//! machine). Shapes: the foundation shape (T=4096, d=512, F=256, E=16, K=4), a fine-grained one
+//! (E=64, K=8, F=128), step time against T, and against E at fixed K (dropless compute follows K).
+//! Prints a readable line and a JSON line per measurement. MOE_NUM_THREADS sets the threads.
 
 use moe_core::cpu::matmul::matmul_forward;
 use moe_core::{MoeConfig, MoeLayer};
@@ -21,49 +22,51 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     ts[reps / 2]
 }
 
-fn main() {
-    let pool = moe_core::cpu::pool();
-    println!("moe-core CPU benchmark, {} threads", pool.current_num_threads());
-
-    // Large GEMM: out (n, n) = a (n, n) · b (n, n)^T.
-    let n = 2048;
-    let a: Vec<f32> = (0..n * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
-    let b: Vec<f32> = (0..n * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
-    let mut out = vec![0.0f32; n * n];
-    let gemm_s = pool.install(|| time(5, || matmul_forward(&mut out, &a, &b, n, n, n)));
-    let gemm_gflops = 2.0 * (n as f64).powi(3) / gemm_s / 1e9;
-    println!("gemm {n}x{n}x{n}: {:.1} ms, {gemm_gflops:.1} GFLOP/s", gemm_s * 1e3);
-
-    let (t, d, f, e, k) = (4096usize, 512usize, 256usize, 16usize, 4usize);
-    let cfg = MoeConfig {
-        hidden_size: d,
-        moe_intermediate_size: f,
-        num_experts: e,
-        num_experts_per_tok: k,
-        norm_topk_prob: true,
-        initializer_range: 0.02,
-        seed: 1,
-    };
+/// Forward + backward of one layer; returns (forward s, backward s, useful GFLOP per fwd+bwd).
+fn layer(t: usize, d: usize, f: usize, e: usize, k: usize) -> (f64, f64, f64) {
+    let cfg = MoeConfig { hidden_size: d, moe_intermediate_size: f, num_experts: e, num_experts_per_tok: k, norm_topk_prob: true, initializer_range: 0.02, seed: 1 };
     let mut layer = MoeLayer::new(cfg).unwrap();
     let x: Vec<f32> = (0..t * d).map(|i| (((i * 2_654_435_761usize) % 2001) as f32 - 1000.0) * 1e-3).collect();
     let dout: Vec<f32> = x.iter().map(|v| v * 0.5).collect();
     let seqs = 4;
     let pressure = vec![1e-4f32; seqs * e];
-    let fwd_s = time(5, || {
+    let fwd = time(5, || {
         layer.forward(&x, None, seqs, true).unwrap();
     });
-    let bwd_s = time(5, || {
+    let bwd = time(5, || {
         layer.backward(&dout, &pressure, 1e-6).unwrap();
     });
-    let counts = layer.forward(&x, None, seqs, false).unwrap().stats.counts;
-    let per_expert: Vec<f32> = (0..e).map(|i| (0..seqs).map(|s| counts[s * e + i]).sum()).collect();
-    let max_load = per_expert.iter().cloned().fold(0.0, f32::max) / (t * k / e) as f32;
     // Forward: router 2TdE + three expert GEMMs 3 * 2TKdF; backward twice that.
-    let fwd_flops = 2.0 * (t * d * e) as f64 + 6.0 * (t * k * d * f) as f64;
-    let total_s = fwd_s + bwd_s;
-    let gflops = 3.0 * fwd_flops / total_s / 1e9;
-    println!("MoE layer T={t} d={d} F={f} E={e} K={k} (max expert load {max_load:.2}x mean):");
-    println!("  forward  {:.1} ms, {:.1} GFLOP/s", fwd_s * 1e3, fwd_flops / fwd_s / 1e9);
-    println!("  backward {:.1} ms, {:.1} GFLOP/s", bwd_s * 1e3, 2.0 * fwd_flops / bwd_s / 1e9);
-    println!("  forward+backward {:.1} ms, {gflops:.1} GFLOP/s = {:.0}% of the large-GEMM rate", total_s * 1e3, 100.0 * gflops / gemm_gflops);
+    let flops = 3.0 * (2.0 * (t * d * e) as f64 + 6.0 * (t * k * d * f) as f64);
+    (fwd, bwd, flops / 1e9)
+}
+
+fn main() {
+    let pool = moe_core::cpu::pool();
+    let threads = pool.current_num_threads();
+    println!("moe-core CPU benchmark, {threads} threads");
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
+    let mut out = vec![0.0f32; n * n];
+    let gemm_s = pool.install(|| time(5, || matmul_forward(&mut out, &a, &b, n, n, n)));
+    let peak = 2.0 * (n as f64).powi(3) / gemm_s / 1e9;
+    println!("gemm {n}x{n}x{n}: {:.1} ms, {peak:.1} GFLOP/s", gemm_s * 1e3);
+    println!(r#"{{"kind":"gemm","n":{n},"seconds":{gemm_s},"gflops":{peak},"threads":{threads}}}"#);
+
+    let mut shapes: Vec<(&str, [usize; 5])> = vec![("main", [4096, 512, 256, 16, 4]), ("fine", [4096, 512, 128, 64, 8])];
+    shapes.extend([1024, 2048, 8192].map(|t| ("tokens", [t, 512, 256, 16, 4])));
+    shapes.extend([8, 32, 64].map(|e| ("experts", [4096, 512, 256, e, 4])));
+    for (group, [t, d, f, e, k]) in shapes {
+        let (fwd, bwd, gflop) = layer(t, d, f, e, k);
+        let rate = gflop / (fwd + bwd);
+        println!(
+            "MoE layer T={t} d={d} F={f} E={e} K={k}: forward {:.1} ms + backward {:.1} ms = {:.1} ms, {rate:.1} GFLOP/s = {:.0}% of the GEMM rate",
+            fwd * 1e3,
+            bwd * 1e3,
+            (fwd + bwd) * 1e3,
+            100.0 * rate / peak
+        );
+        println!(r#"{{"kind":"layer","group":"{group}","T":{t},"d":{d},"F":{f},"E":{e},"K":{k},"forward":{fwd},"backward":{bwd},"gflop":{gflop}}}"#);
+    }
 }

@@ -1,0 +1,124 @@
+// `npm run bench`: moe-trainer against the peers a user would otherwise pick, in one run, with the
+// same thread count for everyone (BENCH_THREADS, default 2): the MoE layer (ours in Rust vs
+// transformers' eager Qwen3MoeSparseMoeBlock and a plain PyTorch grouped layer), the GEMM peak, the
+// demo model's training step (ours through the Node binding vs Qwen3MoeForCausalLM + AdamW), the
+// cost of global over micro balance, and scaling with T and E. Peers come from .venv
+// (scripts/install-peers.sh); without them the table says "peer unavailable".
+// `npm run bench -- --write` also rewrites BENCHMARKS.md.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { MoeModel } from '../index.js';
+import { Balancer, LocalGroup } from '../src/balance/index.js';
+import { DEMO_MODEL } from '../src/presets.js';
+import { rng } from '../src/rng.js';
+
+const THREADS = Number(process.env.BENCH_THREADS ?? 2);
+const BATCH = 8;
+const SEQ = 128;
+const env = { ...process.env, MOE_NUM_THREADS: String(THREADS), THREADS: String(THREADS), OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS) };
+type Row = Record<string, number | string>;
+const jsonLines = (text: string): Row[] => text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+
+// ---- ours: the Rust layer benchmark ------------------------------------------------------------
+console.error('running the Rust layer benchmark ...');
+const rust = jsonLines(execFileSync('cargo', ['bench', '-q', '-p', 'moe-core', '--bench', 'moe_layer'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+const peak = rust.find((r) => r.kind === 'gemm')!.gflops as number;
+
+// ---- ours: training step of the demo model through the binding --------------------------------
+/** Median step time (s) with R virtual ranks x A micro-steps of BATCH/(R*A)... sequences each. */
+async function trainStep(scope: 'micro' | 'global', R: number, A: number): Promise<number> {
+  const b = BATCH / (R * A);
+  const L = DEMO_MODEL.num_hidden_layers;
+  const E = DEMO_MODEL.num_experts;
+  const models = Array.from({ length: R }, () => new MoeModel(DEMO_MODEL));
+  const r = rng(0);
+  const tokens = Array.from({ length: R * A }, () => Uint32Array.from({ length: b * SEQ }, () => Math.floor(r() * 256)));
+  const times: number[] = [];
+  for (let step = 0; step < 10; step++) {
+    const group = new LocalGroup(R);
+    const t0 = performance.now();
+    await Promise.all(
+      models.map(async (m, rank) => {
+        const bal = new Balancer({ terms: [{ scope, coef: 0.05 }], zLoss: 1e-3 }, { layers: L, experts: E, topK: DEMO_MODEL.num_experts_per_tok, seqsPerMicro: b, accumSteps: A }, group.comm(rank));
+        await bal.beginStep(A * b * (SEQ - 1));
+        for (let a = 0; a < A; a++) {
+          const out = await m.forward(tokens[a * R + rank], b);
+          const { pressure, zScale } = await bal.microStep(out);
+          await m.backward(pressure, { lmScale: 1 / bal.globalTokens, zScale });
+        }
+        await bal.endStep();
+        const g = m.getGrads();
+        await group.comm(rank).allReduceSum(g);
+        m.setGrads(g);
+        await m.step({ lr: 1e-3, weightDecay: 0.1, maxGradNorm: 1 });
+        m.zeroGrad();
+      }),
+    );
+    if (step >= 2) times.push((performance.now() - t0) / 1000);
+  }
+  models.forEach((m) => m.dispose());
+  return times.sort((a, b) => a - b)[times.length >> 1];
+}
+console.error('running the training-step benchmark ...');
+const ours1 = await trainStep('global', 1, 1);
+const oursMicro = await trainStep('micro', 2, 2);
+const oursGlobal = await trainStep('global', 2, 2);
+
+// ---- peers --------------------------------------------------------------------------------------
+const py = '.venv/bin/python';
+let peers: Row[] = [];
+let peerNote = 'peer unavailable (run scripts/install-peers.sh)';
+if (existsSync(py)) {
+  console.error('running the PyTorch peers ...');
+  const r = spawnSync(py, ['benches/peers.py'], { env: { ...env, DEMO_MODEL: JSON.stringify(DEMO_MODEL), BATCH: String(BATCH), SEQ: String(SEQ) }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status === 0) {
+    peers = jsonLines(r.stdout);
+    const info = peers.find((p) => p.kind === 'peer-info')!;
+    peerNote = `torch ${info.torch}, transformers ${info.transformers}, ${info.threads} threads`;
+  } else peerNote = `peer unavailable (benches/peers.py exited with ${r.status})`;
+}
+
+// ---- the table ----------------------------------------------------------------------------------
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+const lines: string[] = [];
+const row = (cells: string[]) => lines.push(`| ${cells.join(' | ')} |`);
+row(['measurement', 'ours', 'peer', 'peer time', 'speed-up (peer / ours)', 'our GFLOP/s', '% of GEMM peak']);
+row(['---', '---:', '---', '---:', '---:', '---:', '---:']);
+const torchGemm = peers.find((p) => p.kind === 'gemm');
+row([`GEMM 2048³ (practical peak)`, `${fmt(peak)} GFLOP/s`, 'torch matmul', torchGemm ? `${fmt(torchGemm.gflops as number)} GFLOP/s` : peerNote, '-', fmt(peak), '100']);
+for (const group of ['main', 'fine']) {
+  const o = rust.find((r) => r.kind === 'layer' && r.group === group)!;
+  const ours = (o.forward as number) + (o.backward as number);
+  const rate = (o.gflop as number) / ours;
+  const label = `MoE layer fwd+bwd T=${o.T} d=${o.d} F=${o.F} E=${o.E} K=${o.K}`;
+  for (const impl of ['hf-eager', 'torch-grouped']) {
+    const p = peers.find((x) => x.kind === 'layer' && x.group === group && x.impl === impl);
+    const pt = p ? (p.forward as number) + (p.backward as number) : NaN;
+    row([label, `${fmt(ours * 1e3)} ms`, impl === 'hf-eager' ? 'Qwen3MoeSparseMoeBlock (eager)' : 'PyTorch grouped (sorted, per-expert matmul)', p ? `${fmt(pt * 1e3)} ms` : peerNote, p ? `${fmt(pt / ours, 2)}x` : '-', fmt(rate), fmt((100 * rate) / peak, 0)]);
+  }
+}
+const hfStep = peers.find((p) => p.kind === 'train-step');
+const tokensStep = BATCH * SEQ;
+row([`training step, demo model, ${BATCH}x${SEQ} tokens (R=1, A=1)`, `${fmt(ours1 * 1e3)} ms = ${fmt(tokensStep / ours1, 0)} tok/s`, 'Qwen3MoeForCausalLM (eager) + torch AdamW', hfStep ? `${fmt((hfStep.seconds as number) * 1e3)} ms = ${fmt(tokensStep / (hfStep.seconds as number), 0)} tok/s` : peerNote, hfStep ? `${fmt((hfStep.seconds as number) / ours1, 2)}x` : '-', '-', '-']);
+row([`global vs micro balance, R=2 virtual ranks x A=2, same tokens`, `${fmt(oursGlobal * 1e3)} ms vs ${fmt(oursMicro * 1e3)} ms`, '-', '-', `overhead ${fmt((100 * (oursGlobal - oursMicro)) / oursMicro, 1)}%`, '-', '-']);
+for (const group of ['tokens', 'experts']) {
+  const rs = rust.filter((r) => r.kind === 'layer' && (r.group === group || r.group === 'main')).sort((a, b) => (group === 'tokens' ? (a.T as number) - (b.T as number) : (a.E as number) - (b.E as number)));
+  row([
+    group === 'tokens' ? 'layer fwd+bwd vs tokens T (E=16, K=4)' : 'layer fwd+bwd vs experts E at K=4 (T=4096)',
+    rs.map((r) => `${group === 'tokens' ? `T=${r.T}` : `E=${r.E}`}: ${fmt(((r.forward as number) + (r.backward as number)) * 1e3)} ms`).join(', '),
+    '-', '-', '-', rs.map((r) => fmt((r.gflop as number) / ((r.forward as number) + (r.backward as number)), 0)).join(', '), '-',
+  ]);
+}
+const machine = `${os.cpus()[0]?.model} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${THREADS} threads for everyone; peers: ${peerNote}`;
+const table = lines.join('\n');
+console.log(`\n${machine}\n\n${table}`);
+if (process.argv.includes('--write')) {
+  writeFileSync(
+    'BENCHMARKS.md',
+    `# Benchmarks\n\nMeasured by \`npm run bench -- --write\` (which rewrites this file) on ${new Date().toISOString().slice(0, 10)}.\nMachine: ${machine}.\n` +
+      `Peers are installed into \`.venv\` by \`bash scripts/install-peers.sh\`. Times are medians after a warm-up;\nGFLOP/s count only the useful FLOPs of the router and the K chosen experts (forward + backward = 3x forward).\n\n${table}\n`,
+  );
+  console.error('wrote BENCHMARKS.md');
+}
