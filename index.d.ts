@@ -74,6 +74,9 @@ export declare class MoeModel {
   getParameter(name: string): Float32Array
   setParameter(name: string, data: Float32Array): void
   getGrad(name: string): Float32Array
+  /** All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy). */
+  getParams(): Float32Array
+  setParams(data: Float32Array): void
   /** All gradients as one flat array in parameter order (read, all-reduce, write back). */
   getGrads(): Float32Array
   setGrads(data: Float32Array): void

@@ -66,6 +66,24 @@ const ours1 = await trainStep('global', 1, 1);
 const oursMicro = await trainStep('micro', 2, 2);
 const oursGlobal = await trainStep('global', 2, 2);
 
+// ---- ours: communication per step over MPI (2 local processes) ---------------------------------
+let mpiComm: Row | undefined;
+let mpiStepMs = NaN;
+const mpiEnv = { ...env, OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', OMPI_MCA_rmaps_base_oversubscribe: '1', MOE_NUM_THREADS: String(Math.max(1, THREADS / 2)) };
+if (spawnSync('mpirun', ['--version']).status === 0 && existsSync('mpi/moe-trainer-mpi.linux-x64-gnu.node')) {
+  console.error('running the MPI communication benchmark ...');
+  const r = spawnSync('mpirun', ['-np', '2', process.execPath, '--import', 'tsx', 'benches/mpi-comm.ts'], { env: mpiEnv, encoding: 'utf8' });
+  mpiComm = jsonLines(r.stdout).find((x) => x.kind === 'mpi-comm');
+  const dir = `${os.tmpdir()}/moe-bench-mpi-${process.pid}`;
+  const t = spawnSync('mpirun', ['-np', '2', process.execPath, 'dist/cli.js', 'train', '--comm', 'mpi', '--no-progress', '--out', dir, '--steps', '12', '--set', 'data.tokenizer={"kind":"byte"}', '--set', 'train.evalTokens=128'], { env: mpiEnv, encoding: 'utf8' });
+  if (t.status === 0) {
+    const { readFileSync, rmSync } = await import('node:fs');
+    const ms = readFileSync(`${dir}/metrics.jsonl`, 'utf8').trim().split('\n').slice(2).map((l) => JSON.parse(l).stepMs as number).sort((a, b) => a - b);
+    mpiStepMs = ms[ms.length >> 1];
+    rmSync(dir, { recursive: true });
+  }
+}
+
 // ---- peers --------------------------------------------------------------------------------------
 const py = '.venv/bin/python';
 let peers: Row[] = [];
@@ -103,6 +121,11 @@ const hfStep = peers.find((p) => p.kind === 'train-step');
 const tokensStep = BATCH * SEQ;
 row([`training step, demo model, ${BATCH}x${SEQ} tokens (R=1, A=1)`, `${fmt(ours1 * 1e3)} ms = ${fmt(tokensStep / ours1, 0)} tok/s`, 'Qwen3MoeForCausalLM (eager) + torch AdamW', hfStep ? `${fmt((hfStep.seconds as number) * 1e3)} ms = ${fmt(tokensStep / (hfStep.seconds as number), 0)} tok/s` : peerNote, hfStep ? `${fmt((hfStep.seconds as number) / ours1, 2)}x` : '-', '-', '-']);
 row([`global vs micro balance, R=2 virtual ranks x A=2, same tokens`, `${fmt(oursGlobal * 1e3)} ms vs ${fmt(oursMicro * 1e3)} ms`, '-', '-', `overhead ${fmt((100 * (oursGlobal - oursMicro)) / oursMicro, 1)}%`, '-', '-']);
+row([
+  'MPI: communication per training step, 2 local processes (demo model, A=2, global)',
+  mpiComm ? `${fmt(mpiComm.ms as number)} ms of a ${fmt(mpiStepMs)} ms step (${fmt((100 * (mpiComm.ms as number)) / mpiStepMs, 1)}%)` : 'MPI unavailable (Open MPI + npm run build:mpi)',
+  '-', '-', '-', '-', '-',
+]);
 for (const group of ['tokens', 'experts']) {
   const rs = rust.filter((r) => r.kind === 'layer' && (r.group === group || r.group === 'main')).sort((a, b) => (group === 'tokens' ? (a.T as number) - (b.T as number) : (a.E as number) - (b.E as number)));
   row([

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { MoeModel } from '../index.js';
 import { MoeTrainerError } from './balance/config.js';
+import { MpiCommunicator } from './balance/mpi.js';
 import { comparisonTable, compare } from './compare.js';
 import { buildCorpus } from './corpus/build.js';
 import { readCorpus } from './corpus/format.js';
@@ -103,14 +104,24 @@ configOptions(program.command('train').description('train one model'))
   .option('--coef <alpha>', 'coefficient of that term (LBL = 1 at perfect balance)')
   .option('-o, --out <dir>', 'run folder (metrics.jsonl, result.json, checkpoint/)', 'runs/train')
   .option('--resume', 'continue the run in --out from its checkpoint')
-  .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean }) => {
+  .addOption(new Option('--comm <kind>', 'data-parallel ranks: virtual ranks in this process, or one process per rank under mpirun').choices(['local', 'mpi']).default('local'))
+  .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean; comm: 'local' | 'mpi' }) => {
     const cfg = configFrom(o);
     if (o.scope !== undefined || o.coef !== undefined) {
       const base = parseTrainConfig(cfg).balance;
       setPath(cfg, 'balance', JSON.stringify({ ...base, terms: [{ scope: o.scope ?? base.terms[0]?.scope ?? 'global', coef: Number(o.coef ?? base.terms[0]?.coef ?? 0.05) }] }));
     }
-    const r = await train(cfg, { outDir: o.out, resume: o.resume, signal: stopSignal(), log });
-    if (r.interrupted) log(`interrupted at step ${r.stepsDone}; checkpoint saved. Resume with: moe train --resume --out ${o.out}`);
+    const comm = o.comm === 'mpi' ? await MpiCommunicator.create() : undefined;
+    let r;
+    try {
+      r = await train(cfg, { outDir: o.out, resume: o.resume, signal: stopSignal(), log: comm && comm.rank > 0 ? undefined : log, comm });
+    } catch (e) {
+      comm?.abort(e as Error); // the other processes must not wait for this one
+      throw e;
+    }
+    comm?.finalize();
+    if (comm && comm.rank > 0) return;
+    if (r.interrupted) log(`interrupted at step ${r.stepsDone}; checkpoint saved. Resume with: moe train --resume --out ${o.out}${comm ? ' --comm mpi' : ''}`);
     else console.log(comparisonTable([r]));
   });
 

@@ -8,6 +8,10 @@ export interface Communicator {
   readonly size: number;
   /** Replaces `data` on every rank by the elementwise sum over ranks (summed in rank order). */
   allReduceSum(data: Float64Array | Float32Array): Promise<void>;
+  /** Replaces `data` on every rank by rank `root`'s copy (separate processes need it at start). */
+  broadcast?(data: Float32Array, root: number): Promise<void>;
+  /** A rank failed: stop the whole group rather than let the others wait for it. */
+  abort?(err: Error): void;
 }
 
 /** A group of size 1: every collective is the identity. */
@@ -32,7 +36,7 @@ export class LocalGroup {
   /** The communicator of virtual rank `rank`. */
   comm(rank: number): Communicator {
     if (!Number.isInteger(rank) || rank < 0 || rank >= this.size) throw new RangeError(`rank ${rank} is not in 0..${this.size - 1}`);
-    return { rank, size: this.size, allReduceSum: (data) => this.allReduceSum(rank, data) };
+    return { rank, size: this.size, allReduceSum: (data) => this.allReduceSum(rank, data), abort: (err) => this.abort(err) };
   }
 
   /**

@@ -2,3 +2,4 @@
 export * from './balancer.js';
 export * from './communicator.js';
 export * from './config.js';
+export * from './mpi.js';

@@ -2,8 +2,9 @@
 // get batch -> forward per micro-batch -> routing statistics -> balance engine -> backward ->
 // gradient all-reduce -> clipping + AdamW, with periodic evaluation, a JSONL metrics log,
 // checkpoints (every N steps, at the end, on SIGINT/SIGTERM) and exact resume.
-// R data-parallel ranks are virtual: R model replicas in this process, synchronised through a
-// LocalGroup communicator exactly as real ranks would be.
+// R data-parallel ranks are either virtual (R model replicas in this process, synchronised through
+// a LocalGroup) or real processes (one replica here, `opts.comm` = an MpiCommunicator under mpirun);
+// the step is the same code either way. Rank 0 alone logs, evaluates and writes checkpoints.
 
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -32,6 +33,8 @@ export interface RunOptions {
   onStep?: (m: StepMetrics) => void;
   /** one-line progress messages when no progress bar is shown */
   log?: (line: string) => void;
+  /** real data-parallel ranks (e.g. MpiCommunicator): this process is rank comm.rank of comm.size */
+  comm?: Communicator;
 }
 
 /** What the trainer saves with a checkpoint, besides the model and optimiser. */
@@ -129,28 +132,43 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     ? tokenizerFromJSON(JSON.parse(readFileSync(join(ckptDir, 'tokenizer.json'), 'utf8')))
     : makeTokenizer(cfg, new Map([...corpus].filter(([d]) => (weights[d] ?? 0) > 0)), (d, id) => splitOf(d, id) === 'train');
   const { ranks: R, accumSteps: A, microBatch: b } = cfg.batch;
+  const multi = opts.comm;
+  if (multi && multi.size !== R) throw new MoeTrainerError('INVALID_CONFIG', `batch.ranks (${R}) must equal the number of processes (${multi.size})`);
+  // The ranks this process runs: all R (virtual) or its own.
+  const localRanks = multi ? [multi.rank] : Array.from({ length: R }, (_, r) => r);
+  const isRoot = localRanks[0] === 0;
   const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: b, ranks: R, accumSteps: A, weights, mixedMicroBatches: cfg.data.mixedMicroBatches, seed: cfg.train.seed });
   const modelCfg = { ...modelConfigOf(cfg, tokenizer.vocabSize), seed: cfg.train.seed };
-  const replicas = Array.from({ length: R }, () => new MoeModel(modelCfg as never));
+  const replicas = localRanks.map(() => new MoeModel(modelCfg as never));
   if (state) for (const m of replicas) await m.loadCheckpoint(ckptDir);
+  if (multi?.broadcast) {
+    // Separate processes start from rank 0's parameters (seeded alike anyway; this makes it certain).
+    const p = replicas[0].getParams();
+    await multi.broadcast(p, 0);
+    replicas[0].setParams(p);
+  }
   const { num_hidden_layers: L, num_experts: E, num_experts_per_tok: K } = replicas[0].config;
   const newGroup = () => {
-    const group = new LocalGroup(R);
-    const balancers = replicas.map((_, r) => new Balancer(cfg.balance, { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, group.comm(r)));
-    return { group, balancers };
+    const group = multi ? null : new LocalGroup(R);
+    const comms = multi ? [multi] : localRanks.map((r) => group!.comm(r));
+    const balancers = comms.map((c) => new Balancer(cfg.balance, { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, c));
+    return { comms, balancers };
   };
-  let { group, balancers } = newGroup();
+  let { comms, balancers } = newGroup();
   mkdirSync(opts.outDir, { recursive: true });
   const metricsPath = join(opts.outDir, 'metrics.jsonl');
   const startStep = state?.step ?? 0;
   // On resume, drop log lines of steps after the checkpoint: they are about to be redone.
-  const kept = existsSync(metricsPath) ? readFileSync(metricsPath, 'utf8').split('\n').filter((l) => l && (JSON.parse(l) as StepMetrics).step < startStep) : [];
-  writeAtomic(metricsPath, kept.map((l) => l + '\n').join(''));
+  if (isRoot) {
+    const kept = existsSync(metricsPath) ? readFileSync(metricsPath, 'utf8').split('\n').filter((l) => l && (JSON.parse(l) as StepMetrics).step < startStep) : [];
+    writeAtomic(metricsPath, kept.map((l) => l + '\n').join(''));
+  }
   const evals: EvalResult[] = state?.evals ?? [];
   let seconds = state?.seconds ?? 0;
   const name = opts.name ?? cfg.balance.terms.map((t) => t.scope ?? `bsz=${t.balanceSequences}`).join('+');
 
   const saveCheckpoint = async (step: number) => {
+    if (!isRoot) return;
     const st: TrainerState = { step, config: cfg, evals, seconds };
     await replicas[0].save(ckptDir, JSON.stringify(st)); // rank 0 writes; replicas are identical
     writeAtomic(join(ckptDir, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
@@ -159,7 +177,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     name, config: cfg, domains: data.domains, numExperts: E, topK: K, evals, seconds, stepsDone, interrupted, machine: machine(),
   });
 
-  const bar = cfg.train.progress && process.stderr.isTTY
+  const bar = isRoot && cfg.train.progress && process.stderr.isTTY
     ? new cliProgress.SingleBar({ format: ' {bar} {value}/{total} | ETA {eta_formatted} | {tps} tok/s | loss {loss} | LBL global {lblg} micro {lblm}', hideCursor: true, etaBuffer: 20 }, cliProgress.Presets.shades_classic)
     : null;
   bar?.start(cfg.train.steps, startStep, { tps: '-', loss: '-', lblg: '-', lblm: '-' });
@@ -168,7 +186,13 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   let step = startStep;
   try {
     for (; step < cfg.train.steps; step++) {
-      if (opts.signal?.aborted) {
+      // Stopping is decided together: a signal seen by any rank stops every rank at this step.
+      const stop = await Promise.all(comms.map(async (c) => {
+        const flag = Float64Array.of(opts.signal?.aborted ? 1 : 0);
+        await c.allReduceSum(flag);
+        return flag[0] > 0;
+      }));
+      if (stop[0]) {
         await saveCheckpoint(step);
         return result(step, true);
       }
@@ -176,9 +200,9 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       let outs;
       try {
         outs = await Promise.all(
-          replicas.map((m, r) =>
-            rankStep(m, balancers[r], group.comm(r), data.batch(step, r), cfg).catch((e: Error) => {
-              group.abort(e); // the other ranks must not wait for this one's contribution
+          replicas.map((m, i) =>
+            rankStep(m, balancers[i], comms[i], data.batch(step, localRanks[i]), cfg).catch((e: Error) => {
+              comms[i].abort?.(e); // the other ranks must not wait for this one's contribution
               throw e;
             }),
           ),
@@ -186,10 +210,10 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       } catch (e) {
         const err = e as Error & { code?: string };
         if (err.code !== 'NON_FINITE') throw err;
-        if (cfg.train.onNonFinite === 'stop') throw new MoeTrainerError('NON_FINITE', `step ${step}: ${err.message}; stopping (train.onNonFinite = "skip" skips such steps)`);
+        if (cfg.train.onNonFinite === 'stop' || multi) throw new MoeTrainerError('NON_FINITE', `step ${step}: ${err.message}; stopping (train.onNonFinite = "skip" skips such steps)`);
         opts.log?.(`step ${step}: ${err.message}; step skipped`);
         replicas.forEach((m) => m.zeroGrad());
-        ({ group, balancers } = newGroup());
+        ({ comms, balancers } = newGroup());
         continue;
       }
       const ms = performance.now() - t0;
@@ -210,17 +234,17 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
         tokensPerSec: balance.tokens / (ms / 1000),
         stepMs: ms,
       };
-      appendFileSync(metricsPath, JSON.stringify(metrics) + '\n');
+      if (isRoot) appendFileSync(metricsPath, JSON.stringify(metrics) + '\n');
       opts.onStep?.(metrics);
       bar?.update(step + 1, { tps: metrics.tokensPerSec.toFixed(0), loss: loss.toFixed(3), lblg: mean(metrics.lblGlobal).toFixed(3), lblm: mean(metrics.lblMicro).toFixed(3) });
-      if (!bar && (step % 50 === 0 || step === cfg.train.steps - 1)) opts.log?.(`step ${step}: loss ${loss.toFixed(4)}, LBL global ${mean(metrics.lblGlobal).toFixed(3)} micro ${mean(metrics.lblMicro).toFixed(3)}, ${metrics.tokensPerSec.toFixed(0)} tok/s`);
+      if (isRoot && !bar && (step % 50 === 0 || step === cfg.train.steps - 1)) opts.log?.(`step ${step}: loss ${loss.toFixed(4)}, LBL global ${mean(metrics.lblGlobal).toFixed(3)} micro ${mean(metrics.lblMicro).toFixed(3)}, ${metrics.tokensPerSec.toFixed(0)} tok/s`);
       const last = step === cfg.train.steps - 1;
-      if ((step + 1) % cfg.train.evalEvery === 0 || last) evals.push(await evaluate(replicas[0], data, 'validation', cfg.train.evalTokens, step + 1));
+      if (isRoot && ((step + 1) % cfg.train.evalEvery === 0 || last)) evals.push(await evaluate(replicas[0], data, 'validation', cfg.train.evalTokens, step + 1));
       if (cfg.train.checkpointEvery > 0 && (step + 1) % cfg.train.checkpointEvery === 0 && !last) await saveCheckpoint(step + 1);
     }
     await saveCheckpoint(step);
     const res = result(step, false);
-    writeAtomic(join(opts.outDir, 'result.json'), JSON.stringify(res, null, 1));
+    if (isRoot) writeAtomic(join(opts.outDir, 'result.json'), JSON.stringify(res, null, 1));
     return res;
   } finally {
     bar?.stop();

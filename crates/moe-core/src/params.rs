@@ -109,6 +109,14 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Replaces the whole parameter buffer (e.g. by rank 0's copy at the start of data parallelism).
+    pub fn set_params(&mut self, data: &[f32]) -> Result<()> {
+        check_len("params", data.len(), self.params.len())?;
+        check_finite("params", data)?;
+        self.params.copy_from_slice(data);
+        Ok(())
+    }
+
     /// Replaces the whole gradient buffer (e.g. by its all-reduced sum over ranks).
     pub fn set_grads(&mut self, data: &[f32]) -> Result<()> {
         check_len("grads", data.len(), self.grads.len())?;

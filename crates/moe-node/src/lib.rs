@@ -142,6 +142,12 @@ pub(crate) mod params {
     pub fn grad<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
         with(s, |m| m.store().grad(name).map(|g| Float32Array::new(g.to_vec())))
     }
+    pub fn all<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
+        with(s, |m| Ok(Float32Array::new(m.store().params.clone())))
+    }
+    pub fn set_all<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
+        with(s, |m| m.store().set_params(data))
+    }
     pub fn grads<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
         with(s, |m| Ok(Float32Array::new(m.store().grads.clone())))
     }

@@ -185,6 +185,17 @@ impl MoeModel {
         params::grad(&self.inner, &name).map_err(|e| js_error(&env, e))
     }
 
+    /// All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy).
+    #[napi]
+    pub fn get_params(&self, env: Env) -> Result<Float32Array> {
+        params::all(&self.inner).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi]
+    pub fn set_params(&self, env: Env, data: Float32Array) -> Result<()> {
+        params::set_all(&self.inner, &data).map_err(|e| js_error(&env, e))
+    }
+
     /// All gradients as one flat array in parameter order (read, all-reduce, write back).
     #[napi]
     pub fn get_grads(&self, env: Env) -> Result<Float32Array> {
