@@ -2,12 +2,8 @@
 //! kv head h / (H / KV)); scores scaled by 1/sqrt(D), softmax over positions j <= i.
 //! Layouts: q, out (T, H, D); k, v (T, KV, D); probs (B, H, S, S) with zeros above the diagonal.
 
+use super::dot;
 use rayon::prelude::*;
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
 
 /// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over sequences.
 #[allow(clippy::too_many_arguments)]

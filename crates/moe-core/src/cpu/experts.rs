@@ -173,7 +173,7 @@ pub fn combine_backward(
         let d = &dout[t * c..][..c];
         for slot in 0..k {
             let y = &ys[pos[t * k + slot] as usize * c..][..c];
-            dw_t[slot] = d.iter().zip(y).map(|(a, b)| a * b).sum();
+            dw_t[slot] = super::dot(d, y);
         }
     });
     dys.par_chunks_mut(c).zip(rows.par_iter()).for_each(|(dy, &tk)| {

@@ -30,6 +30,21 @@ pub fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// <a, b> with 8 independent partial sums, so the compiler can keep them in one SIMD register
+/// (a single running sum is a dependency chain it may not reorder).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// dst (C) += the sum over rows 0..n of the contributions `f(row, acc)` adds into `acc`. Blocks of
 /// rows run in parallel and their partial sums are added in block order, so the result does not
 /// depend on thread scheduling (training must resume bit-exactly).
