@@ -1,6 +1,6 @@
 // Summarises the runs of scripts/experiments.sh: for every variant, mean ± std over seeds of the
 // held-out perplexity per domain and of the routing specialisation, as Markdown tables.
-// Usage: node --import tsx scripts/summarize-experiments.ts runs/experiments
+// Usage: node --import tsx scripts/summarize-experiments.ts runs/experiments [run,run,...] (row order)
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,6 +26,12 @@ const ms = (xs: number[], d: number) => {
   return `${m.toFixed(d)} ± ${sd.toFixed(d)}`;
 };
 const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+// Rows in the order asked for (the order of scripts/experiments.sh by default), the rest after.
+const order = (process.argv[3] ?? 'micro,global,global+micro,bsz=1,bsz=2,bsz=4,bsz=8,mixed,mixed-global').split(',');
+const rank = (n: string) => (order.includes(n) ? order.indexOf(n) : order.length);
+const sorted = new Map([...byVariant].sort(([a], [b]) => rank(a) - rank(b)));
+byVariant.clear();
+sorted.forEach((v, k) => byVariant.set(k, v));
 const first = [...byVariant.values()][0][0].result;
 const domains = first.domains;
 const out: string[] = [];
@@ -49,5 +55,23 @@ for (const [name, runs] of byVariant) {
   out.push(
     `| ${name} | ${ms(last.map((e) => mean(e.layers.map((l) => l.maxOverUniform))), 2)} | ${ms(last.map((e) => mean(e.layers.map((l) => l.mutualInformation))), 3)} | ${ms(runs.map((r) => mean(r.last.globalImbalance)), 3)} | ${ms(runs.map((r) => mean(r.last.lblGlobal)), 3)} | ${ms(runs.map((r) => mean(r.last.lblMicro)), 3)} | ${ms(runs.map((r) => r.result.seconds), 0)} |`,
   );
+}
+// Paired by seed against micro balance: the seeds share initialisation and data order.
+const base = byVariant.get('micro');
+if (base) {
+  const bySeed = (runs: { result: RunResult }[]) => new Map(runs.map((r) => [(r.result.config as { train: { seed: number } }).train.seed, r.result.evals[r.result.evals.length - 1]]));
+  const micro = bySeed(base);
+  out.push('');
+  out.push('Paired by seed against `micro` (same initialisation and data): difference of held-out loss and ratio of mutual information, mean ± std:');
+  out.push('');
+  out.push('| run | Δ loss vs micro (nats/token) | MI / MI of micro | seeds with lower loss than micro |');
+  out.push('|---|---|---|---|');
+  for (const [name, runs] of byVariant) {
+    if (name === 'micro') continue;
+    const pairs = [...bySeed(runs)].filter(([s]) => micro.has(s)).map(([s, e]) => [e, micro.get(s)!] as const);
+    const dl = pairs.map(([e, m]) => e.mean.loss - m.mean.loss);
+    const mi = (e: (typeof pairs)[number][0]) => mean(e.layers.map((l) => l.mutualInformation));
+    out.push(`| ${name} | ${ms(dl, 4)} | ${ms(pairs.map(([e, m]) => mi(e) / mi(m)), 2)} | ${dl.filter((d) => d < 0).length} of ${dl.length} |`);
+  }
 }
 console.log(out.join('\n'));
