@@ -105,8 +105,11 @@ test('generate continues a prompt, greedy or seeded', async (t) => {
 
 test('a non-finite forward names the layer and leaves no activations to backpropagate', async (t) => {
   const m = new MoeModel(CFG);
-  const name = 'model.layers.1.mlp.experts.0.down_proj.weight';
-  m.setParameter(name, new Float32Array(m.getParameter(name).length).fill(3e38));
+  // Every expert of layer 1 overflows, whichever the router picks.
+  for (let e = 0; e < E; e++) {
+    const name = `model.layers.1.mlp.experts.${e}.down_proj.weight`;
+    m.setParameter(name, new Float32Array(m.getParameter(name).length).fill(3e38));
+  }
   const err = await t.throwsAsync(m.forward(TOKENS, B), { code: 'NON_FINITE' });
   t.regex(err!.message, /layer 1/);
   await t.throwsAsync(m.backward(new Float32Array(L * B * E), { lmScale: 1 }), { code: 'INVALID_STATE' });
