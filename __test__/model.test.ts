@@ -105,10 +105,12 @@ test('generate continues a prompt, greedy or seeded', async (t) => {
 
 test('a non-finite forward names the layer and leaves no activations to backpropagate', async (t) => {
   const m = new MoeModel(CFG);
-  // Every expert of layer 1 overflows, whichever the router picks.
+  // Every expert of layer 1 overflows (silu(g) * u with g, u ~ 1e38), whichever the router picks.
   for (let e = 0; e < E; e++) {
-    const name = `model.layers.1.mlp.experts.${e}.down_proj.weight`;
-    m.setParameter(name, new Float32Array(m.getParameter(name).length).fill(3e38));
+    for (const kind of ['gate_proj', 'up_proj']) {
+      const name = `model.layers.1.mlp.experts.${e}.${kind}.weight`;
+      m.setParameter(name, new Float32Array(m.getParameter(name).length).fill(1e38));
+    }
   }
   const err = await t.throwsAsync(m.forward(TOKENS, B), { code: 'NON_FINITE' });
   t.regex(err!.message, /layer 1/);
