@@ -96,16 +96,19 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Reads tensor `name` as f32 with the expected shape.
+/// Reads tensor `name` with the expected shape as f32. BF16 and F16 tensors (how Hugging Face
+/// usually ships Qwen3-MoE weights) are widened exactly; training continues in f32.
 fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let t = st.tensor(name).map_err(|_| corrupt(path, format!("tensor {name} is missing")))?;
-    if t.dtype() != Dtype::F32 {
-        return Err(corrupt(path, format!("tensor {name} is {:?}; only F32 is supported", t.dtype())));
-    }
     if t.shape() != shape {
         return Err(MoeError::ShapeMismatch(format!("{}: tensor {name} has shape {:?}, the model needs {shape:?}", path.display(), t.shape())));
     }
-    let data: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    let data: Vec<f32> = match t.dtype() {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(t.data()).into_iter().map(f32::from).collect(),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(t.data()).into_iter().map(f32::from).collect(),
+        other => return Err(corrupt(path, format!("tensor {name} is {other:?}; F32, BF16 and F16 are supported"))),
+    };
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {
         return Err(corrupt(path, format!("tensor {name}[{i}] is not finite")));
     }

@@ -151,6 +151,30 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
 }
 
 #[test]
+fn bf16_checkpoints_load_widened_to_f32() {
+    // Rewrite a saved model.safetensors in bf16, as Hugging Face ships Qwen3-MoE weights.
+    let dir = tmp("bf16");
+    let m = Model::new(cfg()).unwrap();
+    m.save(&dir, None).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<half::bf16>)> =
+        m.store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), m.store.params[s.range()].iter().map(|&x| half::bf16::from_f32(x)).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = halves
+        .iter()
+        .map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let (back, _) = Model::from_checkpoint(&dir).unwrap();
+    for (s, (_, _, d)) in back.store.specs.iter().zip(&halves) {
+        let want: Vec<f32> = d.iter().map(|&x| f32::from(x)).collect();
+        assert_eq!(&back.store.params[s.range()], &want[..], "{}", s.name);
+    }
+    let (a, b) = (m.logits(&TOKENS, 2).unwrap(), back.logits(&TOKENS, 2).unwrap());
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(d < 0.05, "bf16 rounding moves logits by {d}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn kv_cache_decoder_reproduces_the_full_forward() {
     let m = Model::new(cfg()).unwrap();
     let full = m.logits(&TOKENS, 1).unwrap();
