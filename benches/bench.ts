@@ -49,9 +49,11 @@ async function trainStep(scope: 'micro' | 'global', R: number, A: number): Promi
           await m.backward(pressure, { lmScale: 1 / bal.globalTokens, zScale });
         }
         await bal.endStep();
-        const g = m.getGrads();
-        await group.comm(rank).allReduceSum(g);
-        m.setGrads(g);
+        if (R > 1) {
+          const g = m.getGrads();
+          await group.comm(rank).allReduceSum(g);
+          m.setGrads(g);
+        }
         await m.step({ lr: 1e-3, weightDecay: 0.1, maxGradNorm: 1 });
         m.zeroGrad();
       }),

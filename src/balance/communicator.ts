@@ -52,6 +52,7 @@ export class LocalGroup {
 
   private allReduceSum(rank: number, data: Float64Array | Float32Array): Promise<void> {
     if (this.aborted) return Promise.reject(this.aborted);
+    if (this.size === 1) return Promise.resolve(); // the sum over one rank is the data itself
     const round = this.calls[rank]++;
     const slots = this.rounds.get(round) ?? new Array<Pending | undefined>(this.size).fill(undefined);
     this.rounds.set(round, slots);

@@ -89,9 +89,11 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
   }
   const balance = await bal.endStep();
   // Gradient all-reduce: a sum, because every loss term already carries 1/T_glob.
-  const grads = model.getGrads();
-  await comm.allReduceSum(grads);
-  model.setGrads(grads);
+  if (comm.size > 1) {
+    const grads = model.getGrads();
+    await comm.allReduceSum(grads);
+    model.setGrads(grads);
+  }
   const loss = Float64Array.of(lossSum);
   await comm.allReduceSum(loss);
   const o = cfg.optim;
