@@ -151,6 +151,12 @@ export interface GenerateOptions {
 /** Panics inside native code on purpose, to prove that a panic reaches JS as an `INTERNAL` error. */
 export declare function internalTestPanic(): void
 
+/**
+ * The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
+ * own warm-up + cosine schedule, so that logs never re-derive it.
+ */
+export declare function lrAt(options: AdamWOptions, step: number): number
+
 export interface LrSchedule {
   warmupSteps: number
   totalSteps: number

@@ -773,8 +773,9 @@ if (
   }
 }
 
-const { MoeLayer, MoeModel, internalTestPanic } = nativeBinding
+const { MoeLayer, MoeModel, internalTestPanic, lrAt } = nativeBinding
 export { MoeLayer }
 export { MoeModel }
 export { internalTestPanic }
+export { lrAt }
 export const __napiBindingTarget = __napiLoadedBindingTarget

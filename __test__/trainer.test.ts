@@ -72,6 +72,8 @@ test('a tiny run learns, logs every metric, and evaluates every domain', async (
   t.log(`loss ${first.toFixed(3)} -> ${last.toFixed(3)}`);
   t.true(last < first - 0.5);
   t.deepEqual(Object.keys(m[0].lbl), ['global']);
+  t.true(Math.abs(m[0].lr - 0.005) < 1e-9 && Math.abs(m[1].lr - 0.01) < 1e-9, 'logged lr follows the warm-up (1e-2 over 2 steps)');
+  t.true(Math.abs(m[39].lr - 1e-3) < 1e-9, 'and the cosine ends at minLr');
   t.is(m[0].lblMicro.length, 2);
   t.true(m.every((x) => x.lblGlobal.every((v) => v >= 0.99 && v < 2)), 'LBL near 1 at global scope');
   t.is(r.evals.length, 2);

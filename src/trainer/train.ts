@@ -10,7 +10,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeF
 import os from 'node:os';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import { MoeModel, type ModelForwardResult } from '../../index.js';
+import { lrAt, MoeModel, type AdamWOptions, type ModelForwardResult } from '../../index.js';
 import { Balancer, LocalGroup, MoeTrainerError, type Communicator } from '../balance/index.js';
 import { readCorpus } from '../corpus/format.js';
 import { splitOf } from '../corpus/split.js';
@@ -64,6 +64,15 @@ function makeTokenizer(cfg: TrainConfig, corpus: Map<string, { id: string; text:
   return BpeTokenizer.train(texts, cfg.data.tokenizer.vocabSize);
 }
 
+/** The AdamW options of a config: warm-up then cosine decay over the whole run. */
+function optimOf(cfg: TrainConfig): AdamWOptions {
+  const o = cfg.optim;
+  return {
+    lr: o.lr, beta1: o.beta1, beta2: o.beta2, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+    schedule: { warmupSteps: o.warmupSteps, totalSteps: cfg.train.steps, minLr: o.minLr },
+  };
+}
+
 /** One optimiser step on one rank: its A micro-batches, the balance engine, gradient all-reduce, AdamW. */
 async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig) {
   const { microBatch: b } = cfg.batch;
@@ -96,21 +105,9 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
   }
   const loss = Float64Array.of(lossSum);
   await comm.allReduceSum(loss);
-  const o = cfg.optim;
-  const gradNorm = await model.step({
-    lr: o.lr, beta1: o.beta1, beta2: o.beta2, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
-    schedule: { warmupSteps: o.warmupSteps, totalSteps: cfg.train.steps, minLr: o.minLr },
-  });
+  const gradNorm = await model.step(optimOf(cfg));
   model.zeroGrad();
   return { loss: loss[0] / tGlob, balance, gradNorm, microImbalance };
-}
-
-/** The learning rate the native schedule applies at optimiser step t (1-based), for the log. */
-function lrAt(cfg: TrainConfig, t: number): number {
-  const { lr, minLr, warmupSteps } = cfg.optim;
-  if (t <= warmupSteps) return (lr * t) / Math.max(1, warmupSteps);
-  const progress = Math.min(1, (t - warmupSteps) / Math.max(1, cfg.train.steps - warmupSteps));
-  return minLr + (lr - minLr) * 0.5 * (1 + Math.cos(Math.PI * progress));
 }
 
 export async function train(configInput: unknown, opts: RunOptions): Promise<RunResult> {
@@ -232,7 +229,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
         globalImbalance: Array.from({ length: L }, (_, l) => imbalance(balance.globalCounts.subarray(l * E, (l + 1) * E))),
         microImbalance: Array.from({ length: L }, (_, l) => mean(outs.flatMap((o) => o.microImbalance.map((mi) => mi[l])))),
         gradNorm,
-        lr: lrAt(cfg, step + 1),
+        lr: lrAt(optimOf(cfg), step + 1),
         tokensPerSec: balance.tokens / (ms / 1000),
         stepMs: ms,
       };

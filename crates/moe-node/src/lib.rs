@@ -166,6 +166,13 @@ pub(crate) mod params {
     }
 }
 
+/// The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
+/// own warm-up + cosine schedule, so that logs never re-derive it.
+#[napi(ts_args_type = "options: AdamWOptions, step: number")]
+pub fn lr_at(env: Env, options: serde_json::Value, step: u32) -> Result<f64> {
+    guard(|| moe_core::AdamWConfig::from_json(options).map(|o| o.lr_at(step as u64) as f64)).map_err(|e| js_error(&env, e))
+}
+
 /// Panics inside native code on purpose, to prove that a panic reaches JS as an `INTERNAL` error.
 #[napi]
 pub fn internal_test_panic(env: Env) -> Result<()> {
