@@ -19,6 +19,12 @@ pub enum MoeError {
     UnknownParameter(String),
     #[error("invalid state: {0}")]
     InvalidState(String),
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    #[error("out of GPU memory: {0}")]
+    OutOfMemory(String),
+    #[error("no GPU: {0}")]
+    NoDevice(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -34,6 +40,9 @@ impl MoeError {
             MoeError::Io(_) => "IO_ERROR",
             MoeError::UnknownParameter(_) => "UNKNOWN_PARAMETER",
             MoeError::InvalidState(_) => "INVALID_STATE",
+            MoeError::DeviceLost(_) => "DEVICE_LOST",
+            MoeError::OutOfMemory(_) => "OUT_OF_MEMORY",
+            MoeError::NoDevice(_) => "NO_DEVICE",
             MoeError::Internal(_) => "INTERNAL",
         }
     }

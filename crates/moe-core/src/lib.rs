@@ -1,4 +1,5 @@
-//! moe-core: the Rust core of moe-trainer. CPU kernels (the reference), the MoE block, AdamW.
+//! moe-core: the Rust core of moe-trainer. CPU kernels (the reference), WGSL kernels on wgpu, the
+//! MoE block, AdamW.
 //! Knows nothing about balance scopes, ranks or domains: per-sequence routing statistics go out,
 //! per-sequence router pressure comes in (DESIGN §3).
 
@@ -8,6 +9,7 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod generate;
+pub mod gpu;
 pub mod layer;
 pub mod model;
 pub mod moe;

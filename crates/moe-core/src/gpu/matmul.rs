@@ -1,0 +1,72 @@
+//! Dense matmul on the GPU in the convention of `cpu::matmul`: out = inp · weight^T, weight stored
+//! (out_features, in_features). One tiled GEMM kernel (`matmul.wgsl`) serves the forward, both
+//! backward products and the batched products of attention, through transpose flags and offsets.
+
+use super::{Buf, Gpu, Kernel};
+
+const GEMM: Kernel = Kernel { src: include_str!("matmul.wgsl"), entry: "gemm" };
+const TILE: usize = 64;
+
+/// A slice of a device buffer: `buf[off..]`. Parameters and gradients are views of one flat buffer.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub buf: &'a Buf,
+    pub off: usize,
+}
+
+impl<'a> From<&'a Buf> for View<'a> {
+    fn from(buf: &'a Buf) -> Self {
+        View { buf, off: 0 }
+    }
+}
+
+/// One GEMM: c (m, n) = op(a) · op(b), accumulated into c when `acc`; `batch` products with element
+/// strides `strides` = (a, b, c) between them.
+#[derive(Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub acc: bool,
+    pub batch: usize,
+    pub strides: [usize; 3],
+}
+
+impl Gemm {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, trans_a: false, trans_b: false, acc: false, batch: 1, strides: [0; 3] }
+    }
+}
+
+pub fn gemm(g: &Gpu, enc: &mut wgpu::CommandEncoder, c: View, a: View, b: View, s: Gemm) {
+    let flags = u32::from(s.trans_a) | u32::from(s.trans_b) << 1 | u32::from(s.acc) << 2;
+    let params = [s.m, s.n, s.k, flags as usize, a.off, b.off, c.off, 0, s.strides[0], s.strides[1], s.strides[2], 0];
+    let params: Vec<u32> = params.iter().map(|&x| x as u32).collect();
+    let groups = [s.n.div_ceil(TILE) as u32, s.m.div_ceil(TILE) as u32, s.batch as u32];
+    g.dispatch(enc, &GEMM, &[a.buf, b.buf, c.buf], &params, groups);
+}
+
+/// out (M, N) = inp (M, K) · weight (N, K)^T. Overwrites `out`.
+pub fn matmul_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, inp: View, weight: View, m: usize, k: usize, n: usize) {
+    gemm(g, enc, out, inp, weight, Gemm { trans_b: true, ..Gemm::new(m, n, k) });
+}
+
+/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    g: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    dinp: View,
+    dweight: View,
+    dout: View,
+    inp: View,
+    weight: View,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    gemm(g, enc, dinp, dout, weight, Gemm { acc: true, ..Gemm::new(m, k, n) });
+    gemm(g, enc, dweight, dout, inp, Gemm { trans_a: true, acc: true, ..Gemm::new(n, k, m) });
+}

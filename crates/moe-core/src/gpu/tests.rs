@@ -1,0 +1,54 @@
+//! Every GPU kernel against its CPU reference on tiny shapes (lavapipe runs under 1 GFLOP/s).
+//! Without an adapter each test prints SKIPPED loudly and returns; CI sets MOE_GPU_ADAPTER=software
+//! and MOE_REQUIRE_GPU=1, which turns a missing adapter into a failure.
+
+use super::*;
+use crate::testutil::{assert_close, randn};
+
+/// The GPU, or None after a loud SKIPPED line (a failure when MOE_REQUIRE_GPU=1).
+pub(crate) fn test_gpu(test: &str) -> Option<&'static Gpu> {
+    match gpu() {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("MOE_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("MOE_REQUIRE_GPU=1 but {e}"),
+        Err(e) => {
+            eprintln!("\n*** SKIPPED {test}: {e} ***\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn adapter_is_described() {
+    let Some(g) = test_gpu("adapter_is_described") else { return };
+    eprintln!("adapter: {}", g.describe());
+    assert!(!g.info.name.is_empty());
+}
+
+#[test]
+fn matmul_matches_cpu() {
+    use crate::cpu::matmul as cpu;
+    use matmul::*;
+    let Some(g) = test_gpu("matmul_matches_cpu") else { return };
+    // Sizes straddle the 64-wide tiles and the 16-deep slices.
+    let (m, k, n) = (70, 37, 65);
+    let (x, w, dy) = (randn(m * k, 1), randn(n * k, 2), randn(m * n, 3));
+    let (dx0, dw0) = (randn(m * k, 4), randn(n * k, 5));
+    let mut y = vec![0.0; m * n];
+    cpu::matmul_forward(&mut y, &x, &w, m, k, n);
+    let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+    cpu::matmul_backward(&mut dx, &mut dw, &dy, &x, &w, m, k, n);
+
+    // Views at odd offsets inside larger buffers, as parameters sit in one flat buffer.
+    let pad = |v: &[f32]| [vec![7.0; 3], v.to_vec()].concat();
+    let (gx, gw, gdy) = (g.upload(&pad(&x)).unwrap(), g.upload(&pad(&w)).unwrap(), g.upload(&dy).unwrap());
+    let (gdx, gdw, gy) = (g.upload(&dx0).unwrap(), g.upload(&pad(&dw0)).unwrap(), g.zeros(m * n).unwrap());
+    let v = |b, off| View { buf: b, off };
+    let mut enc = g.encoder();
+    matmul_forward(g, &mut enc, (&gy).into(), v(&gx, 3), v(&gw, 3), m, k, n);
+    matmul_backward(g, &mut enc, (&gdx).into(), v(&gdw, 3), (&gdy).into(), v(&gx, 3), v(&gw, 3), m, k, n);
+    let out = g.finish(enc, &[&gy, &gdx, &gdw]).unwrap();
+    let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(w).to_vec();
+    assert_close("matmul y", &f(&out[0]), &y, 1e-4, 1e-4);
+    assert_close("matmul dx", &f(&out[1]), &dx, 1e-4, 1e-4);
+    assert_close("matmul dw", &f(&out[2])[3..], &dw, 1e-4, 1e-4);
+}
