@@ -39,6 +39,7 @@ interface ConfigFlags {
   steps?: string;
   seed?: string;
   corpus?: string;
+  device?: string;
   progress: boolean;
 }
 
@@ -60,6 +61,7 @@ function configFrom(o: ConfigFlags): Record<string, unknown> {
   if (o.steps !== undefined) setPath(cfg, 'train.steps', o.steps);
   if (o.seed !== undefined) setPath(cfg, 'train.seed', o.seed);
   if (o.corpus !== undefined) setPath(cfg, 'data.corpus', JSON.stringify(o.corpus));
+  if (o.device !== undefined) setPath(cfg, 'train.device', JSON.stringify(o.device));
   if (!o.progress) setPath(cfg, 'train.progress', 'false');
   return cfg;
 }
@@ -71,6 +73,7 @@ const configOptions = (c: Command) =>
     .option('--steps <n>', 'optimiser steps (train.steps)')
     .option('--seed <n>', 'seed of initialisation and data (train.seed)')
     .option('--corpus <dir>', 'corpus folder (data.corpus)', undefined)
+    .option('--device <d>', 'auto | gpu | cpu (train.device; default MOE_DEVICE or auto)')
     .option('--no-progress', 'no progress bar; log lines instead');
 
 /** SIGINT/SIGTERM stop the run after the current step, with a checkpoint. */

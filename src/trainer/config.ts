@@ -61,6 +61,8 @@ export const trainConfigSchema = z
         onNonFinite: z.enum(['stop', 'skip']).default('stop'),
         /** show a progress bar on stderr */
         progress: z.boolean().default(true),
+        /** where the model runs: a real GPU if there is one (auto), the GPU, or the CPU; absent = MOE_DEVICE or auto */
+        device: z.enum(['auto', 'gpu', 'cpu']).optional(),
       })
       .strict()
       .prefault({}),

@@ -138,7 +138,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   const isRoot = localRanks[0] === 0;
   const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: b, ranks: R, accumSteps: A, weights, mixedMicroBatches: cfg.data.mixedMicroBatches, seed: cfg.train.seed });
   const modelCfg = { ...modelConfigOf(cfg, tokenizer.vocabSize), seed: cfg.train.seed };
-  const replicas = localRanks.map(() => new MoeModel(modelCfg as never));
+  const replicas = localRanks.map(() => new MoeModel(modelCfg as never, { device: cfg.train.device }));
   if (state) for (const m of replicas) await m.loadCheckpoint(ckptDir);
   if (multi?.broadcast) {
     // Separate processes start from rank 0's parameters (seeded alike anyway; this makes it certain).

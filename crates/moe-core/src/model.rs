@@ -11,7 +11,10 @@ use crate::cpu::embedding::{embedding_backward, embedding_forward};
 use crate::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::cpu::rope::{rope_backward, rope_forward, rope_tables};
+use crate::adamw::AdamWConfig;
 use crate::error::{check_finite, check_len, MoeError, Result};
+use crate::gpu::model::GpuModel;
+use crate::gpu::Device;
 use crate::moe::{moe_backward, moe_forward, moe_param_specs, MoeActs, MoeConfig, MoeGrads, MoeWeights, RoutingStats};
 use crate::params::{split_many, split_many_mut, ParamStore, SpecBuilder};
 
@@ -41,7 +44,7 @@ pub fn model_param_store(cfg: &ModelConfig) -> Result<ParamStore> {
 
 /// Lengths of one decoder layer's pieces, in spec order:
 /// input_layernorm, q, k, v, o, q_norm, k_norm, post_attention_layernorm, mlp.
-fn layer_lens(cfg: &ModelConfig) -> Vec<usize> {
+pub(crate) fn layer_lens(cfg: &ModelConfig) -> Vec<usize> {
     let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let m = cfg.moe();
     let moe = m.num_experts * d + 3 * m.num_experts * m.moe_intermediate_size * d;
@@ -49,7 +52,7 @@ fn layer_lens(cfg: &ModelConfig) -> Vec<usize> {
 }
 
 /// Lengths of the model's pieces: embed, each layer (whole), final norm, lm_head if untied.
-fn model_lens(cfg: &ModelConfig) -> Vec<usize> {
+pub(crate) fn model_lens(cfg: &ModelConfig) -> Vec<usize> {
     let layer: usize = layer_lens(cfg).iter().sum();
     let mut lens = vec![cfg.vocab_size * cfg.hidden_size];
     lens.extend(std::iter::repeat_n(layer, cfg.num_hidden_layers));
@@ -265,18 +268,102 @@ fn model_backward(g: &mut Views<&mut [f32]>, acts: &mut ModelActs, w: &Views<&[f
     embedding_backward(g.embed, &dx, &acts.tokens, d);
 }
 
+/// The model on the CPU, or on the GPU with `store` as the host copy. On the GPU, parameters,
+/// gradients and moments leave the device only when the host copy is asked for (checkpoints,
+/// parameter and gradient I/O for all-reduce), and go back before the next device op.
 pub struct Model {
     pub cfg: ModelConfig,
-    pub store: ParamStore,
+    pub(crate) store: ParamStore,
     acts: ModelActs,
-    stored: bool,
+    /// B of the stored forward, once one succeeded
+    stored: Option<usize>,
+    gpu: Option<GpuModel>,
+    /// which copy is newer: the device's after a device op, the host's after `store_mut`
+    device_newer: bool,
+    host_newer: bool,
 }
 
 impl Model {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
         cfg.validate()?;
         let store = model_param_store(&cfg)?;
-        Ok(Model { cfg, store, acts: ModelActs::default(), stored: false })
+        Ok(Model { cfg, store, acts: ModelActs::default(), stored: None, gpu: None, device_newer: false, host_newer: false })
+    }
+
+    /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
+    pub fn to_device(&mut self, requested: Option<&str>) -> Result<Device> {
+        let device = crate::gpu::select(requested)?;
+        match device {
+            Device::Gpu if self.gpu.is_none() => {
+                self.sync()?;
+                self.gpu = Some(GpuModel::new(crate::gpu::gpu()?, &self.store)?);
+                self.host_newer = false;
+            }
+            Device::Cpu if self.gpu.is_some() => {
+                self.sync()?;
+                self.gpu = None;
+            }
+            _ => {}
+        }
+        self.stored = None;
+        Ok(device)
+    }
+
+    pub fn device(&self) -> Device {
+        if self.gpu.is_some() { Device::Gpu } else { Device::Cpu }
+    }
+
+    /// The host copy, brought up to date from the device.
+    pub fn store(&mut self) -> Result<&ParamStore> {
+        self.sync()?;
+        Ok(&self.store)
+    }
+
+    /// The host copy for writing; the device copy is replaced by it before the next device op.
+    pub fn store_mut(&mut self) -> Result<&mut ParamStore> {
+        self.sync()?;
+        self.host_newer = self.gpu.is_some();
+        Ok(&mut self.store)
+    }
+
+    /// Brings the host copy up to date (a no-op on the CPU).
+    pub fn sync(&mut self) -> Result<()> {
+        if let (Some(gm), true) = (&self.gpu, self.device_newer) {
+            gm.download(&mut self.store)?;
+            self.device_newer = false;
+        }
+        Ok(())
+    }
+
+    /// The device copy, brought up to date from the host.
+    fn device_model(&mut self) -> Result<Option<&mut GpuModel>> {
+        if let (Some(gm), true) = (&mut self.gpu, self.host_newer) {
+            gm.upload(&self.store)?;
+            self.host_newer = false;
+        }
+        Ok(self.gpu.as_mut())
+    }
+
+    /// One AdamW step; see `ParamStore::step`. On the GPU only the gradient norm comes back.
+    pub fn step(&mut self, opt: &AdamWConfig) -> Result<f64> {
+        opt.validate()?;
+        let t = self.store.opt.step + 1;
+        let Some(gm) = self.device_model()? else { return self.store.step(opt) };
+        let norm = gm.step(opt, t)?;
+        if !norm.is_finite() {
+            return Err(MoeError::NonFinite(format!("gradient norm is {norm}")));
+        }
+        self.store.opt.step = t;
+        self.device_newer = true;
+        Ok(norm)
+    }
+
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.store.zero_grad();
+        if let Some(gm) = self.device_model()? {
+            gm.zero_grad()?;
+        }
+        Ok(())
     }
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity.
@@ -302,19 +389,31 @@ impl Model {
     /// stored ones are left untouched (evaluation and statistics-only forwards).
     pub fn forward(&mut self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<ModelStats> {
         let (s, valid) = self.validate(tokens, mask, b)?;
+        let cfg = self.cfg.clone();
+        if let Some(gm) = self.device_model()? {
+            let r = gm.forward(&cfg, tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
+            if store {
+                self.stored = r.is_ok().then_some(b);
+            }
+            return r;
+        }
         let w = views(&self.store.params, &self.cfg);
         let mut scratch = ModelActs::default();
         let acts = if store { &mut self.acts } else { &mut scratch };
         let r = crate::cpu::pool().install(|| model_forward(acts, &w, &self.cfg, tokens, valid, b, s));
         if store {
-            self.stored = r.is_ok();
+            self.stored = r.is_ok().then_some(b);
         }
         r
     }
 
     /// Logits (T, V) of every position, nothing stored.
-    pub fn logits(&self, tokens: &[u32], b: usize) -> Result<Vec<f32>> {
+    pub fn logits(&mut self, tokens: &[u32], b: usize) -> Result<Vec<f32>> {
         let (s, valid) = self.validate(tokens, None, b)?;
+        let cfg = self.cfg.clone();
+        if let Some(gm) = self.device_model()? {
+            return Ok(gm.forward(&cfg, tokens, &valid, b, s, false, true)?.1.unwrap_or_default());
+        }
         let w = views(&self.store.params, &self.cfg);
         let mut acts = ModelActs::default();
         crate::cpu::pool().install(|| model_forward(&mut acts, &w, &self.cfg, tokens, valid, b, s))?;
@@ -323,7 +422,8 @@ impl Model {
 
     /// Saves `config.json` + `model.safetensors`, and with `trainer` (the trainer's JSON state) the
     /// optimiser state too. See `checkpoint`.
-    pub fn save(&self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
+    pub fn save(&mut self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
+        self.sync()?;
         crate::checkpoint::save(dir, &self.cfg, &self.store, trainer)
     }
 
@@ -353,9 +453,11 @@ impl Model {
     }
 
     fn apply(&mut self, loaded: crate::checkpoint::Loaded) -> Option<String> {
+        // Everything the device holds is replaced: the host copy becomes the newer one.
+        (self.device_newer, self.host_newer) = (false, self.gpu.is_some());
         self.store.params = loaded.params;
         self.store.zero_grad();
-        self.stored = false;
+        self.stored = None;
         match loaded.state {
             Some(st) => {
                 (self.store.opt.m, self.store.opt.v, self.store.opt.step) = (st.m, st.v, st.step);
@@ -370,13 +472,19 @@ impl Model {
 
     /// Backward of the last stored forward; accumulates gradients. pressure (L, B, E).
     pub fn backward(&mut self, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
-        if !self.stored {
+        let Some(b) = self.stored else {
             return Err(MoeError::InvalidState("backward needs a successful forward with store = true first".into()));
-        }
-        check_len("pressure", pressure.len(), self.cfg.num_hidden_layers * self.acts.b * self.cfg.num_experts)?;
+        };
+        check_len("pressure", pressure.len(), self.cfg.num_hidden_layers * b * self.cfg.num_experts)?;
         check_finite("pressure", pressure)?;
         if !(lm_scale.is_finite() && z_scale.is_finite()) {
             return Err(MoeError::NonFinite(format!("lm_scale = {lm_scale}, z_scale = {z_scale}")));
+        }
+        let cfg = self.cfg.clone();
+        if let Some(gm) = self.device_model()? {
+            gm.backward(&cfg, pressure, lm_scale, z_scale)?;
+            self.device_newer = true;
+            return Ok(());
         }
         let cfg = &self.cfg;
         let w = views(&self.store.params, cfg);

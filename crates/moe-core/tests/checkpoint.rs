@@ -44,17 +44,17 @@ fn train_step(m: &mut Model, step: usize) -> f64 {
     let s = m.forward(&toks, None, 2, true).unwrap();
     let pressure = vec![0.01f32; 2 * 2 * 4];
     m.backward(&pressure, 1.0 / 10.0, 1e-3).unwrap();
-    m.store.step(&opt()).unwrap();
-    m.store.zero_grad();
+    m.step(&opt()).unwrap();
+    m.zero_grad().unwrap();
     s.loss
 }
 
 #[test]
 fn save_then_load_gives_identical_logits_and_hf_layout() {
     let dir = tmp("roundtrip");
-    let m = Model::new(cfg()).unwrap();
+    let mut m = Model::new(cfg()).unwrap();
     m.save(&dir, None).unwrap();
-    let (back, trainer) = Model::from_checkpoint(&dir).unwrap();
+    let (mut back, trainer) = Model::from_checkpoint(&dir).unwrap();
     assert!(trainer.is_none());
     assert_eq!(m.logits(&TOKENS, 2).unwrap(), back.logits(&TOKENS, 2).unwrap());
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
@@ -85,9 +85,9 @@ fn resume_is_bit_exact() {
     assert_eq!(trainer.as_deref(), Some(r#"{"data":{"position":4}}"#));
     let tail: Vec<f64> = (4..7).map(|s| train_step(&mut resumed, s)).collect();
     assert_eq!(&losses[4..], &tail[..]);
-    assert_eq!(straight.store.params, resumed.store.params);
-    assert_eq!(straight.store.opt.m, resumed.store.opt.m);
-    assert_eq!(straight.store.opt.step, resumed.store.opt.step);
+    assert_eq!(straight.store().unwrap().params, resumed.store().unwrap().params);
+    assert_eq!(straight.store().unwrap().opt.m, resumed.store().unwrap().opt.m);
+    assert_eq!(straight.store().unwrap().opt.step, resumed.store().unwrap().opt.step);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -99,7 +99,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     saved.save(&good, Some("{}")).unwrap();
     let mut live = Model::new(ModelConfig { seed: 99, ..cfg() }).unwrap();
     let before = live.logits(&TOKENS, 2).unwrap();
-    let before_m = live.store.opt.m.clone();
+    let before_m = live.store().unwrap().opt.m.clone();
     let case = |name: &str, edit: &dyn Fn(&PathBuf)| {
         let d = tmp(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -116,7 +116,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
         assert_eq!(err.code(), code, "{name}: {err}");
         assert_eq!(Model::from_checkpoint(&d).err().map(|e| e.code()), alone.then_some(code), "{name}");
         assert_eq!(live.logits(&TOKENS, 2).unwrap(), before, "{name}: the live model changed");
-        assert_eq!(live.store.opt.m, before_m);
+        assert_eq!(live.store().unwrap().opt.m, before_m);
         std::fs::remove_dir_all(d).unwrap();
     };
     let model = |d: &PathBuf| d.join("model.safetensors");
@@ -146,7 +146,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     // And the good one loads into the live model, optimiser included.
     assert_eq!(live.load_checkpoint(&good).unwrap().as_deref(), Some("{}"));
     assert_eq!(live.logits(&TOKENS, 2).unwrap(), saved.logits(&TOKENS, 2).unwrap());
-    assert_eq!(live.store.opt.step, 1);
+    assert_eq!(live.store().unwrap().opt.step, 1);
     std::fs::remove_dir_all(good).unwrap();
 }
 
@@ -154,19 +154,21 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
 fn bf16_checkpoints_load_widened_to_f32() {
     // Rewrite a saved model.safetensors in bf16, as Hugging Face ships Qwen3-MoE weights.
     let dir = tmp("bf16");
-    let m = Model::new(cfg()).unwrap();
+    let mut m = Model::new(cfg()).unwrap();
     m.save(&dir, None).unwrap();
+    let st = m.store().unwrap();
     let halves: Vec<(String, Vec<usize>, Vec<half::bf16>)> =
-        m.store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), m.store.params[s.range()].iter().map(|&x| half::bf16::from_f32(x)).collect())).collect();
+        st.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), st.params[s.range()].iter().map(|&x| half::bf16::from_f32(x)).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = halves
         .iter()
         .map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), bytemuck::cast_slice(d)).unwrap()))
         .collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
-    let (back, _) = Model::from_checkpoint(&dir).unwrap();
-    for (s, (_, _, d)) in back.store.specs.iter().zip(&halves) {
+    let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
+    let st = back.store().unwrap();
+    for (s, (_, _, d)) in st.specs.iter().zip(&halves) {
         let want: Vec<f32> = d.iter().map(|&x| f32::from(x)).collect();
-        assert_eq!(&back.store.params[s.range()], &want[..], "{}", s.name);
+        assert_eq!(&st.params[s.range()], &want[..], "{}", s.name);
     }
     let (a, b) = (m.logits(&TOKENS, 2).unwrap(), back.logits(&TOKENS, 2).unwrap());
     let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
@@ -176,7 +178,7 @@ fn bf16_checkpoints_load_widened_to_f32() {
 
 #[test]
 fn kv_cache_decoder_reproduces_the_full_forward() {
-    let m = Model::new(cfg()).unwrap();
+    let mut m = Model::new(cfg()).unwrap();
     let full = m.logits(&TOKENS, 1).unwrap();
     let mut dec = Decoder::new(&m, TOKENS.len());
     for (p, &t) in TOKENS.iter().enumerate() {
@@ -189,7 +191,7 @@ fn kv_cache_decoder_reproduces_the_full_forward() {
 
 #[test]
 fn generation_is_greedy_at_temperature_zero_and_seeded_otherwise() {
-    let m = Model::new(cfg()).unwrap();
+    let mut m = Model::new(cfg()).unwrap();
     let greedy = GenerateOptions { temperature: 0.0, top_k: None, seed: 0 };
     let out = generate(&m, &[1, 2, 3], 5, &greedy).unwrap();
     // Greedy = argmax of the full forward over prompt + what was generated so far.

@@ -78,20 +78,43 @@ impl<M: Send, T: Send + 'static, J: ToNapiValue + TypeName> Task for CoreTask<M,
     }
 }
 
-/// Access to the flat parameter store, for the parameter methods both classes share.
+/// Access to the flat parameter store and the optimiser, for the parameter methods both classes
+/// share. The model's store is its host copy, synchronised with the GPU by the core.
 pub(crate) trait HasStore {
-    fn store(&mut self) -> &mut ParamStore;
+    fn store(&mut self) -> moe_core::Result<&ParamStore>;
+    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore>;
+    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64>;
+    fn zero_grad(&mut self) -> moe_core::Result<()>;
 }
 
 impl HasStore for moe_core::MoeLayer {
-    fn store(&mut self) -> &mut ParamStore {
-        &mut self.store
+    fn store(&mut self) -> moe_core::Result<&ParamStore> {
+        Ok(&self.store)
+    }
+    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore> {
+        Ok(&mut self.store)
+    }
+    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64> {
+        self.store.step(opt)
+    }
+    fn zero_grad(&mut self) -> moe_core::Result<()> {
+        self.store.zero_grad();
+        Ok(())
     }
 }
 
 impl HasStore for moe_core::Model {
-    fn store(&mut self) -> &mut ParamStore {
-        &mut self.store
+    fn store(&mut self) -> moe_core::Result<&ParamStore> {
+        moe_core::Model::store(self)
+    }
+    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore> {
+        moe_core::Model::store_mut(self)
+    }
+    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64> {
+        moe_core::Model::step(self, opt)
+    }
+    fn zero_grad(&mut self) -> moe_core::Result<()> {
+        moe_core::Model::zero_grad(self)
     }
 }
 
@@ -127,42 +150,39 @@ pub(crate) mod params {
 
     pub fn list<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Vec<ParameterInfo>> {
         with(s, |m| {
-            Ok(m.store().specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
+            Ok(m.store()?.specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
         })
     }
     pub fn count<M: HasStore>(s: &Shared<M>) -> moe_core::Result<f64> {
-        with(s, |m| Ok(m.store().params.len() as f64))
+        with(s, |m| Ok(m.store()?.params.len() as f64))
     }
     pub fn get<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store().param(name).map(|p| Float32Array::new(p.to_vec())))
+        with(s, |m| m.store()?.param(name).map(|p| Float32Array::new(p.to_vec())))
     }
     pub fn set<M: HasStore>(s: &Shared<M>, name: &str, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().set_param(name, data))
+        with(s, |m| m.store_mut()?.set_param(name, data))
     }
     pub fn grad<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store().grad(name).map(|g| Float32Array::new(g.to_vec())))
+        with(s, |m| m.store()?.grad(name).map(|g| Float32Array::new(g.to_vec())))
     }
     pub fn all<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store().params.clone())))
+        with(s, |m| Ok(Float32Array::new(m.store()?.params.clone())))
     }
     pub fn set_all<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().set_params(data))
+        with(s, |m| m.store_mut()?.set_params(data))
     }
     pub fn grads<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store().grads.clone())))
+        with(s, |m| Ok(Float32Array::new(m.store()?.grads.clone())))
     }
     pub fn set_grads<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().set_grads(data))
+        with(s, |m| m.store_mut()?.set_grads(data))
     }
     pub fn zero_grad<M: HasStore>(s: &Shared<M>) -> moe_core::Result<()> {
-        with(s, |m| {
-            m.store().zero_grad();
-            Ok(())
-        })
+        with(s, |m| m.zero_grad())
     }
     pub fn step<M: HasStore + Send + 'static>(env: &Env, s: &Shared<M>, options: serde_json::Value) -> Result<AsyncTask<CoreTask<M, f64, f64>>> {
         let opt = guard(|| moe_core::AdamWConfig::from_json(options)).map_err(|e| js_error(env, e))?;
-        Ok(task(s, |n| n, move |m| m.store().step(&opt)))
+        Ok(task(s, |n| n, move |m| m.step(&opt)))
     }
 }
 

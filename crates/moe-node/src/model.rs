@@ -103,15 +103,34 @@ pub struct GenerateOptionsInput {
     pub seed: Option<u32>,
 }
 
+#[napi(object)]
+pub struct DeviceOptions {
+    /// "auto" (a real GPU if there is one, else the CPU), "gpu" or "cpu"; default: MOE_DEVICE or auto
+    #[napi(ts_type = "'auto' | 'gpu' | 'cpu'")]
+    pub device: Option<String>,
+}
+
+fn device_name(d: moe_core::gpu::Device) -> &'static str {
+    match d {
+        moe_core::gpu::Device::Gpu => "gpu",
+        moe_core::gpu::Device::Cpu => "cpu",
+    }
+}
+
 pub struct LoadTask {
     dir: PathBuf,
+    device: Option<String>,
 }
 
 impl Task for LoadTask {
     type Output = moe_core::Result<(Core, Option<String>)>;
     type JsValue = MoeModel;
     fn compute(&mut self) -> Result<Self::Output> {
-        Ok(guard(|| Core::from_checkpoint(&self.dir)))
+        Ok(guard(|| {
+            let (mut m, trainer) = Core::from_checkpoint(&self.dir)?;
+            m.to_device(self.device.as_deref())?;
+            Ok((m, trainer))
+        }))
     }
     fn resolve(&mut self, env: Env, out: Self::Output) -> Result<MoeModel> {
         let (m, trainer) = out.map_err(|e| js_error(&env, e))?;
@@ -119,7 +138,7 @@ impl Task for LoadTask {
     }
 }
 
-/// A Qwen3-MoE causal language model on the CPU. Parameters use the Hugging Face names
+/// A Qwen3-MoE causal language model on the CPU or the GPU. Parameters use the Hugging Face names
 /// (`model.layers.{l}.mlp.experts.{e}.up_proj.weight`, ...); checkpoints load in transformers.
 #[napi]
 pub struct MoeModel {
@@ -129,17 +148,29 @@ pub struct MoeModel {
 
 #[napi]
 impl MoeModel {
-    /// A freshly initialised model (seeded by `config.seed`).
-    #[napi(constructor, ts_args_type = "config: ModelConfig")]
-    pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
-        let m = guard(|| ModelConfig::from_json(config).and_then(Core::new)).map_err(|e| js_error(&env, e))?;
+    /// A freshly initialised model (seeded by `config.seed`) on `options.device`.
+    #[napi(constructor, ts_args_type = "config: ModelConfig, options?: DeviceOptions")]
+    pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
+        let device = options.and_then(|o| o.device);
+        let m = guard(|| {
+            let mut m = ModelConfig::from_json(config).and_then(Core::new)?;
+            m.to_device(device.as_deref())?;
+            Ok(m)
+        })
+        .map_err(|e| js_error(&env, e))?;
         Ok(MoeModel { inner: Arc::new(Mutex::new(Some(m))), trainer_state: None })
     }
 
     /// A model read from a checkpoint folder (config.json + model.safetensors [+ training state]).
-    #[napi(ts_return_type = "Promise<MoeModel>")]
-    pub fn from_checkpoint(dir: String) -> AsyncTask<LoadTask> {
-        AsyncTask::new(LoadTask { dir: dir.into() })
+    #[napi(ts_args_type = "dir: string, options?: DeviceOptions", ts_return_type = "Promise<MoeModel>")]
+    pub fn from_checkpoint(dir: String, options: Option<DeviceOptions>) -> AsyncTask<LoadTask> {
+        AsyncTask::new(LoadTask { dir: dir.into(), device: options.and_then(|o| o.device) })
+    }
+
+    /// Where the model runs: "gpu" or "cpu".
+    #[napi(getter, ts_return_type = "'gpu' | 'cpu'")]
+    pub fn device(&self, env: Env) -> Result<String> {
+        with(&self.inner, |m| Ok(device_name(m.device()).to_string())).map_err(|e| js_error(&env, e))
     }
 
     /// The trainer state (JSON) saved with the checkpoint this model was made from, if any.
@@ -157,7 +188,7 @@ impl MoeModel {
     /// Optimiser steps taken (restored by checkpoints).
     #[napi(getter)]
     pub fn optimizer_step(&self, env: Env) -> Result<f64> {
-        with(&self.inner, |m| Ok(m.store.opt.step as f64)).map_err(|e| js_error(&env, e))
+        with(&self.inner, |m| Ok(m.store()?.opt.step as f64)).map_err(|e| js_error(&env, e))
     }
 
     #[napi(getter)]
@@ -262,7 +293,11 @@ impl MoeModel {
         let opts: GenerateOptions = serde_json::from_value(options.unwrap_or(serde_json::json!({})))
             .map_err(|e| js_error(&env, MoeError::InvalidConfig(e.to_string())))?;
         let prompt = prompt.to_vec();
-        Ok(task(&self.inner, Uint32Array::new, move |m| generate(m, &prompt, max_new_tokens as usize, &opts)))
+        // Decoding runs on the host copy (synchronised from the GPU first when there is one).
+        Ok(task(&self.inner, Uint32Array::new, move |m| {
+            m.sync()?;
+            generate(m, &prompt, max_new_tokens as usize, &opts)
+        }))
     }
 
     /// Frees the model's memory now; any later call fails with INVALID_STATE.

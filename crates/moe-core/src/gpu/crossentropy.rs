@@ -1,1 +1,70 @@
-//! (being written)
+//! Cross-entropy of next-token logits on the GPU in the convention of `cpu::crossentropy`, over
+//! valid positions only. targets (T) and valid (T, 0 or 1) are u32 buffers.
+
+use super::matmul::View;
+use super::{groups_1d, Buf, Gpu, Kernel};
+
+const SRC: &str = include_str!("crossentropy.wgsl");
+const FORWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_forward" };
+const BACKWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_backward" };
+
+/// losses (T) = logsumexp(logits[t]) - logits[t, targets[t]] where valid[t] != 0, else 0.
+/// logits (T, V). Overwrites losses.
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, losses: View, logits: View, targets: &Buf, valid: &Buf, t: usize, v: usize) {
+    let params = [t as u32, v as u32, losses.off as u32, logits.off as u32, 0, 0, 0, 0];
+    g.dispatch(enc, &FORWARD, &[losses.buf, logits.buf, targets, valid], &params, groups_1d(t, 1));
+}
+
+/// dlogits (T, V) = scale * (softmax(logits[t]) - onehot(targets[t])) where valid, else 0. Overwrites.
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy_backward(
+    g: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    dlogits: View,
+    logits: View,
+    targets: &Buf,
+    valid: &Buf,
+    scale: f32,
+    t: usize,
+    v: usize,
+) {
+    let params = [t as u32, v as u32, dlogits.off as u32, logits.off as u32, scale.to_bits(), 0, 0, 0];
+    g.dispatch(enc, &BACKWARD, &[dlogits.buf, logits.buf, targets, valid], &params, groups_1d(t, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::crossentropy as cpu;
+    use crate::gpu::tests::test_gpu;
+    use crate::testutil::{assert_close, randn};
+
+    #[test]
+    fn crossentropy_matches_cpu() {
+        let Some(g) = test_gpu("crossentropy_matches_cpu") else { return };
+        // V straddles the 256-wide workgroup; one invalid row; targets at both ends of the row.
+        let (t, v, scale) = (5, 301, 0.37);
+        let logits: Vec<f32> = randn(t * v, 1).iter().map(|x| 3.0 * x).collect();
+        let (targets, valid) = ([0u32, 300, 17, 5, 256], [1u8, 1, 0, 1, 1]);
+        let mut losses = vec![0.0; t];
+        cpu::crossentropy_forward(&mut losses, &logits, &targets, &valid, v);
+        let mut dlogits = vec![0.0; t * v];
+        cpu::crossentropy_backward(&mut dlogits, &logits, &targets, &valid, scale, v);
+
+        // Outputs prefilled with garbage (both overwrite), every f32 tensor at an offset.
+        let valid32: Vec<u32> = valid.iter().map(|&b| b as u32).collect();
+        let glogits = g.upload(&[vec![7.0; 3], logits.clone()].concat()).unwrap();
+        let (gtargets, gvalid) = (g.upload(&targets).unwrap(), g.upload(&valid32).unwrap());
+        let (glosses, gdlogits) = (g.upload(&vec![9.0f32; t + 1]).unwrap(), g.upload(&vec![9.0f32; t * v + 2]).unwrap());
+        let at = |buf, off| View { buf, off };
+        let mut enc = g.encoder();
+        crossentropy_forward(g, &mut enc, at(&glosses, 1), at(&glogits, 3), &gtargets, &gvalid, t, v);
+        crossentropy_backward(g, &mut enc, at(&gdlogits, 2), at(&glogits, 3), &gtargets, &gvalid, scale, t, v);
+        let res = g.finish(enc, &[&glosses, &gdlogits]).unwrap();
+        let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(w).to_vec();
+        assert_close("crossentropy losses", &f(&res[0])[1..], &losses, 1e-5, 1e-5);
+        assert_close("crossentropy dlogits", &f(&res[1])[2..], &dlogits, 1e-6, 1e-5);
+        assert_eq!(f(&res[0])[1 + 2], 0.0, "an invalid row has no loss");
+    }
+}

@@ -8,14 +8,16 @@
 //! step whose buffers persist builds none after its first step.
 //!
 //! Adapter choice (`Device` / `MOE_DEVICE`): `auto` takes a real GPU and otherwise the CPU, `gpu`
-//! requires a real GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) counts only when
-//! asked for with `MOE_GPU_ADAPTER=software`: that is how CI runs the kernels without a GPU.
+//! requires a GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) is opened only with
+//! `MOE_GPU_ADAPTER=software`, and then only for `gpu`, never for `auto`: that is how CI runs the
+//! kernels without a GPU while everything else stays on the fast CPU path.
 
 pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
 pub mod matmul;
+pub mod model;
 pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
@@ -39,7 +41,11 @@ pub fn select(requested: Option<&str>) -> Result<Device> {
     match requested.or(env.as_deref()).unwrap_or("auto") {
         "cpu" => Ok(Device::Cpu),
         "gpu" => gpu().map(|_| Device::Gpu),
-        "auto" => match gpu() {
+        // A software adapter is a test vehicle, never an automatic choice.
+        "auto" => match gpu().and_then(|g| match g.info.device_type {
+            wgpu::DeviceType::Cpu => Err(MoeError::NoDevice(format!("{} is a software adapter", g.info.name))),
+            _ => Ok(g),
+        }) {
             Ok(_) => Ok(Device::Gpu),
             Err(e) => {
                 static NOTICE: std::sync::Once = std::sync::Once::new();

@@ -1,0 +1,503 @@
+//! The Qwen3-MoE model on the GPU: `model_forward` and `model_backward` of `crate::model` with every
+//! op call replaced by its GPU twin, in the same order. Parameters, gradients and AdamW moments live
+//! in four device buffers laid out exactly like `ParamStore`'s flat buffers, so a host copy is one
+//! buffer read and views are the same offsets. A forward records every kernel in one command
+//! encoder and reads back once: the routing statistics of all layers, the per-token losses and the
+//! finiteness flags.
+
+use super::adamw::{adamw_step, decay_ranges, norm_partials_len};
+use super::attention::{attention_backward, attention_forward};
+use super::crossentropy::{crossentropy_backward, crossentropy_forward};
+use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
+use super::matmul::{gemm, matmul_backward, matmul_forward, Gemm, View};
+use super::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
+use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use super::rope::{rope_backward, rope_forward};
+use super::{groups_1d, Buf, Gpu, Kernel};
+use crate::adamw::AdamWConfig;
+use crate::config::ModelConfig;
+use crate::error::{MoeError, Result};
+use crate::model::{layer_lens, model_lens, ModelStats};
+use crate::params::ParamStore;
+
+const ADD: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "add_inplace" };
+const FINITE: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "finite_flags" };
+
+/// y += x[x_off..], n elements.
+fn add_inplace(g: &Gpu, enc: &mut wgpu::CommandEncoder, y: &Buf, x: View, n: usize) {
+    g.dispatch(enc, &ADD, &[x.buf, y], &[n as u32, x.off as u32, 0, 0], groups_1d(n, 256));
+}
+
+/// flags[slot] = 1 when x holds a NaN or an infinity.
+fn finite_flags(g: &Gpu, enc: &mut wgpu::CommandEncoder, flags: &Buf, slot: usize, x: &Buf) {
+    g.dispatch(enc, &FINITE, &[x, flags], &[x.len as u32, 0, slot as u32, 0], groups_1d(x.len, 256));
+}
+
+/// Offsets of every parameter in the flat buffer, by role (the same split as `model::views`).
+struct Offsets {
+    embed: usize,
+    /// per layer: input_layernorm, q, k, v, o, q_norm, k_norm, post_attention_layernorm, mlp
+    layers: Vec<[usize; 9]>,
+    norm: usize,
+    lm_head: usize,
+}
+
+impl Offsets {
+    fn new(cfg: &ModelConfig) -> Self {
+        let lens = model_lens(cfg);
+        let mut at = lens[0];
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let mut o = [0; 9];
+                let mut p = at;
+                for (slot, len) in o.iter_mut().zip(layer_lens(cfg)) {
+                    *slot = p;
+                    p += len;
+                }
+                at += lens[1 + l];
+                o
+            })
+            .collect();
+        let norm = at;
+        let lm_head = if cfg.tie_word_embeddings { 0 } else { norm + cfg.hidden_size };
+        Offsets { embed: 0, layers, norm, lm_head }
+    }
+}
+
+/// Activations of one decoder layer, named as in `model::LayerActs`.
+struct LayerActs {
+    x: Buf,
+    xn: Buf,
+    rstd1: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    rstd_q: Buf,
+    rstd_k: Buf,
+    qn: Buf,
+    kn: Buf,
+    qr: Buf,
+    kr: Buf,
+    probs: Buf,
+    att: Buf,
+    h: Buf,
+    hn: Buf,
+    rstd2: Buf,
+    moe: GpuMoeActs,
+}
+
+/// Everything one forward of B sequences of S tokens writes, allocated once per (B, S).
+struct Acts {
+    b: usize,
+    s: usize,
+    tokens: Buf,
+    targets: Buf,
+    valid: Buf,
+    index: TokenIndex,
+    cos: Buf,
+    sin: Buf,
+    layers: Vec<LayerActs>,
+    xlast: Buf,
+    xf: Buf,
+    rstd_f: Buf,
+    logits: Buf,
+    losses: Buf,
+    /// per layer [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
+    stats: Buf,
+    /// one finiteness flag per layer output, then one for the losses
+    flags: Buf,
+}
+
+impl Acts {
+    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
+        let (d, h, kv, hd, v, e, nl) =
+            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+        let t = b * s;
+        let (cos, sin) = crate::cpu::rope::rope_tables(s, hd, cfg.rope_theta);
+        let layers = (0..nl)
+            .map(|_| {
+                Ok(LayerActs {
+                    x: g.alloc(t * d)?,
+                    xn: g.alloc(t * d)?,
+                    rstd1: g.alloc(t)?,
+                    q: g.alloc(t * h * hd)?,
+                    k: g.alloc(t * kv * hd)?,
+                    v: g.alloc(t * kv * hd)?,
+                    rstd_q: g.alloc(t * h)?,
+                    rstd_k: g.alloc(t * kv)?,
+                    qn: g.alloc(t * h * hd)?,
+                    kn: g.alloc(t * kv * hd)?,
+                    qr: g.alloc(t * h * hd)?,
+                    kr: g.alloc(t * kv * hd)?,
+                    probs: g.alloc(b * h * s * s)?,
+                    att: g.alloc(t * h * hd)?,
+                    h: g.alloc(t * d)?,
+                    hn: g.alloc(t * d)?,
+                    rstd2: g.alloc(t)?,
+                    moe: GpuMoeActs::default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Acts {
+            b,
+            s,
+            tokens: g.alloc(t)?,
+            targets: g.alloc(t)?,
+            valid: g.alloc(t)?,
+            index: TokenIndex::new(g, t)?,
+            cos: g.upload(&cos)?,
+            sin: g.upload(&sin)?,
+            layers,
+            xlast: g.alloc(t * d)?,
+            xf: g.alloc(t * d)?,
+            rstd_f: g.alloc(t)?,
+            logits: g.alloc(t * v)?,
+            losses: g.alloc(t)?,
+            stats: g.alloc(nl * stats_len(b, e))?,
+            flags: g.alloc(nl + 1)?,
+        })
+    }
+}
+
+/// Gradient scratch of the backward, named as in `model::model_backward`.
+struct Grads {
+    dlogits: Buf,
+    dxf: Buf,
+    dx: Buf,
+    dh: Buf,
+    dhn: Buf,
+    datt: Buf,
+    dqr: Buf,
+    dkr: Buf,
+    dv: Buf,
+    dqn: Buf,
+    dkn: Buf,
+    dq: Buf,
+    dk: Buf,
+    dxn: Buf,
+    pressure: Buf,
+}
+
+impl Grads {
+    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
+        let (d, h, kv, hd, v) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size);
+        let t = b * s;
+        Ok(Grads {
+            dlogits: g.alloc(t * v)?,
+            dxf: g.alloc(t * d)?,
+            dx: g.alloc(t * d)?,
+            dh: g.alloc(t * d)?,
+            dhn: g.alloc(t * d)?,
+            datt: g.alloc(t * h * hd)?,
+            dqr: g.alloc(t * h * hd)?,
+            dkr: g.alloc(t * kv * hd)?,
+            dv: g.alloc(t * kv * hd)?,
+            dqn: g.alloc(t * h * hd)?,
+            dkn: g.alloc(t * kv * hd)?,
+            dq: g.alloc(t * h * hd)?,
+            dk: g.alloc(t * kv * hd)?,
+            dxn: g.alloc(t * d)?,
+            pressure: g.alloc(cfg.num_hidden_layers * b * cfg.num_experts)?,
+        })
+    }
+}
+
+/// The device half of a `Model` on the GPU.
+pub struct GpuModel {
+    g: &'static Gpu,
+    params: Buf,
+    grads: Buf,
+    m: Buf,
+    v: Buf,
+    norm: Buf,
+    partials: Buf,
+    /// AdamW ranges (start, len, decay): matrices decay, norm weights do not.
+    ranges: Vec<(usize, usize, bool)>,
+    off: Offsets,
+    /// the stored forward (for `backward`) and the scratch of `store = false` forwards
+    acts: Option<Acts>,
+    scratch: Option<Acts>,
+    grad_scratch: Option<Grads>,
+}
+
+fn v(buf: &Buf, off: usize) -> View<'_> {
+    View { buf, off }
+}
+
+impl GpuModel {
+    /// Uploads the store's parameters, gradients and moments.
+    pub fn new(g: &'static Gpu, store: &ParamStore) -> Result<Self> {
+        let mut gm = GpuModel {
+            g,
+            params: g.alloc(store.params.len())?,
+            grads: g.alloc(store.params.len())?,
+            m: g.alloc(store.params.len())?,
+            v: g.alloc(store.params.len())?,
+            norm: g.alloc(1)?,
+            partials: g.alloc(norm_partials_len(store.params.len()))?,
+            ranges: decay_ranges(&store.specs),
+            off: Offsets { embed: 0, layers: Vec::new(), norm: 0, lm_head: 0 },
+            acts: None,
+            scratch: None,
+            grad_scratch: None,
+        };
+        gm.upload(store)?;
+        Ok(gm)
+    }
+
+    /// Replaces the device copy by the host's (after `set_params`, a checkpoint load, an all-reduce).
+    pub fn upload(&mut self, store: &ParamStore) -> Result<()> {
+        let g = self.g;
+        g.write(&self.params, 0, &store.params);
+        g.write(&self.grads, 0, &store.grads);
+        g.write(&self.m, 0, &store.opt.m);
+        g.write(&self.v, 0, &store.opt.v);
+        g.finish(g.encoder(), &[])?;
+        Ok(())
+    }
+
+    /// Copies parameters, gradients and moments into the host store (checkpoints, all-reduce).
+    pub fn download(&self, store: &mut ParamStore) -> Result<()> {
+        let mut r = self.g.finish(self.g.encoder(), &[&self.params, &self.grads, &self.m, &self.v])?.into_iter();
+        let mut next = |dst: &mut Vec<f32>| dst.copy_from_slice(bytemuck::cast_slice(&r.next().unwrap()));
+        next(&mut store.params);
+        next(&mut store.grads);
+        next(&mut store.opt.m);
+        next(&mut store.opt.v);
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) -> Result<()> {
+        let mut enc = self.g.encoder();
+        self.g.clear(&mut enc, &self.grads);
+        self.g.finish(enc, &[])?;
+        Ok(())
+    }
+
+    /// Forward over tokens (B, S) with validity `valid` (T); see `model::model_forward`. With `store`
+    /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
+    /// logits (T, V).
+    pub fn forward(&mut self, cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+        if self.off.layers.len() != cfg.num_hidden_layers {
+            self.off = Offsets::new(cfg);
+        }
+        let g = self.g;
+        let slot = if store { &mut self.acts } else { &mut self.scratch };
+        if !matches!(slot, Some(a) if a.b == b && a.s == s) {
+            *slot = None; // free the old shape's buffers before allocating the new ones
+            *slot = Some(Acts::new(g, cfg, b, s)?);
+        }
+        let a = slot.as_mut().unwrap();
+        let (d, h, kv, hd, vs, e, nl) =
+            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+        let t = b * s;
+        let eps = cfg.rms_norm_eps as f32;
+        let moe_cfg = cfg.moe();
+        let targets: Vec<u32> = (0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }).collect();
+        let valid_u32: Vec<u32> = valid.iter().map(|&x| x as u32).collect();
+        g.write(&a.tokens, 0, tokens);
+        g.write(&a.targets, 0, &targets);
+        g.write(&a.valid, 0, &valid_u32);
+        a.index.set(g, tokens);
+        let (p, off) = (&self.params, &self.off);
+        let mut enc = g.encoder();
+        g.clear(&mut enc, &a.flags);
+        embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed), t, d);
+        let stat_len = stats_len(b, e);
+        for l in 0..nl {
+            let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = off.layers[l];
+            let (cur, rest) = a.layers.split_at_mut(l + 1);
+            let la = &mut cur[l];
+            rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, ln1), t, d, eps);
+            matmul_forward(g, &mut enc, (&la.q).into(), (&la.xn).into(), v(p, wq), t, d, h * hd);
+            matmul_forward(g, &mut enc, (&la.k).into(), (&la.xn).into(), v(p, wk), t, d, kv * hd);
+            matmul_forward(g, &mut enc, (&la.v).into(), (&la.xn).into(), v(p, wv), t, d, kv * hd);
+            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), (&la.q).into(), v(p, qn), t * h, hd, eps);
+            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), (&la.k).into(), v(p, kn), t * kv, hd, eps);
+            rope_forward(g, &mut enc, (&la.qr).into(), (&la.qn).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
+            rope_forward(g, &mut enc, (&la.kr).into(), (&la.kn).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
+            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
+            // h = x + att · o_proj^T: the copy, then an accumulating GEMM.
+            g.copy(&mut enc, &la.x, 0, &la.h, 0, t * d);
+            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, wo), Gemm { trans_b: true, acc: true, ..Gemm::new(t, d, h * hd) });
+            rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, ln2), t, d, eps);
+            let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
+            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(p, mlp), &moe_cfg, b, s)?;
+            add_inplace(g, &mut enc, out, (&la.h).into(), t * d);
+            finite_flags(g, &mut enc, &a.flags, l, out);
+        }
+        rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, eps);
+        matmul_forward(g, &mut enc, (&a.logits).into(), (&a.xf).into(), v(p, off.lm_head), t, d, vs);
+        crossentropy_forward(g, &mut enc, (&a.losses).into(), (&a.logits).into(), &a.targets, &a.valid, t, vs);
+        finite_flags(g, &mut enc, &a.flags, nl, &a.losses);
+        let mut reads = vec![&a.stats, &a.losses, &a.flags];
+        if want_logits {
+            reads.push(&a.logits);
+        }
+        let r = g.finish(enc, &reads)?;
+        let flags = &r[2];
+        if let Some(l) = flags.iter().position(|&f| f != 0) {
+            let what = if l < nl { format!("output of layer {l}") } else { "loss".to_string() };
+            return Err(MoeError::NonFinite(format!("{what} is not finite (GPU)")));
+        }
+        let st: &[f32] = bytemuck::cast_slice(&r[0]);
+        let losses: &[f32] = bytemuck::cast_slice(&r[1]);
+        let mut stats = ModelStats::default();
+        for l in 0..nl {
+            let x = &st[l * stat_len..][..stat_len];
+            let (counts, x) = x.split_at(b * e);
+            let (sums, x) = x.split_at(b * e);
+            let (topk, x) = x.split_at(b);
+            let (z, valid_tokens) = x.split_at(b);
+            stats.counts.extend_from_slice(counts);
+            stats.score_sums.extend_from_slice(sums);
+            stats.topk_score_sums.extend_from_slice(topk);
+            stats.z_sums.extend_from_slice(z);
+            stats.valid_tokens = valid_tokens.to_vec();
+        }
+        stats.loss_sums = losses.chunks(s).map(|c| c.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
+        stats.loss = losses.iter().map(|&x| x as f64).sum();
+        let logits = want_logits.then(|| bytemuck::cast_slice(&r[3]).to_vec());
+        Ok((stats, logits))
+    }
+
+    /// Backward of the stored forward; accumulates into the gradient buffer. See `model::model_backward`.
+    pub fn backward(&mut self, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
+        let g = self.g;
+        let a = self.acts.as_mut().ok_or_else(|| MoeError::InvalidState("backward needs a stored forward".into()))?;
+        let (b, s) = (a.b, a.s);
+        if !matches!(&self.grad_scratch, Some(gs) if gs.dx.len == b * s * cfg.hidden_size) {
+            self.grad_scratch = None;
+            self.grad_scratch = Some(Grads::new(g, cfg, b, s)?);
+        }
+        let gs = self.grad_scratch.as_ref().unwrap();
+        let (d, h, kv, hd, vs, e) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts);
+        let t = b * s;
+        let moe_cfg = cfg.moe();
+        let (p, gr, off) = (&self.params, &self.grads, &self.off);
+        g.write(&gs.pressure, 0, pressure);
+        let mut enc = g.encoder();
+        g.clear(&mut enc, &gs.dlogits);
+        crossentropy_backward(g, &mut enc, (&gs.dlogits).into(), (&a.logits).into(), &a.targets, &a.valid, lm_scale, t, vs);
+        g.clear(&mut enc, &gs.dxf);
+        matmul_backward(g, &mut enc, (&gs.dxf).into(), v(gr, off.lm_head), (&gs.dlogits).into(), (&a.xf).into(), v(p, off.lm_head), t, d, vs);
+        g.clear(&mut enc, &gs.dx);
+        rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, off.norm), (&gs.dxf).into(), (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
+        for l in (0..cfg.num_hidden_layers).rev() {
+            let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = off.layers[l];
+            let la = &mut a.layers[l];
+            // out = h + MoE(hn)
+            g.copy(&mut enc, &gs.dx, 0, &gs.dh, 0, t * d);
+            moe_backward(g, &mut enc, (&gs.dhn).into(), v(gr, mlp), &mut la.moe, (&gs.dx).into(), v(&gs.pressure, l * b * e), z_scale, v(p, mlp), &moe_cfg)?;
+            rmsnorm_backward(g, &mut enc, (&gs.dh).into(), v(gr, ln2), (&gs.dhn).into(), (&la.h).into(), v(p, ln2), (&la.rstd2).into(), t, d);
+            // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)); dx becomes dxin.
+            g.copy(&mut enc, &gs.dh, 0, &gs.dx, 0, t * d);
+            g.clear(&mut enc, &gs.datt);
+            matmul_backward(g, &mut enc, (&gs.datt).into(), v(gr, wo), (&gs.dh).into(), (&la.att).into(), v(p, wo), t, h * hd, d);
+            for buf in [&gs.dqr, &gs.dkr, &gs.dv, &gs.dqn, &gs.dkn] {
+                g.clear(&mut enc, buf);
+            }
+            attention_backward(g, &mut enc, (&gs.dqr).into(), (&gs.dkr).into(), (&gs.dv).into(), (&gs.datt).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
+            rope_backward(g, &mut enc, (&gs.dqn).into(), (&gs.dqr).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
+            rope_backward(g, &mut enc, (&gs.dkn).into(), (&gs.dkr).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
+            g.clear(&mut enc, &gs.dq);
+            g.clear(&mut enc, &gs.dk);
+            rmsnorm_backward(g, &mut enc, (&gs.dq).into(), v(gr, qn), (&gs.dqn).into(), (&la.q).into(), v(p, qn), (&la.rstd_q).into(), t * h, hd);
+            rmsnorm_backward(g, &mut enc, (&gs.dk).into(), v(gr, kn), (&gs.dkn).into(), (&la.k).into(), v(p, kn), (&la.rstd_k).into(), t * kv, hd);
+            g.clear(&mut enc, &gs.dxn);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wq), (&gs.dq).into(), (&la.xn).into(), v(p, wq), t, d, h * hd);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wk), (&gs.dk).into(), (&la.xn).into(), v(p, wk), t, d, kv * hd);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wv), (&gs.dv).into(), (&la.xn).into(), v(p, wv), t, d, kv * hd);
+            rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, ln1), (&gs.dxn).into(), (&la.x).into(), v(p, ln1), (&la.rstd1).into(), t, d);
+        }
+        embedding_backward(g, &mut enc, v(gr, off.embed), (&gs.dx).into(), &a.index, d);
+        g.finish(enc, &[])?;
+        Ok(())
+    }
+
+    /// One AdamW step on the device; reads back only the gradient norm. See `ParamStore::step`.
+    pub fn step(&mut self, opt: &AdamWConfig, t: u64) -> Result<f64> {
+        let g = self.g;
+        let mut enc = g.encoder();
+        adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.norm, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
+        let r = g.finish(enc, &[&self.norm])?;
+        Ok(f32::from_bits(r[0][0]) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::tests::test_gpu;
+    use crate::testutil::assert_close;
+    use crate::{AdamWConfig, Model, ModelConfig};
+
+    fn cfg(tied: bool) -> ModelConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 37, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 4, "moe_intermediate_size": 10, "num_experts": 5,
+            "num_experts_per_tok": 2, "norm_topk_prob": true, "initializer_range": 0.1, "seed": 4,
+            "tie_word_embeddings": tied
+        }))
+        .unwrap()
+    }
+
+    /// Two full training steps (forward, backward with pressure and z-loss, AdamW with clipping)
+    /// on both devices from the same initialisation; a statistics-only forward in between must not
+    /// disturb the stored activations.
+    #[test]
+    fn training_step_matches_cpu() {
+        let Some(_) = test_gpu("training_step_matches_cpu") else { return };
+        for tied in [false, true] {
+            let (b, s) = (2, 7);
+            let tokens: Vec<u32> = (0..b * s).map(|i| (i * 7 + 3) as u32 % 37).collect();
+            let mut mask = vec![1u8; b * s];
+            mask[3] = 0;
+            let pressure: Vec<f32> = (0..2 * b * 5).map(|i| 0.02 * ((i % 7) as f32 - 3.0)).collect();
+            let opt = AdamWConfig::from_json(serde_json::json!({ "lr": 1e-2, "weightDecay": 0.1, "maxGradNorm": 0.5 })).unwrap();
+            let mut cpu = Model::new(cfg(tied)).unwrap();
+            let mut gpu = Model::new(cfg(tied)).unwrap();
+            gpu.to_device(Some("gpu")).unwrap();
+            for step in 0..2 {
+                let sc = cpu.forward(&tokens, Some(&mask), b, true).unwrap();
+                let sg = gpu.forward(&tokens, Some(&mask), b, true).unwrap();
+                gpu.forward(&tokens[..s], None, 1, false).unwrap();
+                assert_eq!(sg.counts, sc.counts, "step {step}: routing differs");
+                assert_eq!(sg.valid_tokens, sc.valid_tokens);
+                assert!(((sg.loss - sc.loss) / sc.loss).abs() < 1e-5, "loss {} vs {}", sg.loss, sc.loss);
+                assert_close("score_sums", &sg.score_sums, &sc.score_sums, 1e-5, 1e-4);
+                assert_close("z_sums", &sg.z_sums, &sc.z_sums, 1e-5, 1e-4);
+                assert_close("loss_sums", &sg.loss_sums, &sc.loss_sums, 1e-4, 1e-5);
+                cpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+                gpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+                let gc = cpu.store().unwrap().grads.clone();
+                assert_close(&format!("grads (tied = {tied}, step {step})"), &gpu.store().unwrap().grads, &gc, 1e-5, 1e-3);
+                let (nc, ng) = (cpu.step(&opt).unwrap(), gpu.step(&opt).unwrap());
+                assert!(((ng - nc) / nc).abs() < 1e-5, "grad norm {ng} vs {nc}");
+                cpu.zero_grad().unwrap();
+                gpu.zero_grad().unwrap();
+            }
+            let (pc, mc) = (cpu.store().unwrap().params.clone(), cpu.store().unwrap().opt.m.clone());
+            assert_close("adam m after 2 steps", &gpu.store().unwrap().opt.m, &mc, 1e-6, 1e-3);
+            // AdamW moves each weight by about lr * m / sqrt(v) whatever the gradient's size, so a
+            // weight whose gradient is rounding noise (~1e-9) may move differently on each device:
+            // the bound is a tenth of lr, far below the lr * steps a real difference would show.
+            assert_close("params after 2 steps", &gpu.store().unwrap().params, &pc, 1e-3, 1e-4);
+            let lc = cpu.logits(&tokens, b).unwrap();
+            assert_close("logits", &gpu.logits(&tokens, b).unwrap(), &lc, 1e-4, 1e-4);
+        }
+    }
+
+    #[test]
+    fn non_finite_layer_output_is_reported() {
+        let Some(_) = test_gpu("non_finite_layer_output_is_reported") else { return };
+        let mut m = Model::new(cfg(false)).unwrap();
+        m.to_device(Some("gpu")).unwrap();
+        let st = m.store_mut().unwrap();
+        let r = st.spec("model.layers.1.self_attn.o_proj.weight").unwrap().range();
+        st.params[r].fill(f32::MAX);
+        let e = m.forward(&[1, 2, 3, 4], None, 1, true).unwrap_err();
+        assert_eq!(e.code(), "NON_FINITE");
+        assert!(e.to_string().contains("layer 1"), "{e}");
+        assert_eq!(m.backward(&[0.0; 10], 1.0, 0.0).unwrap_err().code(), "INVALID_STATE");
+    }
+}

@@ -1,0 +1,27 @@
+// Small helpers of the model step: the residual add and the finiteness flags that replace the
+// CPU's per-layer `check_finite` without a readback per layer.
+
+struct Params { n: u32, x_off: u32, slot: u32, _pad: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+// y[i] += x[x_off + i]
+@compute @workgroup_size(256)
+fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let i = (wg.x + wg.y * nw.x) * 256u + li;
+    if (i < p.n) { y[i] += x[p.x_off + i]; }
+}
+
+@group(0) @binding(2) var<storage, read_write> flags: array<atomic<u32>>;
+
+// flags[slot] = 1 if any of x[x_off .. x_off + n] is NaN or infinite. |v| <= max finite f32 is
+// false exactly for those (comparisons with NaN are false).
+@compute @workgroup_size(256)
+fn finite_flags(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let i = (wg.x + wg.y * nw.x) * 256u + li;
+    if (i < p.n && !(abs(x[p.x_off + i]) <= 3.4028235e38)) { atomicOr(&flags[p.slot], 1u); }
+}
