@@ -55,14 +55,16 @@ export declare class MoeLayer {
 }
 
 /**
- * A Qwen3-MoE causal language model on the CPU. Parameters use the Hugging Face names
+ * A Qwen3-MoE causal language model on the CPU or the GPU. Parameters use the Hugging Face names
  * (`model.layers.{l}.mlp.experts.{e}.up_proj.weight`, ...); checkpoints load in transformers.
  */
 export declare class MoeModel {
-  /** A freshly initialised model (seeded by `config.seed`). */
-  constructor(config: ModelConfig)
+  /** A freshly initialised model (seeded by `config.seed`) on `options.device`. */
+  constructor(config: ModelConfig, options?: DeviceOptions)
   /** A model read from a checkpoint folder (config.json + model.safetensors [+ training state]). */
-  static fromCheckpoint(dir: string): Promise<MoeModel>
+  static fromCheckpoint(dir: string, options?: DeviceOptions): Promise<MoeModel>
+  /** Where the model runs: "gpu" or "cpu". */
+  get device(): 'gpu' | 'cpu'
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
   /** The validated configuration, defaults filled in. */
@@ -125,6 +127,11 @@ export interface BackwardScales {
   lmScale: number
   /** beta / T_glob of the router z-loss (default 0) */
   zScale?: number
+}
+
+export interface DeviceOptions {
+  /** "auto" (a real GPU if there is one, else the CPU), "gpu" or "cpu"; default: MOE_DEVICE or auto */
+  device?: 'auto' | 'gpu' | 'cpu'
 }
 
 export interface ForwardOptions {

@@ -11,9 +11,10 @@
 
 use clap::Parser;
 use moe_core::gpu::matmul::{matmul_forward, View};
+use moe_core::gpu::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
 use moe_core::gpu::{gpu, Gpu};
-use moe_core::{AdamWConfig, Model, ModelConfig};
-use rand::SeedableRng;
+use moe_core::{AdamWConfig, Model, ModelConfig, MoeConfig, MoeLayer};
+use rand_chacha::rand_core::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use std::time::Instant;
 
@@ -70,8 +71,8 @@ fn adapter(g: &Gpu) {
         l.max_compute_workgroup_storage_size >> 10,
         l.max_compute_invocations_per_workgroup,
         l.max_compute_workgroups_per_dimension,
-        l.min_subgroup_size,
-        l.max_subgroup_size
+        g.info.subgroup_min_size,
+        g.info.subgroup_max_size
     );
     println!("features used: {:?}", g.features);
     if g.cooperative_matrix.is_empty() {
@@ -105,12 +106,44 @@ fn gemm(g: &Gpu, n: usize, iters: usize) {
     assert!(rel_err(&c, &cpu_c) < 1e-3, "GPU GEMM disagrees with the CPU");
 }
 
+/// The MoE layer forward + backward (T = b * s tokens) on both devices from the same weights and
+/// inputs; output and input gradient checked. FLOPs: the router and the K chosen experts only,
+/// backward = 2x forward (as `npm run bench` counts them).
+fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) {
+    let (t, c, f, e, k) = (b * s, cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok);
+    let (x, dout) = (randn(t * c, 3, 1.0), randn(t * c, 4, 1.0));
+    let pressure = vec![1e-3f32; b * e];
+    let mut layer = MoeLayer::new(cfg.clone()).unwrap();
+    let mut cpu_out = Vec::new();
+    let mut cpu_dx = Vec::new();
+    let cpu_s = time(iters.min(3), || {
+        cpu_out = layer.forward(&x, None, b, true).unwrap().out;
+        cpu_dx = layer.backward(&dout, &pressure, 1e-4).unwrap();
+    });
+    let (gw, gg) = (g.upload(&layer.store.params).unwrap(), g.zeros(layer.store.params.len()).unwrap());
+    let (gx, gdout, gp) = (g.upload(&x).unwrap(), g.upload(&dout).unwrap(), g.upload(&pressure).unwrap());
+    let mask = g.upload(&vec![1u32; t]).unwrap();
+    let (gout, gdx, gstats) = (g.alloc(t * c).unwrap(), g.alloc(t * c).unwrap(), g.alloc(stats_len(b, e)).unwrap());
+    let mut acts = GpuMoeActs::default();
+    let gpu_s = time(iters, || {
+        let mut enc = g.encoder();
+        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&gw).into(), cfg, b, s).unwrap();
+        moe_backward(g, &mut enc, (&gdx).into(), (&gg).into(), &mut acts, (&gdout).into(), (&gp).into(), 1e-4, (&gw).into(), cfg).unwrap();
+        g.finish(enc, &[]).unwrap();
+    });
+    let (out, dx) = (g.read_f32(&gout).unwrap(), g.read_f32(&gdx).unwrap());
+    let flops = 3.0 * (2.0 * (t * c * e) as f64 + 6.0 * (t * k * c * f) as f64);
+    let err = rel_err(&out, &cpu_out).max(rel_err(&dx, &cpu_dx));
+    row(&format!("moe layer T={t} d={c} F={f} E={e} K={k}"), gpu_s, cpu_s, flops, err);
+    assert!(err < 1e-3, "GPU MoE layer disagrees with the CPU");
+}
+
 /// One training step (forward, backward, AdamW) of a model on each device, same data.
 fn model_step(cfg: &ModelConfig, b: usize, s: usize, iters: usize) {
     let tokens: Vec<u32> = (0..b * s).map(|i| ((i * 2654435761usize) >> 7) as u32 % cfg.vocab_size as u32).collect();
     let opt = AdamWConfig::from_json(serde_json::json!({ "lr": 1e-3, "maxGradNorm": 1.0 })).unwrap();
     let pressure = vec![1e-3f32; cfg.num_hidden_layers * b * cfg.num_experts];
-    let mut run = |device: &str| {
+    let run = |device: &str| {
         let mut m = Model::new(cfg.clone()).unwrap();
         m.to_device(Some(device)).unwrap();
         let mut losses = Vec::new();
@@ -146,6 +179,15 @@ fn main() {
     adapter(g);
     let (n, iters) = if args.quick { (256, 1) } else { (4096, args.iters) };
     gemm(g, n, iters);
+    let moe = |d: usize, f: usize, e: usize, k: usize| -> MoeConfig {
+        serde_json::from_value(serde_json::json!({ "hidden_size": d, "moe_intermediate_size": f, "num_experts": e,
+            "num_experts_per_tok": k, "norm_topk_prob": true })).unwrap()
+    };
+    // The benchmark shapes of `npm run bench` (T = 4096), or tiny ones with --quick.
+    let (b, s) = if args.quick { (2, 32) } else { (8, 512) };
+    let (d, scale) = if args.quick { (32, 8) } else { (512, 1) };
+    moe_layer(g, &moe(d, 256 / scale, 16, 4), b, s, iters);
+    moe_layer(g, &moe(d, 128 / scale, 64, 8), b, s, iters);
     let demo: ModelConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 1024, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 32, "moe_intermediate_size": 128, "num_experts": 16,
