@@ -4,7 +4,7 @@
 
 export { MoeLayer, MoeModel } from '../index.js';
 export type {
-  AdamWOptions, BackwardScales, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule, ModelConfig,
+  AdamWOptions, BackwardScales, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule, ModelConfig,
   ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, RoutingStats,
 } from '../index.js';
 export * from './balance/index.js';
