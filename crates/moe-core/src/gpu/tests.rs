@@ -52,3 +52,19 @@ fn matmul_matches_cpu() {
     assert_close("matmul dx", &f(&out[1]), &dx, 1e-4, 1e-4);
     assert_close("matmul dw", &f(&out[2])[3..], &dw, 1e-4, 1e-4);
 }
+
+#[test]
+fn oversized_buffer_is_a_clear_error() {
+    let Some(g) = test_gpu("oversized_buffer_is_a_clear_error") else { return };
+    let too_many = g.limits.max_storage_buffer_binding_size as usize / 4 + 1;
+    let e = g.alloc(too_many).err().expect("allocation past the binding limit must fail");
+    assert_eq!(e.code(), "OUT_OF_MEMORY", "{e}");
+    // The device stays usable.
+    assert_eq!(g.read_u32(&g.upload(&[7u32, 8]).unwrap()).unwrap(), vec![7, 8]);
+}
+
+#[test]
+fn bad_device_name_is_refused() {
+    assert_eq!(select(Some("tpu")).unwrap_err().code(), "INVALID_CONFIG");
+    assert_eq!(select(Some("cpu")).unwrap(), Device::Cpu);
+}
