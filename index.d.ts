@@ -10,7 +10,7 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 /**
- * A standalone MoE layer (router + dropless SwiGLU experts) on the CPU. Parameters and gradients
+ * A standalone MoE layer (router + dropless SwiGLU experts) on the CPU or the GPU. Parameters and gradients
  * are addressed by their Hugging Face names: `gate.weight` [E, d],
  * `experts.{e}.gate_proj.weight` / `up_proj.weight` [F, d], `experts.{e}.down_proj.weight` [d, F].
  */
@@ -18,8 +18,11 @@ export declare class MoeLayer {
   /**
    * `config` uses the Qwen3MoeConfig names: hidden_size, moe_intermediate_size, num_experts,
    * num_experts_per_tok, norm_topk_prob (default false), initializer_range (0.02), seed (0).
+   * The layer runs on `options.device`.
    */
-  constructor(config: MoeLayerConfig)
+  constructor(config: MoeLayerConfig, options?: DeviceOptions)
+  /** Where the layer runs: "gpu" or "cpu". */
+  get device(): 'gpu' | 'cpu'
   /** The validated configuration, defaults filled in. */
   get config(): Required<MoeLayerConfig>
   get numParameters(): number
@@ -129,6 +132,7 @@ export interface BackwardScales {
   zScale?: number
 }
 
+/** Where a model or layer runs. */
 export interface DeviceOptions {
   /** "auto" (a real GPU if there is one, else the CPU), "gpu" or "cpu"; default: MOE_DEVICE or auto */
   device?: 'auto' | 'gpu' | 'cpu'

@@ -1,14 +1,15 @@
-// The model on the GPU through the binding: one training step (loss, statistics, gradients,
-// AdamW) against the same step on the CPU, checkpoints written from the device, and the device
-// choice. Runs on any GPU; CI runs it on Mesa lavapipe (MOE_GPU_ADAPTER=software). Without an
+// The model and the MoE layer on the GPU through the binding: training steps (loss, statistics,
+// gradients, AdamW) against the same steps on the CPU, checkpoints written from the device, and the
+// device choice. Runs on any GPU; CI runs it on Mesa lavapipe (MOE_GPU_ADAPTER=software). Without an
 // adapter every test prints SKIPPED loudly, and fails instead when MOE_REQUIRE_GPU=1.
 
 import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MoeModel, type ModelConfig } from '../index.js';
+import { MoeLayer, MoeModel, type ModelConfig } from '../index.js';
 import { rng } from '../src/rng.js';
+import { CFG as LAYER_CFG, randn } from './helpers.js';
 
 const CFG: ModelConfig = {
   vocab_size: 40, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
@@ -22,10 +23,10 @@ const TOKENS = Uint32Array.from({ length: B * S }, () => Math.floor(r() * CFG.vo
 const PRESSURE = Float32Array.from({ length: CFG.num_hidden_layers * B * CFG.num_experts }, () => 0.05 * (r() - 0.5));
 const OPT = { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.5 };
 
-/** A model on the GPU, or null after a loud SKIPPED (a failure when MOE_REQUIRE_GPU=1). */
-function gpuModel(t: ExecutionContext): MoeModel | null {
+/** `make()`, an object on the GPU, or null after a loud SKIPPED (a failure when MOE_REQUIRE_GPU=1). */
+function onGpu<T>(t: ExecutionContext, make: () => T): T | null {
   try {
-    return new MoeModel(CFG, { device: 'gpu' });
+    return make();
   } catch (e) {
     if ((e as { code?: string }).code !== 'NO_DEVICE' || process.env.MOE_REQUIRE_GPU === '1') throw e;
     const line = `*** SKIPPED ${t.title}: ${(e as Error).message} ***`;
@@ -48,7 +49,7 @@ function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 test('a training step on the GPU matches the CPU: loss, statistics, gradients, parameters', async (t) => {
-  const gpu = gpuModel(t);
+  const gpu = onGpu(t, () => new MoeModel(CFG, { device: 'gpu' }));
   if (!gpu) return;
   const cpu = new MoeModel(CFG, { device: 'cpu' });
   t.is(gpu.device, 'gpu');
@@ -75,8 +76,44 @@ test('a training step on the GPU matches the CPU: loss, statistics, gradients, p
   t.is(gpu.optimizerStep, 2);
 });
 
+test('a MoeLayer on the GPU matches one on the CPU: output, statistics, dx, gradients, parameters', async (t) => {
+  const gpu = onGpu(t, () => new MoeLayer(LAYER_CFG, { device: 'gpu' }));
+  if (!gpu) return;
+  const cpu = new MoeLayer(LAYER_CFG, { device: 'cpu' });
+  t.is(gpu.device, 'gpu');
+  t.is(cpu.device, 'cpu');
+  const [b, s, d, e] = [2, 5, LAYER_CFG.hidden_size, LAYER_CFG.num_experts];
+  const [x, dOut] = [randn(b * s * d, 21), randn(b * s * d, 22)];
+  const pressure = randn(b * e, 23).map((v) => 0.1 * v);
+  const mask = new Uint8Array(b * s).fill(1);
+  mask[3] = 0;
+  const worst: Record<string, number> = {};
+  const close = (what: string, got: Float32Array, want: Float32Array, tol: number) => {
+    const err = relErr(got, want);
+    worst[what] = Math.max(worst[what] ?? 0, err);
+    t.true(err < tol, `${what} differs by ${err}`);
+  };
+  for (let step = 0; step < 2; step++) {
+    const [g, c] = [await gpu.forward(x, b, { mask }), await cpu.forward(x, b, { mask })];
+    t.deepEqual(Array.from(g.stats.counts), Array.from(c.stats.counts), 'same experts chosen');
+    t.deepEqual(Array.from(g.stats.validTokens), Array.from(c.stats.validTokens));
+    close('output', g.output, c.output, 1e-4);
+    close('scoreSums', g.stats.scoreSums, c.stats.scoreSums, 1e-4);
+    close('zSums', g.stats.zSums, c.stats.zSums, 1e-4);
+    close('dx', await gpu.backward(dOut, pressure, 0.05), await cpu.backward(dOut, pressure, 0.05), 1e-4);
+    close('grads', gpu.getGrads(), cpu.getGrads(), 1e-3);
+    const [ng, nc] = [await gpu.step(OPT), await cpu.step(OPT)];
+    t.true(Math.abs(ng - nc) / nc < 1e-4, `grad norm ${ng} vs ${nc}`);
+    gpu.zeroGrad();
+    cpu.zeroGrad();
+  }
+  // A weight whose gradient is rounding noise may still move by up to lr on either device.
+  for (const { name } of cpu.parameters()) close('params', gpu.getParameter(name), cpu.getParameter(name), 1e-3);
+  t.log('max rel |Δ|:', Object.entries(worst).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', '));
+});
+
 test('a checkpoint written from the GPU loads on the CPU with the same logits', async (t) => {
-  const gpu = gpuModel(t);
+  const gpu = onGpu(t, () => new MoeModel(CFG, { device: 'gpu' }));
   if (!gpu) return;
   await gpu.forward(TOKENS, B);
   await gpu.backward(PRESSURE, { lmScale: 0.1 });
@@ -93,7 +130,7 @@ test('a checkpoint written from the GPU loads on the CPU with the same logits', 
 });
 
 test('parameters written from JS reach the device before its next step', async (t) => {
-  const gpu = gpuModel(t);
+  const gpu = onGpu(t, () => new MoeModel(CFG, { device: 'gpu' }));
   if (!gpu) return;
   const cpu = new MoeModel(CFG, { device: 'cpu' });
   const p = cpu.getParams().map((x) => x * 0.5);

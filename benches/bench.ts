@@ -32,7 +32,7 @@ async function trainStep(scope: 'micro' | 'global', R: number, A: number): Promi
   const b = BATCH / (R * A);
   const L = DEMO_MODEL.num_hidden_layers;
   const E = DEMO_MODEL.num_experts;
-  const models = Array.from({ length: R }, () => new MoeModel(DEMO_MODEL));
+  const models = Array.from({ length: R }, () => new MoeModel(DEMO_MODEL, { device: 'cpu' }));
   const r = rng(0);
   const tokens = Array.from({ length: R * A }, () => Uint32Array.from({ length: b * SEQ }, () => Math.floor(r() * 256)));
   const times: number[] = [];

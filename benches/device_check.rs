@@ -120,7 +120,8 @@ fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) {
         cpu_out = layer.forward(&x, None, b, true).unwrap().out;
         cpu_dx = layer.backward(&dout, &pressure, 1e-4).unwrap();
     });
-    let (gw, gg) = (g.upload(&layer.store.params).unwrap(), g.zeros(layer.store.params.len()).unwrap());
+    let weights = &layer.store.host().unwrap().params;
+    let (gw, gg) = (g.upload(weights).unwrap(), g.zeros(weights.len()).unwrap());
     let (gx, gdout, gp) = (g.upload(&x).unwrap(), g.upload(&dout).unwrap(), g.upload(&pressure).unwrap());
     let mask = g.upload(&vec![1u32; t]).unwrap();
     let (gout, gdx, gstats) = (g.alloc(t * c).unwrap(), g.alloc(t * c).unwrap(), g.alloc(stats_len(b, e)).unwrap());
@@ -150,8 +151,8 @@ fn model_step(cfg: &ModelConfig, b: usize, s: usize, iters: usize) {
         let secs = time(iters, || {
             let st = m.forward(&tokens, None, b, true).unwrap();
             m.backward(&pressure, 1.0 / (b * s) as f32, 1e-3 / (b * s) as f32).unwrap();
-            m.step(&opt).unwrap();
-            m.zero_grad().unwrap();
+            m.store.step(&opt).unwrap();
+            m.store.zero_grad().unwrap();
             losses.push(st.loss);
         });
         (secs, losses)

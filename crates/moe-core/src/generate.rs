@@ -51,7 +51,7 @@ impl<'m> Decoder<'m> {
         let c = &self.model.cfg;
         let (d, h, kv, hd, eps) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps as f32);
         let moe_cfg = c.moe();
-        let w = views(&self.model.store.params, c);
+        let w = views(&self.model.store.host.params, c);
         let mut x = vec![0.0; d];
         embedding_forward(&mut x, &[token], w.embed, d);
         let (mut xn, mut r) = (vec![0.0; d], vec![0.0; h.max(1)]);
@@ -109,8 +109,11 @@ fn sample(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
     order[p.len() - 1] as u32
 }
 
-/// Continues `prompt` by `max_new` tokens; returns the new tokens only.
-pub fn generate(model: &Model, prompt: &[u32], max_new: usize, opts: &GenerateOptions) -> Result<Vec<u32>> {
+/// Continues `prompt` by `max_new` tokens; returns the new tokens only. Decoding runs on the CPU,
+/// from the host copy of the parameters (brought up to date from the GPU first).
+pub fn generate(model: &mut Model, prompt: &[u32], max_new: usize, opts: &GenerateOptions) -> Result<Vec<u32>> {
+    model.store.sync()?;
+    let model = &*model;
     let c = &model.cfg;
     if prompt.is_empty() {
         return Err(MoeError::ShapeMismatch("the prompt needs at least one token".into()));

@@ -14,6 +14,7 @@ pub mod layer;
 pub mod model;
 pub mod moe;
 pub mod params;
+pub mod placed;
 #[cfg(test)]
 mod testutil;
 

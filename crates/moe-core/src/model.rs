@@ -11,11 +11,11 @@ use crate::cpu::embedding::{embedding_backward, embedding_forward};
 use crate::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::cpu::rope::{rope_backward, rope_forward, rope_tables};
-use crate::adamw::AdamWConfig;
 use crate::error::{check_finite, check_len, MoeError, Result};
 use crate::gpu::model::GpuModel;
 use crate::gpu::Device;
-use crate::moe::{moe_backward, moe_forward, moe_param_specs, MoeActs, MoeConfig, MoeGrads, MoeWeights, RoutingStats};
+use crate::placed::Placed;
+use crate::moe::{moe_backward, moe_forward, sized, moe_param_specs, MoeActs, MoeConfig, MoeGrads, MoeWeights, RoutingStats};
 use crate::params::{split_many, split_many_mut, ParamStore, SpecBuilder};
 
 /// The flat buffer's parameters in order, with their Hugging Face names.
@@ -117,10 +117,32 @@ pub struct ModelActs {
     cos: Vec<f32>,
     sin: Vec<f32>,
     layers: Vec<LayerActs>,
+    qnorm: Vec<f32>,  // (T, H*D) scratch: q after q_norm, before rope
+    knorm: Vec<f32>,  // (T, KV*D)
     xlast: Vec<f32>,  // (T, C) output of the last layer
     xf: Vec<f32>,     // (T, C) after the final norm
     rstd_f: Vec<f32>, // (T)
     logits: Vec<f32>, // (T, V)
+    grads: Grads,
+}
+
+/// The backward's activation gradients, named after the activations.
+#[derive(Default)]
+struct Grads {
+    dlogits: Vec<f32>,
+    dxf: Vec<f32>,
+    dx: Vec<f32>,
+    dh: Vec<f32>,
+    dhn: Vec<f32>,
+    datt: Vec<f32>,
+    dqr: Vec<f32>,
+    dkr: Vec<f32>,
+    dv: Vec<f32>,
+    dqn: Vec<f32>,
+    dkn: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dxn: Vec<f32>,
 }
 
 /// Per-layer, per-sequence routing statistics and the loss of one forward.
@@ -144,13 +166,12 @@ pub struct ModelStats {
 
 /// Forward over tokens (B, S). Fills `acts` and returns the statistics and the logits are in
 /// `acts.logits`. Fails with `NON_FINITE` naming the first layer whose output is not finite.
-fn model_forward(acts: &mut ModelActs, w: &Views<&[f32]>, cfg: &ModelConfig, tokens: &[u32], valid: Vec<u8>, b: usize, s: usize) -> Result<ModelStats> {
+fn model_forward(a: &mut ModelActs, w: &Views<&[f32]>, cfg: &ModelConfig, tokens: &[u32], valid: Vec<u8>, b: usize, s: usize) -> Result<ModelStats> {
     let (d, h, kv, hd, v, e, nl) =
         (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
     let t = b * s;
     let eps = cfg.rms_norm_eps as f32;
     let moe_cfg: MoeConfig = cfg.moe();
-    let (cos, sin) = rope_tables(s, hd, cfg.rope_theta);
     let mut stats = ModelStats {
         counts: vec![0.0; nl * b * e],
         score_sums: vec![0.0; nl * b * e],
@@ -158,65 +179,52 @@ fn model_forward(acts: &mut ModelActs, w: &Views<&[f32]>, cfg: &ModelConfig, tok
         z_sums: vec![0.0; nl * b],
         ..Default::default()
     };
-    let mut x = vec![0.0; t * d];
-    embedding_forward(&mut x, tokens, w.embed, d);
-    let mut layers = Vec::with_capacity(nl);
+    // Every buffer of the previous forward is reused (each op overwrites its outputs): fresh
+    // allocations of this size cost page faults on every step.
+    (a.b, a.s, a.valid) = (b, s, valid);
+    (a.cos, a.sin) = rope_tables(s, hd, cfg.rope_theta);
+    a.tokens.clear();
+    a.tokens.extend_from_slice(tokens);
+    a.targets.clear();
+    a.targets.extend((0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }));
+    a.layers.resize_with(nl, LayerActs::default);
+    embedding_forward(sized(&mut a.layers[0].x, t * d), tokens, w.embed, d);
     let mut rs = RoutingStats::default();
     for (l, lw) in w.layers.iter().enumerate() {
         let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = lw[..] else { unreachable!() };
-        let mut a = LayerActs { x, ..Default::default() };
-        a.xn = vec![0.0; t * d];
-        a.rstd1 = vec![0.0; t];
-        rmsnorm_forward(&mut a.xn, &mut a.rstd1, &a.x, ln1, d, eps);
-        a.q = vec![0.0; t * h * hd];
-        a.k = vec![0.0; t * kv * hd];
-        a.v = vec![0.0; t * kv * hd];
-        matmul_forward(&mut a.q, &a.xn, wq, t, d, h * hd);
-        matmul_forward(&mut a.k, &a.xn, wk, t, d, kv * hd);
-        matmul_forward(&mut a.v, &a.xn, wv, t, d, kv * hd);
-        let mut qnorm = vec![0.0; t * h * hd];
-        let mut knorm = vec![0.0; t * kv * hd];
-        a.rstd_q = vec![0.0; t * h];
-        a.rstd_k = vec![0.0; t * kv];
-        rmsnorm_forward(&mut qnorm, &mut a.rstd_q, &a.q, qn, hd, eps);
-        rmsnorm_forward(&mut knorm, &mut a.rstd_k, &a.k, kn, hd, eps);
-        a.qr = vec![0.0; t * h * hd];
-        a.kr = vec![0.0; t * kv * hd];
-        rope_forward(&mut a.qr, &qnorm, &cos, &sin, s, h, hd, 0);
-        rope_forward(&mut a.kr, &knorm, &cos, &sin, s, kv, hd, 0);
-        a.att = vec![0.0; t * h * hd];
-        a.probs = vec![0.0; b * h * s * s];
-        attention_forward(&mut a.att, &mut a.probs, &a.qr, &a.kr, &a.v, s, h, kv, hd);
-        a.h = vec![0.0; t * d];
-        matmul_forward(&mut a.h, &a.att, wo, t, h * hd, d);
-        a.h.iter_mut().zip(&a.x).for_each(|(h, x)| *h += x);
-        a.hn = vec![0.0; t * d];
-        a.rstd2 = vec![0.0; t];
-        rmsnorm_forward(&mut a.hn, &mut a.rstd2, &a.h, ln2, d, eps);
-        let mut out = vec![0.0; t * d];
-        moe_forward(&mut out, &mut rs, &mut a.moe, &a.hn, &valid, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, b, s);
-        out.iter_mut().zip(&a.h).for_each(|(o, h)| *o += h);
-        check_finite(&format!("output of layer {l}"), &out)?;
+        let (cur, next) = a.layers.split_at_mut(l + 1);
+        let la = &mut cur[l];
+        rmsnorm_forward(sized(&mut la.xn, t * d), sized(&mut la.rstd1, t), &la.x, ln1, d, eps);
+        matmul_forward(sized(&mut la.q, t * h * hd), &la.xn, wq, t, d, h * hd);
+        matmul_forward(sized(&mut la.k, t * kv * hd), &la.xn, wk, t, d, kv * hd);
+        matmul_forward(sized(&mut la.v, t * kv * hd), &la.xn, wv, t, d, kv * hd);
+        let (qnorm, knorm) = (sized(&mut a.qnorm, t * h * hd), sized(&mut a.knorm, t * kv * hd));
+        rmsnorm_forward(qnorm, sized(&mut la.rstd_q, t * h), &la.q, qn, hd, eps);
+        rmsnorm_forward(knorm, sized(&mut la.rstd_k, t * kv), &la.k, kn, hd, eps);
+        rope_forward(sized(&mut la.qr, t * h * hd), qnorm, &a.cos, &a.sin, s, h, hd, 0);
+        rope_forward(sized(&mut la.kr, t * kv * hd), knorm, &a.cos, &a.sin, s, kv, hd, 0);
+        attention_forward(sized(&mut la.att, t * h * hd), sized(&mut la.probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd);
+        let hh = sized(&mut la.h, t * d);
+        matmul_forward(hh, &la.att, wo, t, h * hd, d);
+        hh.iter_mut().zip(&la.x).for_each(|(h, x)| *h += x);
+        rmsnorm_forward(sized(&mut la.hn, t * d), sized(&mut la.rstd2, t), &la.h, ln2, d, eps);
+        let out = sized(next.first_mut().map_or(&mut a.xlast, |n| &mut n.x), t * d);
+        moe_forward(out, &mut rs, &mut la.moe, &la.hn, &a.valid, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, b, s);
+        out.iter_mut().zip(&la.h).for_each(|(o, h)| *o += h);
+        check_finite(&format!("output of layer {l}"), out)?;
         stats.counts[l * b * e..][..b * e].copy_from_slice(&rs.counts);
         stats.score_sums[l * b * e..][..b * e].copy_from_slice(&rs.score_sums);
         stats.topk_score_sums[l * b..][..b].copy_from_slice(&rs.topk_score_sums);
         stats.z_sums[l * b..][..b].copy_from_slice(&rs.z_sums);
-        layers.push(a);
-        x = out;
     }
     stats.valid_tokens = rs.valid_tokens;
-    let mut xf = vec![0.0; t * d];
-    let mut rstd_f = vec![0.0; t];
-    rmsnorm_forward(&mut xf, &mut rstd_f, &x, w.norm, d, eps);
-    let mut logits = vec![0.0; t * v];
-    matmul_forward(&mut logits, &xf, w.lm_head.unwrap_or(w.embed), t, d, v);
-    let targets: Vec<u32> = (0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }).collect();
+    rmsnorm_forward(sized(&mut a.xf, t * d), sized(&mut a.rstd_f, t), &a.xlast, w.norm, d, eps);
+    matmul_forward(sized(&mut a.logits, t * v), &a.xf, w.lm_head.unwrap_or(w.embed), t, d, v);
     let mut losses = vec![0.0; t];
-    crossentropy_forward(&mut losses, &logits, &targets, &valid, v);
+    crossentropy_forward(&mut losses, &a.logits, &a.targets, &a.valid, v);
     check_finite("loss", &losses)?;
     stats.loss_sums = losses.chunks(s).map(|c| c.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
     stats.loss = losses.iter().map(|&x| x as f64).sum();
-    *acts = ModelActs { b, s, tokens: tokens.to_vec(), targets, valid, cos, sin, layers, xlast: x, xf, rstd_f, logits };
     Ok(stats)
 }
 
@@ -227,143 +235,81 @@ fn model_backward(g: &mut Views<&mut [f32]>, acts: &mut ModelActs, w: &Views<&[f
     let (b, s) = (acts.b, acts.s);
     let t = b * s;
     let moe_cfg = cfg.moe();
-    let mut dlogits = vec![0.0; t * v];
-    crossentropy_backward(&mut dlogits, &acts.logits, &acts.targets, &acts.valid, lm_scale, v);
-    let mut dxf = vec![0.0; t * d];
+    // Gradient buffers are kept across steps like the activations; `zeroed` where an op accumulates.
+    let gs = &mut acts.grads;
+    crossentropy_backward(sized(&mut gs.dlogits, t * v), &acts.logits, &acts.targets, &acts.valid, lm_scale, v);
     let dlm: &mut [f32] = match g.lm_head.as_deref_mut() {
         Some(lm) => lm,
         None => g.embed,
     };
-    matmul_backward(&mut dxf, dlm, &dlogits, &acts.xf, w.lm_head.unwrap_or(w.embed), t, d, v);
-    let mut dx = vec![0.0; t * d];
-    rmsnorm_backward(&mut dx, g.norm, &dxf, &acts.xlast, w.norm, &acts.rstd_f, d);
+    matmul_backward(zeroed(&mut gs.dxf, t * d), dlm, &gs.dlogits, &acts.xf, w.lm_head.unwrap_or(w.embed), t, d, v);
+    rmsnorm_backward(zeroed(&mut gs.dx, t * d), g.norm, &gs.dxf, &acts.xlast, w.norm, &acts.rstd_f, d);
     for (l, a) in acts.layers.iter_mut().enumerate().rev() {
         let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = w.layers[l][..] else { unreachable!() };
         let [gln1, gq, gk, gv, go, gqn, gkn, gln2, gmlp] = &mut g.layers[l][..] else { unreachable!() };
         // out = h + MoE(hn)
-        let mut dh = dx.clone();
-        let mut dhn = vec![0.0; t * d];
+        let dh = sized(&mut gs.dh, t * d);
+        dh.copy_from_slice(&gs.dx);
         let mut mg = MoeGrads::split(gmlp, &moe_cfg);
-        moe_backward(&mut dhn, &mut mg, &mut a.moe, &dx, &pressure[l * b * e..][..b * e], z_scale, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg);
-        rmsnorm_backward(&mut dh, gln2, &dhn, &a.h, ln2, &a.rstd2, d);
-        // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v))
-        let mut dxin = dh.clone();
-        let mut datt = vec![0.0; t * h * hd];
-        matmul_backward(&mut datt, go, &dh, &a.att, wo, t, h * hd, d);
-        let (mut dqr, mut dkr, mut dv) = (vec![0.0; t * h * hd], vec![0.0; t * kv * hd], vec![0.0; t * kv * hd]);
-        attention_backward(&mut dqr, &mut dkr, &mut dv, &datt, &a.probs, &a.qr, &a.kr, &a.v, s, h, kv, hd);
-        let (mut dqn, mut dkn) = (vec![0.0; t * h * hd], vec![0.0; t * kv * hd]);
-        rope_backward(&mut dqn, &dqr, &acts.cos, &acts.sin, s, h, hd);
-        rope_backward(&mut dkn, &dkr, &acts.cos, &acts.sin, s, kv, hd);
-        let (mut dq, mut dk) = (vec![0.0; t * h * hd], vec![0.0; t * kv * hd]);
-        rmsnorm_backward(&mut dq, gqn, &dqn, &a.q, qn, &a.rstd_q, hd);
-        rmsnorm_backward(&mut dk, gkn, &dkn, &a.k, kn, &a.rstd_k, hd);
-        let mut dxn = vec![0.0; t * d];
-        matmul_backward(&mut dxn, gq, &dq, &a.xn, wq, t, d, h * hd);
-        matmul_backward(&mut dxn, gk, &dk, &a.xn, wk, t, d, kv * hd);
-        matmul_backward(&mut dxn, gv, &dv, &a.xn, wv, t, d, kv * hd);
-        rmsnorm_backward(&mut dxin, gln1, &dxn, &a.x, ln1, &a.rstd1, d);
-        dx = dxin;
+        moe_backward(sized(&mut gs.dhn, t * d), &mut mg, &mut a.moe, &gs.dx, &pressure[l * b * e..][..b * e], z_scale, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg);
+        rmsnorm_backward(dh, gln2, &gs.dhn, &a.h, ln2, &a.rstd2, d);
+        // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)); dx becomes this layer's dx.
+        gs.dx.copy_from_slice(&gs.dh);
+        matmul_backward(zeroed(&mut gs.datt, t * h * hd), go, &gs.dh, &a.att, wo, t, h * hd, d);
+        let (dqr, dkr, dv) = (sized(&mut gs.dqr, t * h * hd), sized(&mut gs.dkr, t * kv * hd), sized(&mut gs.dv, t * kv * hd));
+        attention_backward(dqr, dkr, dv, &gs.datt, &a.probs, &a.qr, &a.kr, &a.v, s, h, kv, hd);
+        rope_backward(sized(&mut gs.dqn, t * h * hd), dqr, &acts.cos, &acts.sin, s, h, hd);
+        rope_backward(sized(&mut gs.dkn, t * kv * hd), dkr, &acts.cos, &acts.sin, s, kv, hd);
+        let (dq, dk) = (zeroed(&mut gs.dq, t * h * hd), zeroed(&mut gs.dk, t * kv * hd));
+        rmsnorm_backward(dq, gqn, &gs.dqn, &a.q, qn, &a.rstd_q, hd);
+        rmsnorm_backward(dk, gkn, &gs.dkn, &a.k, kn, &a.rstd_k, hd);
+        let dxn = zeroed(&mut gs.dxn, t * d);
+        matmul_backward(dxn, gq, dq, &a.xn, wq, t, d, h * hd);
+        matmul_backward(dxn, gk, dk, &a.xn, wk, t, d, kv * hd);
+        matmul_backward(dxn, gv, &gs.dv, &a.xn, wv, t, d, kv * hd);
+        rmsnorm_backward(&mut gs.dx, gln1, dxn, &a.x, ln1, &a.rstd1, d);
     }
-    embedding_backward(g.embed, &dx, &acts.tokens, d);
+    embedding_backward(g.embed, &gs.dx, &acts.tokens, d);
 }
 
-/// The model on the CPU, or on the GPU with `store` as the host copy. On the GPU, parameters,
-/// gradients and moments leave the device only when the host copy is asked for (checkpoints,
-/// parameter and gradient I/O for all-reduce), and go back before the next device op.
+/// `v` resized to n and set to zero, for outputs that ops accumulate into.
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+/// The model on the CPU or the GPU: `store` holds parameters, gradients and moments where they
+/// live (see `Placed`), `gpu` the device activations when on the GPU.
 pub struct Model {
     pub cfg: ModelConfig,
-    pub(crate) store: ParamStore,
+    pub store: Placed,
     acts: ModelActs,
     /// B of the stored forward, once one succeeded
     stored: Option<usize>,
     gpu: Option<GpuModel>,
-    /// which copy is newer: the device's after a device op, the host's after `store_mut`
-    device_newer: bool,
-    host_newer: bool,
 }
 
 impl Model {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
         cfg.validate()?;
-        let store = model_param_store(&cfg)?;
-        Ok(Model { cfg, store, acts: ModelActs::default(), stored: None, gpu: None, device_newer: false, host_newer: false })
+        let store = Placed::new(model_param_store(&cfg)?);
+        Ok(Model { cfg, store, acts: ModelActs::default(), stored: None, gpu: None })
     }
 
     /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
     pub fn to_device(&mut self, requested: Option<&str>) -> Result<Device> {
         let device = crate::gpu::select(requested)?;
-        match device {
-            Device::Gpu if self.gpu.is_none() => {
-                self.sync()?;
-                self.gpu = Some(GpuModel::new(crate::gpu::gpu()?, &self.store)?);
-                self.host_newer = false;
-            }
-            Device::Cpu if self.gpu.is_some() => {
-                self.sync()?;
-                self.gpu = None;
-            }
-            _ => {}
+        self.store.place(device)?;
+        if device != self.device() {
+            self.gpu = (device == Device::Gpu).then(|| GpuModel::new(&self.cfg));
+            self.stored = None;
         }
-        self.stored = None;
         Ok(device)
     }
 
     pub fn device(&self) -> Device {
         if self.gpu.is_some() { Device::Gpu } else { Device::Cpu }
-    }
-
-    /// The host copy, brought up to date from the device.
-    pub fn store(&mut self) -> Result<&ParamStore> {
-        self.sync()?;
-        Ok(&self.store)
-    }
-
-    /// The host copy for writing; the device copy is replaced by it before the next device op.
-    pub fn store_mut(&mut self) -> Result<&mut ParamStore> {
-        self.sync()?;
-        self.host_newer = self.gpu.is_some();
-        Ok(&mut self.store)
-    }
-
-    /// Brings the host copy up to date (a no-op on the CPU).
-    pub fn sync(&mut self) -> Result<()> {
-        if let (Some(gm), true) = (&self.gpu, self.device_newer) {
-            gm.download(&mut self.store)?;
-            self.device_newer = false;
-        }
-        Ok(())
-    }
-
-    /// The device copy, brought up to date from the host.
-    fn device_model(&mut self) -> Result<Option<&mut GpuModel>> {
-        if let (Some(gm), true) = (&mut self.gpu, self.host_newer) {
-            gm.upload(&self.store)?;
-            self.host_newer = false;
-        }
-        Ok(self.gpu.as_mut())
-    }
-
-    /// One AdamW step; see `ParamStore::step`. On the GPU only the gradient norm comes back.
-    pub fn step(&mut self, opt: &AdamWConfig) -> Result<f64> {
-        opt.validate()?;
-        let t = self.store.opt.step + 1;
-        let Some(gm) = self.device_model()? else { return self.store.step(opt) };
-        let norm = gm.step(opt, t)?;
-        if !norm.is_finite() {
-            return Err(MoeError::NonFinite(format!("gradient norm is {norm}")));
-        }
-        self.store.opt.step = t;
-        self.device_newer = true;
-        Ok(norm)
-    }
-
-    pub fn zero_grad(&mut self) -> Result<()> {
-        self.store.zero_grad();
-        if let Some(gm) = self.device_model()? {
-            gm.zero_grad()?;
-        }
-        Ok(())
     }
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity.
@@ -389,15 +335,14 @@ impl Model {
     /// stored ones are left untouched (evaluation and statistics-only forwards).
     pub fn forward(&mut self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<ModelStats> {
         let (s, valid) = self.validate(tokens, mask, b)?;
-        let cfg = self.cfg.clone();
-        if let Some(gm) = self.device_model()? {
-            let r = gm.forward(&cfg, tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
+        if let (Some(gm), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
+            let r = gm.forward(dev, &self.cfg, tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
             if store {
                 self.stored = r.is_ok().then_some(b);
             }
             return r;
         }
-        let w = views(&self.store.params, &self.cfg);
+        let w = views(&self.store.host.params, &self.cfg);
         let mut scratch = ModelActs::default();
         let acts = if store { &mut self.acts } else { &mut scratch };
         let r = crate::cpu::pool().install(|| model_forward(acts, &w, &self.cfg, tokens, valid, b, s));
@@ -410,11 +355,10 @@ impl Model {
     /// Logits (T, V) of every position, nothing stored.
     pub fn logits(&mut self, tokens: &[u32], b: usize) -> Result<Vec<f32>> {
         let (s, valid) = self.validate(tokens, None, b)?;
-        let cfg = self.cfg.clone();
-        if let Some(gm) = self.device_model()? {
-            return Ok(gm.forward(&cfg, tokens, &valid, b, s, false, true)?.1.unwrap_or_default());
+        if let (Some(gm), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
+            return Ok(gm.forward(dev, &self.cfg, tokens, &valid, b, s, false, true)?.1.unwrap_or_default());
         }
-        let w = views(&self.store.params, &self.cfg);
+        let w = views(&self.store.host.params, &self.cfg);
         let mut acts = ModelActs::default();
         crate::cpu::pool().install(|| model_forward(&mut acts, &w, &self.cfg, tokens, valid, b, s))?;
         Ok(acts.logits)
@@ -423,8 +367,7 @@ impl Model {
     /// Saves `config.json` + `model.safetensors`, and with `trainer` (the trainer's JSON state) the
     /// optimiser state too. See `checkpoint`.
     pub fn save(&mut self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
-        self.sync()?;
-        crate::checkpoint::save(dir, &self.cfg, &self.store, trainer)
+        crate::checkpoint::save(dir, &self.cfg, self.store.host()?, trainer)
     }
 
     /// A model built from a checkpoint, with its optimiser state when the checkpoint has one.
@@ -454,17 +397,18 @@ impl Model {
 
     fn apply(&mut self, loaded: crate::checkpoint::Loaded) -> Option<String> {
         // Everything the device holds is replaced: the host copy becomes the newer one.
-        (self.device_newer, self.host_newer) = (false, self.gpu.is_some());
-        self.store.params = loaded.params;
-        self.store.zero_grad();
+        self.store.replaced();
         self.stored = None;
+        let host = &mut self.store.host;
+        host.params = loaded.params;
+        host.zero_grad();
         match loaded.state {
             Some(st) => {
-                (self.store.opt.m, self.store.opt.v, self.store.opt.step) = (st.m, st.v, st.step);
+                (host.opt.m, host.opt.v, host.opt.step) = (st.m, st.v, st.step);
                 Some(st.trainer)
             }
             None => {
-                self.store.opt = crate::adamw::AdamWState::new(self.store.params.len());
+                host.opt = crate::adamw::AdamWState::new(host.params.len());
                 None
             }
         }
@@ -480,15 +424,15 @@ impl Model {
         if !(lm_scale.is_finite() && z_scale.is_finite()) {
             return Err(MoeError::NonFinite(format!("lm_scale = {lm_scale}, z_scale = {z_scale}")));
         }
-        let cfg = self.cfg.clone();
-        if let Some(gm) = self.device_model()? {
-            gm.backward(&cfg, pressure, lm_scale, z_scale)?;
-            self.device_newer = true;
+        if let (Some(gm), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
+            gm.backward(dev, &self.cfg, pressure, lm_scale, z_scale)?;
+            self.store.device_wrote_grads();
             return Ok(());
         }
         let cfg = &self.cfg;
-        let w = views(&self.store.params, cfg);
-        let mut g = views_mut(&mut self.store.grads, cfg);
+        let host = &mut self.store.host;
+        let w = views(&host.params, cfg);
+        let mut g = views_mut(&mut host.grads, cfg);
         let acts = &mut self.acts;
         crate::cpu::pool().install(|| model_backward(&mut g, acts, &w, cfg, pressure, lm_scale, z_scale));
         Ok(())

@@ -161,7 +161,8 @@ struct Scratch {
     dlogits: Vec<f32>, // (T, E)
 }
 
-fn sized<T: Default + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+/// `v` resized to n (contents unspecified: callers overwrite), its allocation kept across calls.
+pub(crate) fn sized<T: Default + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v.resize(n, T::default());
     v
 }

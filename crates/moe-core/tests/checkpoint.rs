@@ -44,8 +44,8 @@ fn train_step(m: &mut Model, step: usize) -> f64 {
     let s = m.forward(&toks, None, 2, true).unwrap();
     let pressure = vec![0.01f32; 2 * 2 * 4];
     m.backward(&pressure, 1.0 / 10.0, 1e-3).unwrap();
-    m.step(&opt()).unwrap();
-    m.zero_grad().unwrap();
+    m.store.step(&opt()).unwrap();
+    m.store.zero_grad().unwrap();
     s.loss
 }
 
@@ -85,9 +85,9 @@ fn resume_is_bit_exact() {
     assert_eq!(trainer.as_deref(), Some(r#"{"data":{"position":4}}"#));
     let tail: Vec<f64> = (4..7).map(|s| train_step(&mut resumed, s)).collect();
     assert_eq!(&losses[4..], &tail[..]);
-    assert_eq!(straight.store().unwrap().params, resumed.store().unwrap().params);
-    assert_eq!(straight.store().unwrap().opt.m, resumed.store().unwrap().opt.m);
-    assert_eq!(straight.store().unwrap().opt.step, resumed.store().unwrap().opt.step);
+    assert_eq!(straight.store.host().unwrap().params, resumed.store.host().unwrap().params);
+    assert_eq!(straight.store.host().unwrap().opt.m, resumed.store.host().unwrap().opt.m);
+    assert_eq!(straight.store.host().unwrap().opt.step, resumed.store.host().unwrap().opt.step);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -99,7 +99,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     saved.save(&good, Some("{}")).unwrap();
     let mut live = Model::new(ModelConfig { seed: 99, ..cfg() }).unwrap();
     let before = live.logits(&TOKENS, 2).unwrap();
-    let before_m = live.store().unwrap().opt.m.clone();
+    let before_m = live.store.host().unwrap().opt.m.clone();
     let case = |name: &str, edit: &dyn Fn(&PathBuf)| {
         let d = tmp(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -116,7 +116,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
         assert_eq!(err.code(), code, "{name}: {err}");
         assert_eq!(Model::from_checkpoint(&d).err().map(|e| e.code()), alone.then_some(code), "{name}");
         assert_eq!(live.logits(&TOKENS, 2).unwrap(), before, "{name}: the live model changed");
-        assert_eq!(live.store().unwrap().opt.m, before_m);
+        assert_eq!(live.store.host().unwrap().opt.m, before_m);
         std::fs::remove_dir_all(d).unwrap();
     };
     let model = |d: &PathBuf| d.join("model.safetensors");
@@ -146,7 +146,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     // And the good one loads into the live model, optimiser included.
     assert_eq!(live.load_checkpoint(&good).unwrap().as_deref(), Some("{}"));
     assert_eq!(live.logits(&TOKENS, 2).unwrap(), saved.logits(&TOKENS, 2).unwrap());
-    assert_eq!(live.store().unwrap().opt.step, 1);
+    assert_eq!(live.store.host().unwrap().opt.step, 1);
     std::fs::remove_dir_all(good).unwrap();
 }
 
@@ -156,7 +156,7 @@ fn bf16_checkpoints_load_widened_to_f32() {
     let dir = tmp("bf16");
     let mut m = Model::new(cfg()).unwrap();
     m.save(&dir, None).unwrap();
-    let st = m.store().unwrap();
+    let st = m.store.host().unwrap();
     let halves: Vec<(String, Vec<usize>, Vec<half::bf16>)> =
         st.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), st.params[s.range()].iter().map(|&x| half::bf16::from_f32(x)).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = halves
@@ -165,7 +165,7 @@ fn bf16_checkpoints_load_widened_to_f32() {
         .collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
-    let st = back.store().unwrap();
+    let st = back.store.host().unwrap();
     for (s, (_, _, d)) in st.specs.iter().zip(&halves) {
         let want: Vec<f32> = d.iter().map(|&x| f32::from(x)).collect();
         assert_eq!(&st.params[s.range()], &want[..], "{}", s.name);
@@ -193,7 +193,7 @@ fn kv_cache_decoder_reproduces_the_full_forward() {
 fn generation_is_greedy_at_temperature_zero_and_seeded_otherwise() {
     let mut m = Model::new(cfg()).unwrap();
     let greedy = GenerateOptions { temperature: 0.0, top_k: None, seed: 0 };
-    let out = generate(&m, &[1, 2, 3], 5, &greedy).unwrap();
+    let out = generate(&mut m, &[1, 2, 3], 5, &greedy).unwrap();
     // Greedy = argmax of the full forward over prompt + what was generated so far.
     let mut seq = vec![1u32, 2, 3];
     for &t in &out {
@@ -204,7 +204,7 @@ fn generation_is_greedy_at_temperature_zero_and_seeded_otherwise() {
         seq.push(t);
     }
     let hot = GenerateOptions { temperature: 1.5, top_k: Some(5), seed: 7 };
-    assert_eq!(generate(&m, &[1], 8, &hot).unwrap(), generate(&m, &[1], 8, &hot).unwrap());
-    assert_eq!(generate(&m, &[13], 2, &hot).err().map(|e| e.code()), Some("TOKEN_OUT_OF_RANGE"));
-    assert_eq!(generate(&m, &[1], 40, &hot).err().map(|e| e.code()), Some("SHAPE_MISMATCH"));
+    assert_eq!(generate(&mut m, &[1], 8, &hot).unwrap(), generate(&mut m, &[1], 8, &hot).unwrap());
+    assert_eq!(generate(&mut m, &[13], 2, &hot).err().map(|e| e.code()), Some("TOKEN_OUT_OF_RANGE"));
+    assert_eq!(generate(&mut m, &[1], 40, &hot).err().map(|e| e.code()), Some("SHAPE_MISMATCH"));
 }

@@ -42,22 +42,22 @@ fn gradcheck(tied: bool) {
     // Small probes: the model is curved enough that 5e-3 already shows truncation error.
     let eps = 1e-3f32;
     let mut worst = 0.0f64;
-    for spec in m.store().unwrap().specs.clone() {
+    for spec in m.store.host().unwrap().specs.clone() {
         for i in spec.range() {
-            let orig = m.store().unwrap().params[i];
-            m.store_mut().unwrap().params[i] = orig + eps;
+            let orig = m.store.host().unwrap().params[i];
+            m.store.host_mut().unwrap().params[i] = orig + eps;
             let lp = objective(&mut m, &p);
-            m.store_mut().unwrap().params[i] = orig - eps;
+            m.store.host_mut().unwrap().params[i] = orig - eps;
             let lm = objective(&mut m, &p);
-            m.store_mut().unwrap().params[i] = orig;
+            m.store.host_mut().unwrap().params[i] = orig;
             let num = (lp - lm) / (2.0 * eps as f64);
-            let d = (m.store().unwrap().grads[i] as f64 - num).abs();
-            assert!(d <= 2e-3 + 2e-2 * num.abs(), "{}[{}]: analytic {} vs numeric {num}", spec.name, i - spec.offset, m.store().unwrap().grads[i]);
+            let d = (m.store.host().unwrap().grads[i] as f64 - num).abs();
+            assert!(d <= 2e-3 + 2e-2 * num.abs(), "{}[{}]: analytic {} vs numeric {num}", spec.name, i - spec.offset, m.store.host().unwrap().grads[i]);
             worst = worst.max(d);
         }
     }
     assert_eq!(m.forward(&TOKENS, Some(&MASK), B, false).unwrap().counts, base.counts, "routing unchanged by the probes");
-    eprintln!("model gradcheck (tied = {tied}): {} parameters, max |Δ| = {worst:.2e}", m.store().unwrap().params.len());
+    eprintln!("model gradcheck (tied = {tied}): {} parameters, max |Δ| = {worst:.2e}", m.store.host().unwrap().params.len());
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn stats_only_forward_keeps_stored_activations() {
     b.forward(&[5, 5, 5], None, 1, false).unwrap();
     a.backward(&p, LM_SCALE, Z_SCALE).unwrap();
     b.backward(&p, LM_SCALE, Z_SCALE).unwrap();
-    assert_eq!(a.store().unwrap().grads, b.store().unwrap().grads);
+    assert_eq!(a.store.host().unwrap().grads, b.store.host().unwrap().grads);
 }
 
 #[test]

@@ -71,15 +71,15 @@ fn gradcheck(norm: bool) {
     let base_counts = layer.forward(&p.x, Some(&p.mask), B, true).unwrap().stats.counts;
     let dx = layer.backward(&p.dout, &p.pressure, Z_SCALE).unwrap();
     let mut worst = 0.0f64;
-    for spec in layer.store.specs.clone() {
+    for spec in layer.store.host().unwrap().specs.clone() {
         for i in spec.range() {
-            let orig = layer.store.params[i];
-            layer.store.params[i] = orig + EPS;
+            let orig = layer.store.host().unwrap().params[i];
+            layer.store.host_mut().unwrap().params[i] = orig + EPS;
             let lp = loss(&mut layer, &p, &p.x);
-            layer.store.params[i] = orig - EPS;
+            layer.store.host_mut().unwrap().params[i] = orig - EPS;
             let lm = loss(&mut layer, &p, &p.x);
-            layer.store.params[i] = orig;
-            check(&format!("{}[{}]", spec.name, i - spec.offset), layer.store.grads[i], (lp - lm) / (2.0 * EPS as f64), &mut worst);
+            layer.store.host_mut().unwrap().params[i] = orig;
+            check(&format!("{}[{}]", spec.name, i - spec.offset), layer.store.host().unwrap().grads[i], (lp - lm) / (2.0 * EPS as f64), &mut worst);
         }
     }
     let mut x = p.x.clone();
@@ -94,7 +94,7 @@ fn gradcheck(norm: bool) {
     }
     // The perturbations must not have changed the routing, or the check would mean nothing.
     assert_eq!(layer.forward(&p.x, Some(&p.mask), B, false).unwrap().stats.counts, base_counts);
-    eprintln!("gradcheck norm_topk_prob={norm}: {} params + {} inputs, max |Δ| = {worst:.2e}", layer.store.params.len(), x.len());
+    eprintln!("gradcheck norm_topk_prob={norm}: {} params + {} inputs, max |Δ| = {worst:.2e}", layer.store.host().unwrap().params.len(), x.len());
 }
 
 #[test]
@@ -114,14 +114,14 @@ fn backward_accumulates_parameter_grads() {
     let p = problem(&c);
     layer.forward(&p.x, Some(&p.mask), B, true).unwrap();
     let dx1 = layer.backward(&p.dout, &p.pressure, Z_SCALE).unwrap();
-    let once = layer.store.grads.clone();
+    let once = layer.store.host().unwrap().grads.clone();
     let dx2 = layer.backward(&p.dout, &p.pressure, Z_SCALE).unwrap();
     assert_eq!(dx1, dx2, "dx is overwritten, not accumulated");
-    for (g2, g1) in layer.store.grads.iter().zip(&once) {
+    for (g2, g1) in layer.store.host().unwrap().grads.iter().zip(&once) {
         assert!((g2 - 2.0 * g1).abs() <= 1e-6 * g1.abs().max(1.0));
     }
-    layer.store.zero_grad();
-    assert!(layer.store.grads.iter().all(|&g| g == 0.0));
+    layer.store.zero_grad().unwrap();
+    assert!(layer.store.host().unwrap().grads.iter().all(|&g| g == 0.0));
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn stats_only_forward_leaves_stored_activations_alone() {
     // An evaluation forward on other data, with another batch size, in between.
     b.forward(&randn(4 * S * c.hidden_size, 9, 1.0), None, 4, false).unwrap();
     assert_eq!(a.backward(&p.dout, &p.pressure, Z_SCALE).unwrap(), b.backward(&p.dout, &p.pressure, Z_SCALE).unwrap());
-    assert_eq!(a.store.grads, b.store.grads);
+    assert_eq!(a.store.host().unwrap().grads, b.store.host().unwrap().grads);
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let c = cfg(true);
     let p = problem(&c);
     let mut layer = MoeLayer::new(c.clone()).unwrap();
-    let before = layer.store.params.clone();
+    let before = layer.store.host().unwrap().params.clone();
     let code = |r: moe_core::Result<_>| r.err().map(|e: moe_core::MoeError| e.code());
     assert_eq!(code(layer.backward(&p.dout, &p.pressure, Z_SCALE).map(|_| ())), Some("INVALID_STATE"));
     assert_eq!(code(layer.forward(&p.x[1..], None, B, true).map(|_| ())), Some("SHAPE_MISMATCH"));
@@ -172,13 +172,13 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(code(layer.forward(&nan, None, B, true).map(|_| ())), Some("NON_FINITE"));
     layer.forward(&p.x, Some(&p.mask), B, true).unwrap();
     assert_eq!(code(layer.backward(&p.dout, &p.pressure[1..], Z_SCALE).map(|_| ())), Some("SHAPE_MISMATCH"));
-    assert_eq!(code(layer.store.set_param("gate.weight", &[1.0]).map(|_| ())), Some("SHAPE_MISMATCH"));
-    assert_eq!(code(layer.store.set_param("nope", &[1.0]).map(|_| ())), Some("UNKNOWN_PARAMETER"));
-    layer.store.grads[0] = f32::INFINITY;
+    assert_eq!(code(layer.store.host_mut().unwrap().set_param("gate.weight", &[1.0]).map(|_| ())), Some("SHAPE_MISMATCH"));
+    assert_eq!(code(layer.store.host_mut().unwrap().set_param("nope", &[1.0]).map(|_| ())), Some("UNKNOWN_PARAMETER"));
+    layer.store.host_mut().unwrap().grads[0] = f32::INFINITY;
     let opt = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, max_grad_norm: Some(1.0), schedule: None };
     assert_eq!(code(layer.store.step(&opt).map(|_| ())), Some("NON_FINITE"));
-    assert_eq!(layer.store.params, before);
-    assert_eq!(layer.store.opt.step, 0);
+    assert_eq!(layer.store.host().unwrap().params, before);
+    assert_eq!(layer.store.host().unwrap().opt.step, 0);
     let bad = MoeConfig { num_experts_per_tok: 9, ..c };
     assert_eq!(code(MoeLayer::new(bad).map(|_| ())), Some("INVALID_CONFIG"));
 }

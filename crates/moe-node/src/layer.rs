@@ -1,6 +1,6 @@
 //! `MoeLayer`: the standalone MoE block.
 
-use crate::{dispose, js_error, params, task, with, CoreTask, ParameterInfo, Shared};
+use crate::{device_name, dispose, guard, js_error, params, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
 use moe_core::{MoeConfig, MoeError};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -71,7 +71,7 @@ fn forward_result(o: moe_core::ForwardOutput) -> ForwardResult {
     }
 }
 
-/// A standalone MoE layer (router + dropless SwiGLU experts) on the CPU. Parameters and gradients
+/// A standalone MoE layer (router + dropless SwiGLU experts) on the CPU or the GPU. Parameters and gradients
 /// are addressed by their Hugging Face names: `gate.weight` [E, d],
 /// `experts.{e}.gate_proj.weight` / `up_proj.weight` [F, d], `experts.{e}.down_proj.weight` [d, F].
 #[napi]
@@ -83,10 +83,23 @@ pub struct MoeLayer {
 impl MoeLayer {
     /// `config` uses the Qwen3MoeConfig names: hidden_size, moe_intermediate_size, num_experts,
     /// num_experts_per_tok, norm_topk_prob (default false), initializer_range (0.02), seed (0).
-    #[napi(constructor, ts_args_type = "config: MoeLayerConfig")]
-    pub fn new(env: Env, config: serde_json::Value) -> Result<Self> {
-        let layer = crate::guard(|| MoeConfig::from_json(config).and_then(Core::new)).map_err(|e| js_error(&env, e))?;
+    /// The layer runs on `options.device`.
+    #[napi(constructor, ts_args_type = "config: MoeLayerConfig, options?: DeviceOptions")]
+    pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
+        let device = options.and_then(|o| o.device);
+        let layer = guard(|| {
+            let mut l = MoeConfig::from_json(config).and_then(Core::new)?;
+            l.to_device(device.as_deref())?;
+            Ok(l)
+        })
+        .map_err(|e| js_error(&env, e))?;
         Ok(MoeLayer { inner: Arc::new(Mutex::new(Some(layer))) })
+    }
+
+    /// Where the layer runs: "gpu" or "cpu".
+    #[napi(getter, ts_return_type = "'gpu' | 'cpu'")]
+    pub fn device(&self, env: Env) -> Result<String> {
+        with(&self.inner, |l| Ok(device_name(l.device()).to_string())).map_err(|e| js_error(&env, e))
     }
 
     /// The validated configuration, defaults filled in.

@@ -5,7 +5,7 @@
 pub mod layer;
 pub mod model;
 
-use moe_core::params::ParamStore;
+use moe_core::placed::Placed;
 use moe_core::MoeError;
 use napi::bindgen_prelude::*;
 use napi::{Env, JsError};
@@ -78,43 +78,35 @@ impl<M: Send, T: Send + 'static, J: ToNapiValue + TypeName> Task for CoreTask<M,
     }
 }
 
-/// Access to the flat parameter store and the optimiser, for the parameter methods both classes
-/// share. The model's store is its host copy, synchronised with the GPU by the core.
+/// The parameters, gradients and optimiser of both classes, wherever they live (host or GPU).
 pub(crate) trait HasStore {
-    fn store(&mut self) -> moe_core::Result<&ParamStore>;
-    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore>;
-    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64>;
-    fn zero_grad(&mut self) -> moe_core::Result<()>;
+    fn store(&mut self) -> &mut Placed;
 }
 
 impl HasStore for moe_core::MoeLayer {
-    fn store(&mut self) -> moe_core::Result<&ParamStore> {
-        Ok(&self.store)
-    }
-    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore> {
-        Ok(&mut self.store)
-    }
-    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64> {
-        self.store.step(opt)
-    }
-    fn zero_grad(&mut self) -> moe_core::Result<()> {
-        self.store.zero_grad();
-        Ok(())
+    fn store(&mut self) -> &mut Placed {
+        &mut self.store
     }
 }
 
 impl HasStore for moe_core::Model {
-    fn store(&mut self) -> moe_core::Result<&ParamStore> {
-        moe_core::Model::store(self)
+    fn store(&mut self) -> &mut Placed {
+        &mut self.store
     }
-    fn store_mut(&mut self) -> moe_core::Result<&mut ParamStore> {
-        moe_core::Model::store_mut(self)
-    }
-    fn step(&mut self, opt: &moe_core::AdamWConfig) -> moe_core::Result<f64> {
-        moe_core::Model::step(self, opt)
-    }
-    fn zero_grad(&mut self) -> moe_core::Result<()> {
-        moe_core::Model::zero_grad(self)
+}
+
+/// Where a model or layer runs.
+#[napi(object)]
+pub struct DeviceOptions {
+    /// "auto" (a real GPU if there is one, else the CPU), "gpu" or "cpu"; default: MOE_DEVICE or auto
+    #[napi(ts_type = "'auto' | 'gpu' | 'cpu'")]
+    pub device: Option<String>,
+}
+
+pub(crate) fn device_name(d: moe_core::gpu::Device) -> &'static str {
+    match d {
+        moe_core::gpu::Device::Gpu => "gpu",
+        moe_core::gpu::Device::Cpu => "cpu",
     }
 }
 
@@ -150,39 +142,39 @@ pub(crate) mod params {
 
     pub fn list<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Vec<ParameterInfo>> {
         with(s, |m| {
-            Ok(m.store()?.specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
+            Ok(m.store().host()?.specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
         })
     }
     pub fn count<M: HasStore>(s: &Shared<M>) -> moe_core::Result<f64> {
-        with(s, |m| Ok(m.store()?.params.len() as f64))
+        with(s, |m| Ok(m.store().host()?.params.len() as f64))
     }
     pub fn get<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store()?.param(name).map(|p| Float32Array::new(p.to_vec())))
+        with(s, |m| m.store().host()?.param(name).map(|p| Float32Array::new(p.to_vec())))
     }
     pub fn set<M: HasStore>(s: &Shared<M>, name: &str, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store_mut()?.set_param(name, data))
+        with(s, |m| m.store().host_mut()?.set_param(name, data))
     }
     pub fn grad<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store()?.grad(name).map(|g| Float32Array::new(g.to_vec())))
+        with(s, |m| m.store().host()?.grad(name).map(|g| Float32Array::new(g.to_vec())))
     }
     pub fn all<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store()?.params.clone())))
+        with(s, |m| Ok(Float32Array::new(m.store().host()?.params.clone())))
     }
     pub fn set_all<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store_mut()?.set_params(data))
+        with(s, |m| m.store().host_mut()?.set_params(data))
     }
     pub fn grads<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store()?.grads.clone())))
+        with(s, |m| Ok(Float32Array::new(m.store().grads()?.to_vec())))
     }
     pub fn set_grads<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store_mut()?.set_grads(data))
+        with(s, |m| m.store().set_grads(data))
     }
     pub fn zero_grad<M: HasStore>(s: &Shared<M>) -> moe_core::Result<()> {
-        with(s, |m| m.zero_grad())
+        with(s, |m| m.store().zero_grad())
     }
     pub fn step<M: HasStore + Send + 'static>(env: &Env, s: &Shared<M>, options: serde_json::Value) -> Result<AsyncTask<CoreTask<M, f64, f64>>> {
         let opt = guard(|| moe_core::AdamWConfig::from_json(options)).map_err(|e| js_error(env, e))?;
-        Ok(task(s, |n| n, move |m| m.step(&opt)))
+        Ok(task(s, |n| n, move |m| m.store().step(&opt)))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `MoeModel`: the Qwen3-MoE language model.
 
-use crate::{dispose, guard, js_error, params, task, with, CoreTask, ParameterInfo, Shared};
+use crate::{device_name, dispose, guard, js_error, params, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
 use moe_core::generate::{generate, GenerateOptions};
 use moe_core::{MoeError, ModelConfig, ModelStats};
 use napi::bindgen_prelude::*;
@@ -103,20 +103,6 @@ pub struct GenerateOptionsInput {
     pub seed: Option<u32>,
 }
 
-#[napi(object)]
-pub struct DeviceOptions {
-    /// "auto" (a real GPU if there is one, else the CPU), "gpu" or "cpu"; default: MOE_DEVICE or auto
-    #[napi(ts_type = "'auto' | 'gpu' | 'cpu'")]
-    pub device: Option<String>,
-}
-
-fn device_name(d: moe_core::gpu::Device) -> &'static str {
-    match d {
-        moe_core::gpu::Device::Gpu => "gpu",
-        moe_core::gpu::Device::Cpu => "cpu",
-    }
-}
-
 pub struct LoadTask {
     dir: PathBuf,
     device: Option<String>,
@@ -188,7 +174,7 @@ impl MoeModel {
     /// Optimiser steps taken (restored by checkpoints).
     #[napi(getter)]
     pub fn optimizer_step(&self, env: Env) -> Result<f64> {
-        with(&self.inner, |m| Ok(m.store()?.opt.step as f64)).map_err(|e| js_error(&env, e))
+        with(&self.inner, |m| Ok(m.store.steps() as f64)).map_err(|e| js_error(&env, e))
     }
 
     #[napi(getter)]
@@ -293,11 +279,7 @@ impl MoeModel {
         let opts: GenerateOptions = serde_json::from_value(options.unwrap_or(serde_json::json!({})))
             .map_err(|e| js_error(&env, MoeError::InvalidConfig(e.to_string())))?;
         let prompt = prompt.to_vec();
-        // Decoding runs on the host copy (synchronised from the GPU first when there is one).
-        Ok(task(&self.inner, Uint32Array::new, move |m| {
-            m.sync()?;
-            generate(m, &prompt, max_new_tokens as usize, &opts)
-        }))
+        Ok(task(&self.inner, Uint32Array::new, move |m| generate(m, &prompt, max_new_tokens as usize, &opts)))
     }
 
     /// Frees the model's memory now; any later call fails with INVALID_STATE.

@@ -16,11 +16,13 @@ pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
+pub mod layer;
 pub mod matmul;
 pub mod model;
 pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
+pub mod store;
 
 use crate::error::{MoeError, Result};
 use std::collections::HashMap;
@@ -178,14 +180,17 @@ impl Gpu {
     /// A buffer of n elements, contents unspecified (pooled storage is reused as it is).
     pub fn alloc(&self, n: usize) -> Result<Buf> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        // Zero-size bindings are invalid: round up to one element. Pool by power-of-two sizes.
-        let size = ((n.max(1) * 4) as u64).next_power_of_two().max(256);
-        if size > self.limits.max_storage_buffer_binding_size as u64 {
+        // Zero-size bindings are invalid: round up to one element.
+        let need = (n.max(1) * 4) as u64;
+        if need > self.limits.max_storage_buffer_binding_size {
             return Err(MoeError::OutOfMemory(format!(
                 "a buffer of {n} elements exceeds the adapter's storage binding limit of {} bytes",
                 self.limits.max_storage_buffer_binding_size
             )));
         }
+        // Pooled by size class: 8 classes per power of two, so at most 1/8 is wasted.
+        let step = (need.next_power_of_two() / 8).max(256);
+        let size = need.next_multiple_of(step);
         let pooled = self.pool.lock().unwrap().get_mut(&size).and_then(|v| v.pop());
         let raw = match pooled {
             Some(b) => b,

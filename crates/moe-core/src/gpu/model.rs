@@ -5,7 +5,6 @@
 //! encoder and reads back once: the routing statistics of all layers, the per-token losses and the
 //! finiteness flags.
 
-use super::adamw::{adamw_step, decay_ranges, norm_partials_len};
 use super::attention::{attention_backward, attention_forward};
 use super::crossentropy::{crossentropy_backward, crossentropy_forward};
 use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
@@ -13,12 +12,11 @@ use super::matmul::{gemm, matmul_backward, matmul_forward, Gemm, View};
 use super::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
+use super::store::DeviceStore;
 use super::{groups_1d, Buf, Gpu, Kernel};
-use crate::adamw::AdamWConfig;
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
 use crate::model::{layer_lens, model_lens, ModelStats};
-use crate::params::ParamStore;
 
 const ADD: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "add_inplace" };
 const FINITE: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "finite_flags" };
@@ -161,6 +159,8 @@ impl Acts {
 
 /// Gradient scratch of the backward, named as in `model::model_backward`.
 struct Grads {
+    b: usize,
+    s: usize,
     dlogits: Buf,
     dxf: Buf,
     dx: Buf,
@@ -183,6 +183,8 @@ impl Grads {
         let (d, h, kv, hd, v) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size);
         let t = b * s;
         Ok(Grads {
+            b,
+            s,
             dlogits: g.alloc(t * v)?,
             dxf: g.alloc(t * d)?,
             dx: g.alloc(t * d)?,
@@ -202,17 +204,8 @@ impl Grads {
     }
 }
 
-/// The device half of a `Model` on the GPU.
+/// The device activations of a `Model` on the GPU; its parameters are the `DeviceStore` passed in.
 pub struct GpuModel {
-    g: &'static Gpu,
-    params: Buf,
-    grads: Buf,
-    m: Buf,
-    v: Buf,
-    norm: Buf,
-    partials: Buf,
-    /// AdamW ranges (start, len, decay): matrices decay, norm weights do not.
-    ranges: Vec<(usize, usize, bool)>,
     off: Offsets,
     /// the stored forward (for `backward`) and the scratch of `store = false` forwards
     acts: Option<Acts>,
@@ -225,63 +218,16 @@ fn v(buf: &Buf, off: usize) -> View<'_> {
 }
 
 impl GpuModel {
-    /// Uploads the store's parameters, gradients and moments.
-    pub fn new(g: &'static Gpu, store: &ParamStore) -> Result<Self> {
-        let mut gm = GpuModel {
-            g,
-            params: g.alloc(store.params.len())?,
-            grads: g.alloc(store.params.len())?,
-            m: g.alloc(store.params.len())?,
-            v: g.alloc(store.params.len())?,
-            norm: g.alloc(1)?,
-            partials: g.alloc(norm_partials_len(store.params.len()))?,
-            ranges: decay_ranges(&store.specs),
-            off: Offsets { embed: 0, layers: Vec::new(), norm: 0, lm_head: 0 },
-            acts: None,
-            scratch: None,
-            grad_scratch: None,
-        };
-        gm.upload(store)?;
-        Ok(gm)
-    }
-
-    /// Replaces the device copy by the host's (after `set_params`, a checkpoint load, an all-reduce).
-    pub fn upload(&mut self, store: &ParamStore) -> Result<()> {
-        let g = self.g;
-        g.write(&self.params, 0, &store.params);
-        g.write(&self.grads, 0, &store.grads);
-        g.write(&self.m, 0, &store.opt.m);
-        g.write(&self.v, 0, &store.opt.v);
-        g.finish(g.encoder(), &[])?;
-        Ok(())
-    }
-
-    /// Copies parameters, gradients and moments into the host store (checkpoints, all-reduce).
-    pub fn download(&self, store: &mut ParamStore) -> Result<()> {
-        let mut r = self.g.finish(self.g.encoder(), &[&self.params, &self.grads, &self.m, &self.v])?.into_iter();
-        let mut next = |dst: &mut Vec<f32>| dst.copy_from_slice(bytemuck::cast_slice(&r.next().unwrap()));
-        next(&mut store.params);
-        next(&mut store.grads);
-        next(&mut store.opt.m);
-        next(&mut store.opt.v);
-        Ok(())
-    }
-
-    pub fn zero_grad(&mut self) -> Result<()> {
-        let mut enc = self.g.encoder();
-        self.g.clear(&mut enc, &self.grads);
-        self.g.finish(enc, &[])?;
-        Ok(())
+    pub fn new(cfg: &ModelConfig) -> Self {
+        GpuModel { off: Offsets::new(cfg), acts: None, scratch: None, grad_scratch: None }
     }
 
     /// Forward over tokens (B, S) with validity `valid` (T); see `model::model_forward`. With `store`
     /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
     /// logits (T, V).
-    pub fn forward(&mut self, cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
-        if self.off.layers.len() != cfg.num_hidden_layers {
-            self.off = Offsets::new(cfg);
-        }
-        let g = self.g;
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+        let g = dev.g;
         let slot = if store { &mut self.acts } else { &mut self.scratch };
         if !matches!(slot, Some(a) if a.b == b && a.s == s) {
             *slot = None; // free the old shape's buffers before allocating the new ones
@@ -299,7 +245,7 @@ impl GpuModel {
         g.write(&a.targets, 0, &targets);
         g.write(&a.valid, 0, &valid_u32);
         a.index.set(g, tokens);
-        let (p, off) = (&self.params, &self.off);
+        let (p, off) = (&dev.params, &self.off);
         let mut enc = g.encoder();
         g.clear(&mut enc, &a.flags);
         embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed), t, d);
@@ -362,11 +308,11 @@ impl GpuModel {
     }
 
     /// Backward of the stored forward; accumulates into the gradient buffer. See `model::model_backward`.
-    pub fn backward(&mut self, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
-        let g = self.g;
+    pub fn backward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
+        let g = dev.g;
         let a = self.acts.as_mut().ok_or_else(|| MoeError::InvalidState("backward needs a stored forward".into()))?;
         let (b, s) = (a.b, a.s);
-        if !matches!(&self.grad_scratch, Some(gs) if gs.dx.len == b * s * cfg.hidden_size) {
+        if !matches!(&self.grad_scratch, Some(gs) if (gs.b, gs.s) == (b, s)) {
             self.grad_scratch = None;
             self.grad_scratch = Some(Grads::new(g, cfg, b, s)?);
         }
@@ -374,7 +320,7 @@ impl GpuModel {
         let (d, h, kv, hd, vs, e) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts);
         let t = b * s;
         let moe_cfg = cfg.moe();
-        let (p, gr, off) = (&self.params, &self.grads, &self.off);
+        let (p, gr, off) = (&dev.params, &dev.grads, &self.off);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
         g.clear(&mut enc, &gs.dlogits);
@@ -413,15 +359,6 @@ impl GpuModel {
         embedding_backward(g, &mut enc, v(gr, off.embed), (&gs.dx).into(), &a.index, d);
         g.finish(enc, &[])?;
         Ok(())
-    }
-
-    /// One AdamW step on the device; reads back only the gradient norm. See `ParamStore::step`.
-    pub fn step(&mut self, opt: &AdamWConfig, t: u64) -> Result<f64> {
-        let g = self.g;
-        let mut enc = g.encoder();
-        adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.norm, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
-        let r = g.finish(enc, &[&self.norm])?;
-        Ok(f32::from_bits(r[0][0]) as f64)
     }
 }
 
@@ -469,22 +406,43 @@ mod tests {
                 assert_close("loss_sums", &sg.loss_sums, &sc.loss_sums, 1e-4, 1e-5);
                 cpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
                 gpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
-                let gc = cpu.store().unwrap().grads.clone();
-                assert_close(&format!("grads (tied = {tied}, step {step})"), &gpu.store().unwrap().grads, &gc, 1e-5, 1e-3);
-                let (nc, ng) = (cpu.step(&opt).unwrap(), gpu.step(&opt).unwrap());
+                let gc = cpu.store.host().unwrap().grads.clone();
+                assert_close(&format!("grads (tied = {tied}, step {step})"), &gpu.store.host().unwrap().grads, &gc, 1e-5, 1e-3);
+                let (nc, ng) = (cpu.store.step(&opt).unwrap(), gpu.store.step(&opt).unwrap());
                 assert!(((ng - nc) / nc).abs() < 1e-5, "grad norm {ng} vs {nc}");
-                cpu.zero_grad().unwrap();
-                gpu.zero_grad().unwrap();
+                cpu.store.zero_grad().unwrap();
+                gpu.store.zero_grad().unwrap();
             }
-            let (pc, mc) = (cpu.store().unwrap().params.clone(), cpu.store().unwrap().opt.m.clone());
-            assert_close("adam m after 2 steps", &gpu.store().unwrap().opt.m, &mc, 1e-6, 1e-3);
+            let (pc, mc) = (cpu.store.host().unwrap().params.clone(), cpu.store.host().unwrap().opt.m.clone());
+            assert_close("adam m after 2 steps", &gpu.store.host().unwrap().opt.m, &mc, 1e-6, 1e-3);
             // AdamW moves each weight by about lr * m / sqrt(v) whatever the gradient's size, so a
             // weight whose gradient is rounding noise (~1e-9) may move differently on each device:
             // the bound is a tenth of lr, far below the lr * steps a real difference would show.
-            assert_close("params after 2 steps", &gpu.store().unwrap().params, &pc, 1e-3, 1e-4);
+            assert_close("params after 2 steps", &gpu.store.host().unwrap().params, &pc, 1e-3, 1e-4);
             let lc = cpu.logits(&tokens, b).unwrap();
             assert_close("logits", &gpu.logits(&tokens, b).unwrap(), &lc, 1e-4, 1e-4);
         }
+    }
+
+    /// The all-reduce path: read the gradients, write back a changed copy, step; as on the CPU.
+    #[test]
+    fn gradients_written_from_the_host_drive_the_step() {
+        let Some(_) = test_gpu("gradients_written_from_the_host_drive_the_step") else { return };
+        let tokens: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 37).collect();
+        let opt = AdamWConfig::from_json(serde_json::json!({ "lr": 1e-2 })).unwrap();
+        let mut cpu = Model::new(cfg(false)).unwrap();
+        let mut gpu = Model::new(cfg(false)).unwrap();
+        gpu.to_device(Some("gpu")).unwrap();
+        for m in [&mut cpu, &mut gpu] {
+            m.forward(&tokens, None, 2, true).unwrap();
+            m.backward(&[0.0; 20], 0.1, 0.0).unwrap();
+            let doubled: Vec<f32> = m.store.grads().unwrap().iter().map(|g| 2.0 * g).collect();
+            m.store.set_grads(&doubled).unwrap();
+            m.store.step(&opt).unwrap();
+        }
+        let (gc, mc) = (cpu.store.host().unwrap().grads.clone(), cpu.store.host().unwrap().opt.m.clone());
+        assert_close("grads as written", gpu.store.grads().unwrap(), &gc, 1e-6, 1e-4);
+        assert_close("adam m", &gpu.store.host().unwrap().opt.m, &mc, 1e-7, 1e-4);
     }
 
     #[test]
@@ -492,7 +450,7 @@ mod tests {
         let Some(_) = test_gpu("non_finite_layer_output_is_reported") else { return };
         let mut m = Model::new(cfg(false)).unwrap();
         m.to_device(Some("gpu")).unwrap();
-        let st = m.store_mut().unwrap();
+        let st = m.store.host_mut().unwrap();
         let r = st.spec("model.layers.1.self_attn.o_proj.weight").unwrap().range();
         st.params[r].fill(f32::MAX);
         let e = m.forward(&[1, 2, 3, 4], None, 1, true).unwrap_err();

@@ -1,0 +1,107 @@
+//! The device copy of a `ParamStore`: params, grads and the AdamW moments as four buffers with the
+//! host's flat layout (a view is the same offset on both sides), and the AdamW step on them.
+
+use super::adamw::{adamw_step, decay_ranges, norm_partials_len};
+use super::{Buf, Gpu};
+use crate::adamw::AdamWConfig;
+use crate::error::Result;
+use crate::params::ParamStore;
+
+/// The two halves of the state that move between host and device separately: the gradients (the
+/// all-reduce moves only them) and the parameters with their AdamW moments.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Roles {
+    pub grads: bool,
+    pub state: bool,
+}
+
+impl Roles {
+    pub const NONE: Roles = Roles { grads: false, state: false };
+    pub const ALL: Roles = Roles { grads: true, state: true };
+    pub const GRADS: Roles = Roles { grads: true, state: false };
+}
+
+pub struct DeviceStore {
+    pub g: &'static Gpu,
+    pub params: Buf,
+    pub grads: Buf,
+    m: Buf,
+    v: Buf,
+    norm: Buf,
+    partials: Buf,
+    /// AdamW ranges (start, len, decay): matrices decay, norm weights do not.
+    ranges: Vec<(usize, usize, bool)>,
+}
+
+impl DeviceStore {
+    pub fn new(g: &'static Gpu, host: &ParamStore) -> Result<Self> {
+        let n = host.params.len();
+        let mut d = DeviceStore {
+            g,
+            params: g.alloc(n)?,
+            grads: g.alloc(n)?,
+            m: g.alloc(n)?,
+            v: g.alloc(n)?,
+            norm: g.alloc(1)?,
+            partials: g.alloc(norm_partials_len(n))?,
+            ranges: decay_ranges(&host.specs),
+        };
+        d.upload(host, Roles::ALL)?;
+        Ok(d)
+    }
+
+    /// (device, host) buffers of these roles: params, m, v for the state, then grads.
+    fn pairs<'a>(&'a self, host: &'a ParamStore, roles: Roles) -> Vec<(&'a Buf, &'a Vec<f32>)> {
+        let mut v = Vec::new();
+        if roles.state {
+            v.extend([(&self.params, &host.params), (&self.m, &host.opt.m), (&self.v, &host.opt.v)]);
+        }
+        if roles.grads {
+            v.push((&self.grads, &host.grads));
+        }
+        v
+    }
+
+    /// Replaces these roles of the device copy by the host's.
+    pub fn upload(&mut self, host: &ParamStore, roles: Roles) -> Result<()> {
+        for (dev, h) in self.pairs(host, roles) {
+            self.g.write(dev, 0, h);
+        }
+        self.g.finish(self.g.encoder(), &[])?;
+        Ok(())
+    }
+
+    /// Copies these roles into the host store, in one readback.
+    pub fn download(&self, host: &mut ParamStore, roles: Roles) -> Result<()> {
+        let devs: Vec<&Buf> = self.pairs(host, roles).into_iter().map(|(d, _)| d).collect();
+        let words = self.g.finish(self.g.encoder(), &devs)?;
+        let mut hosts: Vec<&mut Vec<f32>> = Vec::new();
+        if roles.state {
+            hosts.extend([&mut host.params, &mut host.opt.m, &mut host.opt.v]);
+        }
+        if roles.grads {
+            hosts.push(&mut host.grads);
+        }
+        for (dst, w) in hosts.into_iter().zip(words) {
+            dst.copy_from_slice(bytemuck::cast_slice(&w));
+        }
+        Ok(())
+    }
+
+    pub fn zero_grad(&self) -> Result<()> {
+        let mut enc = self.g.encoder();
+        self.g.clear(&mut enc, &self.grads);
+        self.g.finish(enc, &[])?;
+        Ok(())
+    }
+
+    /// AdamW step t on the device, skipped there when the norm is not finite; reads back only the
+    /// gradient norm. See `ParamStore::step`.
+    pub fn step(&self, opt: &AdamWConfig, t: u64) -> Result<f64> {
+        let g = self.g;
+        let mut enc = g.encoder();
+        adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.norm, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
+        let r = g.finish(enc, &[&self.norm])?;
+        Ok(f32::from_bits(r[0][0]) as f64)
+    }
+}
