@@ -27,16 +27,16 @@ const rust = jsonLines(execFileSync('cargo', ['bench', '-q', '-p', 'moe-core', '
 const peak = rust.find((r) => r.kind === 'gemm')!.gflops as number;
 
 // ---- ours: training step of the demo model through the binding --------------------------------
-/** Median step time (s) with R virtual ranks x A micro-steps of BATCH/(R*A)... sequences each. */
-async function trainStep(scope: 'micro' | 'global', R: number, A: number): Promise<number> {
+/** A training step with R virtual ranks x A micro-steps of BATCH/(R*A) sequences each: call it
+ * to run one step; it returns the step's wall time (s). */
+function trainer(scope: 'micro' | 'global', R: number, A: number): () => Promise<number> {
   const b = BATCH / (R * A);
   const L = DEMO_MODEL.num_hidden_layers;
   const E = DEMO_MODEL.num_experts;
   const models = Array.from({ length: R }, () => new MoeModel(DEMO_MODEL, { device: 'cpu' }));
   const r = rng(0);
   const tokens = Array.from({ length: R * A }, () => Uint32Array.from({ length: b * SEQ }, () => Math.floor(r() * 256)));
-  const times: number[] = [];
-  for (let step = 0; step < 10; step++) {
+  return async () => {
     const group = new LocalGroup(R);
     const t0 = performance.now();
     await Promise.all(
@@ -58,15 +58,25 @@ async function trainStep(scope: 'micro' | 'global', R: number, A: number): Promi
         m.zeroGrad();
       }),
     );
-    if (step >= 2) times.push((performance.now() - t0) / 1000);
+    return (performance.now() - t0) / 1000;
+  };
+}
+
+/** Median step times (s) of several trainers, their steps interleaved (ABAB...) so that drifts in
+ * the machine's speed (shared 2-core machines drift by 10-20%) hit all of them alike; 2 warm-ups. */
+async function medianSteps(trainers: (() => Promise<number>)[], steps: number): Promise<number[]> {
+  const times = trainers.map(() => [] as number[]);
+  for (let step = 0; step < steps + 2; step++) {
+    for (const [i, run] of trainers.entries()) {
+      const t = await run();
+      if (step >= 2) times[i].push(t);
+    }
   }
-  models.forEach((m) => m.dispose());
-  return times.sort((a, b) => a - b)[times.length >> 1];
+  return times.map((t) => t.sort((a, b) => a - b)[t.length >> 1]);
 }
 console.error('running the training-step benchmark ...');
-const ours1 = await trainStep('global', 1, 1);
-const oursMicro = await trainStep('micro', 2, 2);
-const oursGlobal = await trainStep('global', 2, 2);
+const [ours1] = await medianSteps([trainer('global', 1, 1)], 20);
+const [oursMicro, oursGlobal] = await medianSteps([trainer('micro', 2, 2), trainer('global', 2, 2)], 30);
 
 // ---- ours: communication per step over MPI (2 local processes) ---------------------------------
 let mpiComm: Row | undefined;

@@ -3,9 +3,12 @@
 //! Layouts: q, out (T, H, D); k, v (T, KV, D); probs (B, H, S, S) with zeros above the diagonal.
 
 use super::dot;
+use super::matmul::gemm_strided;
 use rayon::prelude::*;
 
-/// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over sequences.
+/// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over sequences; per head
+/// two GEMMs: scores = scale q k^T (the causal upper triangle is computed, then zeroed: cheaper in
+/// a GEMM than skipping it in scalar loops), and out = P v.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: usize, h: usize, kv: usize, d: usize) {
     let scale = 1.0 / (d as f32).sqrt();
@@ -14,35 +17,27 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32
         let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
         for hh in 0..h {
             let g = hh / group;
-            for i in 0..s {
-                let row = &mut probs[(hh * s + i) * s..][..s];
-                let qi = &q[(i * h + hh) * d..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..=i {
-                    row[j] = scale * dot(qi, &k[(j * kv + g) * d..][..d]);
-                    max = max.max(row[j]);
-                }
+            let p = &mut probs[hh * s * s..][..s * s];
+            // q_h (S, D) with row stride H*D; k_g^T (D, S): element (e, j) = k[j, g, e].
+            gemm_strided(p, s, false, &q[hh * d..], (h * d, 1), &k[g * d..], (1, kv * d), s, s, d, scale);
+            for (i, row) in p.chunks_mut(s).enumerate() {
+                let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
-                for p in &mut row[..=i] {
-                    *p = (*p - max).exp();
-                    sum += *p;
+                for x in &mut row[..=i] {
+                    *x = (*x - max).exp();
+                    sum += *x;
                 }
-                row[..=i].iter_mut().for_each(|p| *p /= sum);
+                row[..=i].iter_mut().for_each(|x| *x /= sum);
                 row[i + 1..].fill(0.0);
-                let o = &mut out[(i * h + hh) * d..][..d];
-                o.fill(0.0);
-                for j in 0..=i {
-                    let vj = &v[(j * kv + g) * d..][..d];
-                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += row[j] * v);
-                }
             }
+            gemm_strided(&mut out[hh * d..], h * d, false, p, (s, 1), &v[g * d..], (kv * d, 1), s, d, s, 1.0);
         }
     });
 }
 
-/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs:
-///   dv_j += p_ij do_i;  dp_ij = do_i . v_j;  ds_ij = p_ij (dp_ij - sum_j p_ij dp_ij);
-///   dq_i += scale sum_j ds_ij k_j;  dk_j += scale ds_ij q_i.
+/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs, per head:
+///   dP = dO v^T;  dS = P (dP - rowsum(P dP));  dq = scale dS k;  dk += scale dS^T q;  dv += P^T dO
+/// (dk, dv summed over the query heads of their group, in head order).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dq: &mut [f32],
@@ -64,32 +59,23 @@ pub fn attention_backward(
         .zip(dk.par_chunks_mut(s * kv * d).zip(dv.par_chunks_mut(s * kv * d)))
         .enumerate()
         .for_each(|(b, (dq, (dk, dv)))| {
-            dq.fill(0.0);
             dk.fill(0.0);
             dv.fill(0.0);
             let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
             let (dout, probs) = (&dout[b * s * h * d..][..s * h * d], &probs[b * h * s * s..][..h * s * s]);
-            let mut ds = vec![0.0f32; s];
+            let mut ds = vec![0.0f32; s * s];
             for hh in 0..h {
                 let g = hh / group;
-                for i in 0..s {
-                    let row = &probs[(hh * s + i) * s..][..s];
-                    let doi = &dout[(i * h + hh) * d..][..d];
-                    let mut sum = 0.0;
-                    for j in 0..=i {
-                        let dp = dot(doi, &v[(j * kv + g) * d..][..d]);
-                        ds[j] = dp;
-                        sum += row[j] * dp;
-                        dv[(j * kv + g) * d..][..d].iter_mut().zip(doi).for_each(|(a, o)| *a += row[j] * o);
-                    }
-                    let qi = &q[(i * h + hh) * d..][..d];
-                    for j in 0..=i {
-                        let dsj = scale * row[j] * (ds[j] - sum);
-                        let kj = &k[(j * kv + g) * d..][..d];
-                        dq[(i * h + hh) * d..][..d].iter_mut().zip(kj).for_each(|(a, k)| *a += dsj * k);
-                        dk[(j * kv + g) * d..][..d].iter_mut().zip(qi).for_each(|(a, q)| *a += dsj * q);
-                    }
+                let p = &probs[hh * s * s..][..s * s];
+                gemm_strided(&mut ds, s, false, &dout[hh * d..], (h * d, 1), &v[g * d..], (1, kv * d), s, s, d, 1.0);
+                for (i, (dsr, pr)) in ds.chunks_mut(s).zip(p.chunks(s)).enumerate() {
+                    let sum: f32 = dsr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                    dsr[..=i].iter_mut().zip(&pr[..=i]).for_each(|(x, &pij)| *x = pij * (*x - sum));
+                    dsr[i + 1..].fill(0.0);
                 }
+                gemm_strided(&mut dq[hh * d..], h * d, false, &ds, (s, 1), &k[g * d..], (kv * d, 1), s, d, s, scale);
+                gemm_strided(&mut dk[g * d..], kv * d, true, &ds, (1, s), &q[hh * d..], (h * d, 1), s, d, s, scale);
+                gemm_strided(&mut dv[g * d..], kv * d, true, p, (1, s), &dout[hh * d..], (h * d, 1), s, d, s, 1.0);
             }
         });
 }

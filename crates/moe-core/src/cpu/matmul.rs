@@ -106,3 +106,39 @@ mod tests {
         assert_close("dweight twice", &dw, &twice, 1e-5, 1e-5);
     }
 }
+
+/// c (M, N) = scale · a (M, K) · b (K, N), or c += that when `acc`; single-threaded, for the small
+/// products inside parallel loops (attention heads). c has row stride `c_rs` and unit column
+/// stride; a and b are any strided views: element (r, j) of a is a[r * a_rs + j * a_cs].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    c: &mut [f32],
+    c_rs: usize,
+    acc: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The views must lie inside their slices: gemm reads and writes through raw pointers.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, n, c_rs, 1) < c.len(), "gemm_strided: c out of bounds");
+    assert!(k == 0 || (last(m, k, a_rs, a_cs) < a.len() && last(k, n, b_rs, b_cs) < b.len()), "gemm_strided: a or b out of bounds");
+    unsafe {
+        gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, c_rs as isize, acc,
+            a.as_ptr(), a_cs as isize, a_rs as isize,
+            b.as_ptr(), b_cs as isize, b_rs as isize,
+            if acc { 1.0 } else { 0.0 }, scale, false, false, false, Parallelism::None,
+        );
+    }
+}
+
