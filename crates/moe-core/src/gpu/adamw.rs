@@ -4,7 +4,7 @@
 //! skip itself when it is not finite); the host reads it back with the step's other results.
 
 use super::matmul::View;
-use super::{groups_1d, Buf, Gpu, Kernel};
+use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::adamw::AdamWConfig;
 use crate::params::ParamSpec;
 
@@ -24,7 +24,7 @@ pub fn norm_partials_len(n: usize) -> usize {
 /// norm (1 element) = sqrt(sum grads²) over grads (n). Overwrites norm and the scratch `partials`
 /// (norm_partials_len(n) elements, caller-owned so that no pooled buffer is freed before the
 /// encoder runs). f32 sums in a fixed order (CPU: f64), deterministic.
-pub fn grad_norm(g: &Gpu, enc: &mut wgpu::CommandEncoder, norm: View, grads: View, partials: &Buf, n: usize) {
+pub fn grad_norm(g: &Gpu, enc: &mut Encoder, norm: View, grads: View, partials: &Buf, n: usize) {
     let parts = norm_partials_len(n);
     assert!(partials.len >= parts, "grad_norm: partials holds {} of {parts} elements", partials.len);
     g.dispatch(enc, &NORM_PARTIALS, &[partials, grads.buf], &[n as u32, 0, grads.off as u32, 0], groups_1d(n, NORM_CHUNK));
@@ -39,7 +39,7 @@ pub fn grad_norm(g: &Gpu, enc: &mut wgpu::CommandEncoder, norm: View, grads: Vie
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     params: View,
     m: View,
     v: View,
@@ -84,7 +84,7 @@ pub fn decay_ranges(specs: &[ParamSpec]) -> Vec<(usize, usize, bool)> {
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     params: &Buf,
     grads: &Buf,
     m: &Buf,

@@ -3,7 +3,7 @@
 //! `attention.wgsl`; the backward recomputes dP tile by tile instead of storing dS.
 
 use super::matmul::View;
-use super::{groups_1d, Gpu, Kernel};
+use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("attention.wgsl");
 const SCORES: Kernel = Kernel { src: SRC, entry: "attn_scores" };
@@ -31,7 +31,7 @@ fn params(b: usize, s: usize, h: usize, kv: usize, d: usize, offs: [usize; 8]) -
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     out: View,
     probs: View,
     q: View,
@@ -58,7 +58,7 @@ pub fn attention_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dq: View,
     dk: View,
     dv: View,

@@ -2,7 +2,7 @@
 //! valid positions only. targets (T) and valid (T, 0 or 1) are u32 buffers.
 
 use super::matmul::View;
-use super::{groups_1d, Buf, Gpu, Kernel};
+use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("crossentropy.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_forward" };
@@ -11,7 +11,7 @@ const BACKWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_backward" };
 /// losses (T) = logsumexp(logits[t]) - logits[t, targets[t]] where valid[t] != 0, else 0.
 /// logits (T, V). Overwrites losses.
 #[allow(clippy::too_many_arguments)]
-pub fn crossentropy_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, losses: View, logits: View, targets: &Buf, valid: &Buf, t: usize, v: usize) {
+pub fn crossentropy_forward(g: &Gpu, enc: &mut Encoder, losses: View, logits: View, targets: &Buf, valid: &Buf, t: usize, v: usize) {
     let params = [t as u32, v as u32, losses.off as u32, logits.off as u32, 0, 0, 0, 0];
     g.dispatch(enc, &FORWARD, &[losses.buf, logits.buf, targets, valid], &params, groups_1d(t, 1));
 }
@@ -20,7 +20,7 @@ pub fn crossentropy_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, losses: Vie
 #[allow(clippy::too_many_arguments)]
 pub fn crossentropy_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dlogits: View,
     logits: View,
     targets: &Buf,

@@ -2,7 +2,7 @@
 //! (V, C). The backward scatter-add is made race-free by `TokenIndex`, built on the host.
 
 use super::matmul::View;
-use super::{groups_1d, Buf, Gpu, Kernel};
+use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::error::Result;
 
 const SRC: &str = include_str!("embedding.wgsl");
@@ -51,14 +51,14 @@ impl TokenIndex {
 }
 
 /// out (T, C) = table[tokens[t]]. Overwrites out. Token ids are validated by the caller.
-pub fn embedding_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, tokens: &Buf, table: View, t: usize, c: usize) {
+pub fn embedding_forward(g: &Gpu, enc: &mut Encoder, out: View, tokens: &Buf, table: View, t: usize, c: usize) {
     let params = [t, c, out.off, table.off].map(|x| x as u32);
     g.dispatch(enc, &FORWARD, &[out.buf, tokens, table.buf], &params, groups_1d(t * c, 256));
 }
 
 /// dtable[tokens[t]] += dout[t], the tokens as grouped by `TokenIndex::set`. Accumulates; each row
 /// sums its positions in token order, as the CPU does, so the sums are deterministic and equal to the CPU's.
-pub fn embedding_backward(g: &Gpu, enc: &mut wgpu::CommandEncoder, dtable: View, dout: View, tokens: &TokenIndex, c: usize) {
+pub fn embedding_backward(g: &Gpu, enc: &mut Encoder, dtable: View, dout: View, tokens: &TokenIndex, c: usize) {
     let params = [tokens.t, c, dtable.off, dout.off].map(|x| x as u32);
     // One invocation per (position, channel): R <= T rows in use, the rest return at once.
     g.dispatch(enc, &BACKWARD, &[dtable.buf, dout.buf, &tokens.buf], &params, groups_1d(tokens.t * c, 256));

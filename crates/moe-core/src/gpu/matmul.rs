@@ -2,7 +2,7 @@
 //! (out_features, in_features). One tiled GEMM kernel (`matmul.wgsl`) serves the forward, both
 //! backward products and the batched products of attention, through transpose flags and offsets.
 
-use super::{Buf, Gpu, Kernel};
+use super::{Buf, Encoder, Gpu, Kernel};
 
 const GEMM: Kernel = Kernel { src: include_str!("matmul.wgsl"), entry: "gemm" };
 const TILE: usize = 64;
@@ -40,7 +40,7 @@ impl Gemm {
     }
 }
 
-pub fn gemm(g: &Gpu, enc: &mut wgpu::CommandEncoder, c: View, a: View, b: View, s: Gemm) {
+pub fn gemm(g: &Gpu, enc: &mut Encoder, c: View, a: View, b: View, s: Gemm) {
     let flags = u32::from(s.trans_a) | u32::from(s.trans_b) << 1 | u32::from(s.acc) << 2;
     let params = [s.m, s.n, s.k, flags as usize, a.off, b.off, c.off, 0, s.strides[0], s.strides[1], s.strides[2], 0];
     let params: Vec<u32> = params.iter().map(|&x| x as u32).collect();
@@ -49,7 +49,7 @@ pub fn gemm(g: &Gpu, enc: &mut wgpu::CommandEncoder, c: View, a: View, b: View, 
 }
 
 /// out (M, N) = inp (M, K) · weight (N, K)^T. Overwrites `out`.
-pub fn matmul_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, inp: View, weight: View, m: usize, k: usize, n: usize) {
+pub fn matmul_forward(g: &Gpu, enc: &mut Encoder, out: View, inp: View, weight: View, m: usize, k: usize, n: usize) {
     gemm(g, enc, out, inp, weight, Gemm { trans_b: true, ..Gemm::new(m, n, k) });
 }
 
@@ -57,7 +57,7 @@ pub fn matmul_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, inp: V
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dinp: View,
     dweight: View,
     dout: View,

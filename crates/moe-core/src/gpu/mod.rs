@@ -88,6 +88,10 @@ impl Drop for Buf {
     }
 }
 
+thread_local! {
+    static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 type BindKey = (usize, &'static str, Vec<u64>, Vec<u32>);
 
 pub struct Gpu {
@@ -214,7 +218,7 @@ impl Gpu {
     pub fn zeros(&self, n: usize) -> Result<Buf> {
         let b = self.alloc(n)?;
         let mut enc = self.encoder();
-        enc.clear_buffer(&b.raw, 0, None);
+        self.clear(&mut enc, &b);
         self.queue.submit([enc.finish()]);
         Ok(b)
     }
@@ -234,13 +238,13 @@ impl Gpu {
         }
     }
 
-    pub fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+    pub fn encoder(&self) -> Encoder {
+        Encoder { enc: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default()), pass: None }
     }
 
     /// Records one dispatch of `k` over `groups` workgroups with parameters `params` (binding 0) and
     /// storage buffers `bufs` (bindings 1..).
-    pub fn dispatch(&self, enc: &mut wgpu::CommandEncoder, k: &Kernel, bufs: &[&Buf], params: &[u32], groups: [u32; 3]) {
+    pub fn dispatch(&self, enc: &mut Encoder, k: &Kernel, bufs: &[&Buf], params: &[u32], groups: [u32; 3]) {
         if groups.contains(&0) {
             return;
         }
@@ -253,7 +257,7 @@ impl Gpu {
             }
             binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, params))).clone()
         };
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(k.entry), timestamp_writes: None });
+        let pass = enc.pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, Some(&*bind), &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -308,21 +312,21 @@ impl Gpu {
     }
 
     /// Copies `n` elements from `src[src_at..]` to `dst[dst_at..]`.
-    pub fn copy(&self, enc: &mut wgpu::CommandEncoder, src: &Buf, src_at: usize, dst: &Buf, dst_at: usize, n: usize) {
+    pub fn copy(&self, enc: &mut Encoder, src: &Buf, src_at: usize, dst: &Buf, dst_at: usize, n: usize) {
         assert!(src_at + n <= src.len && dst_at + n <= dst.len, "copy past the end of a device buffer");
         if n > 0 {
-            enc.copy_buffer_to_buffer(&src.raw, (src_at * 4) as u64, &dst.raw, (dst_at * 4) as u64, Some((n * 4) as u64));
+            enc.close().copy_buffer_to_buffer(&src.raw, (src_at * 4) as u64, &dst.raw, (dst_at * 4) as u64, Some((n * 4) as u64));
         }
     }
 
     /// Sets the whole buffer to zero.
-    pub fn clear(&self, enc: &mut wgpu::CommandEncoder, b: &Buf) {
-        enc.clear_buffer(&b.raw, 0, Some(((b.len.max(1) * 4) as u64).next_multiple_of(4)));
+    pub fn clear(&self, enc: &mut Encoder, b: &Buf) {
+        enc.close().clear_buffer(&b.raw, 0, Some(((b.len.max(1) * 4) as u64).next_multiple_of(4)));
     }
 
     /// Submits `enc`, then copies every buffer of `reads` back in one staging buffer, one map and one
     /// wait: the step's single readback. Returns their contents as raw 4-byte words.
-    pub fn finish(&self, mut enc: wgpu::CommandEncoder, reads: &[&Buf]) -> Result<Vec<Vec<u32>>> {
+    pub fn finish(&self, mut enc: Encoder, reads: &[&Buf]) -> Result<Vec<Vec<u32>>> {
         let total: usize = reads.iter().map(|b| b.len).sum();
         let staging = (total > 0).then(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -336,7 +340,7 @@ impl Gpu {
             let mut at = 0u64;
             for b in reads {
                 if b.len > 0 {
-                    enc.copy_buffer_to_buffer(&b.raw, 0, st, at, Some((b.len * 4) as u64));
+                    enc.close().copy_buffer_to_buffer(&b.raw, 0, st, at, Some((b.len * 4) as u64));
                 }
                 at += (b.len * 4) as u64;
             }
@@ -347,6 +351,7 @@ impl Gpu {
             self.check()?;
             return Ok(reads.iter().map(|_| Vec::new()).collect());
         };
+        READBACKS.with(|n| n.set(n.get() + 1));
         st.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| MoeError::DeviceLost(e.to_string()))?;
         self.check()?;
@@ -372,10 +377,40 @@ impl Gpu {
         Ok(self.finish(self.encoder(), &[b])?.remove(0))
     }
 
+    /// Readbacks (buffer maps) made by this thread so far: tests assert how many a step makes.
+    pub fn readbacks(&self) -> u64 {
+        READBACKS.with(|n| n.get())
+    }
+
     /// Adapter name, type and driver in one line.
     pub fn describe(&self) -> String {
         let i = &self.info;
         format!("{} ({:?}, {:?}, driver {} {})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+    }
+}
+
+/// Records GPU work: consecutive dispatches share one compute pass (wgpu still inserts the
+/// barriers their buffer uses need); a copy or a clear closes the pass.
+pub struct Encoder {
+    enc: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+}
+
+impl Encoder {
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        let enc = &mut self.enc;
+        self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime())
+    }
+
+    /// The command encoder itself, the compute pass ended first.
+    fn close(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        &mut self.enc
+    }
+
+    fn finish(mut self) -> wgpu::CommandBuffer {
+        self.pass = None;
+        self.enc.finish()
     }
 }
 

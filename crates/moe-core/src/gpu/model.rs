@@ -13,7 +13,7 @@ use super::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
 use super::store::DeviceStore;
-use super::{groups_1d, Buf, Gpu, Kernel};
+use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
 use crate::model::{layer_lens, model_lens, ModelStats};
@@ -22,12 +22,12 @@ const ADD: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "add_inplac
 const FINITE: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "finite_flags" };
 
 /// y += x[x_off..], n elements.
-fn add_inplace(g: &Gpu, enc: &mut wgpu::CommandEncoder, y: &Buf, x: View, n: usize) {
+fn add_inplace(g: &Gpu, enc: &mut Encoder, y: &Buf, x: View, n: usize) {
     g.dispatch(enc, &ADD, &[x.buf, y], &[n as u32, x.off as u32, 0, 0], groups_1d(n, 256));
 }
 
 /// flags[slot] = 1 when x holds a NaN or an infinity.
-fn finite_flags(g: &Gpu, enc: &mut wgpu::CommandEncoder, flags: &Buf, slot: usize, x: &Buf) {
+fn finite_flags(g: &Gpu, enc: &mut Encoder, flags: &Buf, slot: usize, x: &Buf) {
     g.dispatch(enc, &FINITE, &[x, flags], &[x.len as u32, 0, slot as u32, 0], groups_1d(x.len, 256));
 }
 
@@ -383,7 +383,7 @@ mod tests {
     /// disturb the stored activations.
     #[test]
     fn training_step_matches_cpu() {
-        let Some(_) = test_gpu("training_step_matches_cpu") else { return };
+        let Some(g) = test_gpu("training_step_matches_cpu") else { return };
         for tied in [false, true] {
             let (b, s) = (2, 7);
             let tokens: Vec<u32> = (0..b * s).map(|i| (i * 7 + 3) as u32 % 37).collect();
@@ -396,7 +396,9 @@ mod tests {
             gpu.to_device(Some("gpu")).unwrap();
             for step in 0..2 {
                 let sc = cpu.forward(&tokens, Some(&mask), b, true).unwrap();
+                let maps = g.readbacks();
                 let sg = gpu.forward(&tokens, Some(&mask), b, true).unwrap();
+                assert_eq!(g.readbacks() - maps, 1, "a forward reads back once");
                 gpu.forward(&tokens[..s], None, 1, false).unwrap();
                 assert_eq!(sg.counts, sc.counts, "step {step}: routing differs");
                 assert_eq!(sg.valid_tokens, sc.valid_tokens);
@@ -405,10 +407,14 @@ mod tests {
                 assert_close("z_sums", &sg.z_sums, &sc.z_sums, 1e-5, 1e-4);
                 assert_close("loss_sums", &sg.loss_sums, &sc.loss_sums, 1e-4, 1e-5);
                 cpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+                let maps = g.readbacks();
                 gpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+                assert_eq!(g.readbacks(), maps, "a backward reads nothing back");
                 let gc = cpu.store.host().unwrap().grads.clone();
                 assert_close(&format!("grads (tied = {tied}, step {step})"), &gpu.store.host().unwrap().grads, &gc, 1e-5, 1e-3);
+                let maps = g.readbacks();
                 let (nc, ng) = (cpu.store.step(&opt).unwrap(), gpu.store.step(&opt).unwrap());
+                assert_eq!(g.readbacks() - maps, 1, "a step reads back the norm alone");
                 assert!(((ng - nc) / nc).abs() < 1e-5, "grad norm {ng} vs {nc}");
                 cpu.store.zero_grad().unwrap();
                 gpu.store.zero_grad().unwrap();

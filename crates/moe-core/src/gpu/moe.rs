@@ -6,7 +6,7 @@
 //! valid (B)], so a model packs every layer's into one buffer and reads them back once per step.
 
 use super::matmul::{matmul_backward, matmul_forward, View};
-use super::{groups_1d, Buf, Gpu, Kernel};
+use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::error::{MoeError, Result};
 use crate::moe::MoeConfig;
 
@@ -57,7 +57,7 @@ fn router_params(t: usize, e: usize, k: usize, s: usize, norm_topk: bool, z_scal
 #[allow(clippy::too_many_arguments)]
 pub fn router_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     probs: &Buf,
     lse: &Buf,
     idx: &Buf,
@@ -77,7 +77,7 @@ pub fn router_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn router_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dlogits: &Buf,
     dw: &Buf,
     probs: &Buf,
@@ -103,7 +103,7 @@ pub fn router_backward(
 #[allow(clippy::too_many_arguments)]
 pub fn router_stats(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     stats: View,
     probs: &Buf,
     lse: &Buf,
@@ -132,7 +132,7 @@ pub fn permute_scratch_len(n: usize, e: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn permute_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     offsets: &Buf,
     tiles: &Buf,
     rows: &Buf,
@@ -150,14 +150,14 @@ pub fn permute_forward(
 
 /// xs (N, C) = x (T, C) gathered in sorted order: xs[p] = x[rows[p] / K].
 #[allow(clippy::too_many_arguments)]
-pub fn gather_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, xs: &Buf, x: View, rows: &Buf, n: usize, c: usize, k: usize) {
+pub fn gather_forward(g: &Gpu, enc: &mut Encoder, xs: &Buf, x: View, rows: &Buf, n: usize, c: usize, k: usize) {
     g.dispatch(enc, &GATHER_FORWARD, &[rows, x.buf, xs], &words(&[n, c, k, x.off]), groups_1d(n * c, 256));
 }
 
 /// dx (T, C) = the sum over the K sorted copies of each token of dxs (N, C). Overwrites dx, unlike
 /// the CPU's +=: the block's backward writes dx here first.
 #[allow(clippy::too_many_arguments)]
-pub fn gather_backward(g: &Gpu, enc: &mut wgpu::CommandEncoder, dx: View, dxs: &Buf, pos: &Buf, t: usize, c: usize, k: usize) {
+pub fn gather_backward(g: &Gpu, enc: &mut Encoder, dx: View, dxs: &Buf, pos: &Buf, t: usize, c: usize, k: usize) {
     g.dispatch(enc, &GATHER_BACKWARD, &[pos, dxs, dx.buf], &words(&[t, c, k, dx.off]), groups_1d(t * c, 256));
 }
 
@@ -186,7 +186,7 @@ enum Epilogue {
 #[allow(clippy::too_many_arguments)]
 fn experts_gemm(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     c: &Buf,
     a: View,
     w: View,
@@ -214,7 +214,7 @@ fn experts_gemm(
 /// For every expert e: dw_e (m, n) += a rows of e^T (m, n_e) · b rows of e (n_e, n), dw_e the e-th
 /// (m, n) block of `dw`.
 #[allow(clippy::too_many_arguments)]
-fn experts_wgrad(g: &Gpu, enc: &mut wgpu::CommandEncoder, dw: View, a: View, b: View, sorted: &Sorted, m: usize, n: usize) {
+fn experts_wgrad(g: &Gpu, enc: &mut Encoder, dw: View, a: View, b: View, sorted: &Sorted, m: usize, n: usize) {
     let params = words(&[m, n, 0, 0, sorted.e, a.off, b.off, 0, 0, dw.off, 0, 0]);
     let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, sorted.e as u32];
     g.dispatch(enc, &EXPERTS_WGRAD, &[sorted.offsets, a.buf, b.buf, dw.buf], &params, groups);
@@ -226,7 +226,7 @@ fn experts_wgrad(g: &Gpu, enc: &mut wgpu::CommandEncoder, dw: View, a: View, b: 
 #[allow(clippy::too_many_arguments)]
 pub fn experts_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     guh: &Buf,
     ys: &Buf,
     xs: &Buf,
@@ -250,7 +250,7 @@ pub fn experts_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dxs: &Buf,
     grads: View,
     dgu: &Buf,
@@ -279,7 +279,7 @@ pub fn experts_backward(
 #[allow(clippy::too_many_arguments)]
 pub fn combine_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     out: View,
     ys: &Buf,
     w: &Buf,
@@ -295,7 +295,7 @@ pub fn combine_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn combine_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dys: &Buf,
     dw: &Buf,
     dout: View,
@@ -386,7 +386,7 @@ impl Saved {
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     out: View,
     stats: View,
     acts: &mut GpuMoeActs,
@@ -425,7 +425,7 @@ pub fn moe_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dx: View,
     grads: View,
     acts: &mut GpuMoeActs,

@@ -1,7 +1,7 @@
 //! RMSNorm on the GPU in the convention of `cpu::rmsnorm`: out = x * rstd * w over rows of C.
 
 use super::matmul::View;
-use super::{groups_1d, Gpu, Kernel};
+use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("rmsnorm.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "rmsnorm_forward" };
@@ -10,7 +10,7 @@ const BACKWARD_DW: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dw" };
 
 /// out (N, C) = norm(x (N, C)) * w (C); rstd (N) is saved for the backward. Overwrites both.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, rstd: View, x: View, w: View, n: usize, c: usize, eps: f32) {
+pub fn rmsnorm_forward(g: &Gpu, enc: &mut Encoder, out: View, rstd: View, x: View, w: View, n: usize, c: usize, eps: f32) {
     let params = [n as u32, c as u32, eps.to_bits(), out.off as u32, rstd.off as u32, x.off as u32, w.off as u32, 0];
     g.dispatch(enc, &FORWARD, &[out.buf, rstd.buf, x.buf, w.buf], &params, groups_1d(n, 1));
 }
@@ -20,7 +20,7 @@ pub fn rmsnorm_forward(g: &Gpu, enc: &mut wgpu::CommandEncoder, out: View, rstd:
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dx: View,
     dw: View,
     dout: View,

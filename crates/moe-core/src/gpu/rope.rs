@@ -2,14 +2,14 @@
 //! sin tables are `cpu::rope::rope_tables`, uploaded once.
 
 use super::matmul::View;
-use super::{groups_1d, Gpu, Kernel};
+use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("rope.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "rope_forward" };
 const BACKWARD: Kernel = Kernel { src: SRC, entry: "rope_backward" };
 
 /// One invocation per rotated pair: (T, H, D/2) of them. `dims` = (T, S, H, D, pos0).
-fn rotate(g: &Gpu, enc: &mut wgpu::CommandEncoder, k: &Kernel, [out, x, cos, sin]: [View; 4], dims: [usize; 5]) {
+fn rotate(g: &Gpu, enc: &mut Encoder, k: &Kernel, [out, x, cos, sin]: [View; 4], dims: [usize; 5]) {
     let [t, s, h, d, pos0] = dims;
     let params = [t, s, h, d, pos0, out.off, x.off, cos.off, sin.off, 0, 0, 0].map(|v| v as u32);
     g.dispatch(enc, k, &[out.buf, x.buf, cos.buf, sin.buf], &params, groups_1d(t * h * (d / 2), 256));
@@ -20,7 +20,7 @@ fn rotate(g: &Gpu, enc: &mut wgpu::CommandEncoder, k: &Kernel, [out, x, cos, sin
 #[allow(clippy::too_many_arguments)]
 pub fn rope_forward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     out: View,
     x: View,
     cos: View,
@@ -38,7 +38,7 @@ pub fn rope_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn rope_backward(
     g: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Encoder,
     dx: View,
     dout: View,
     cos: View,
