@@ -33,8 +33,11 @@ export declare class MoeLayer {
   setParameter(name: string, data: Float32Array): void
   /** A copy of the accumulated gradient of parameter `name`. */
   getGrad(name: string): Float32Array
-  /** All gradients as one flat array in parameter order (for all-reduce). */
-  getGrads(): Float32Array
+  /**
+   * All gradients as one flat array in parameter order (read, all-reduce, write back); copied
+   * into `out` when given, a buffer reused from step to step (no fresh allocation per step).
+   */
+  getGrads(out?: Float32Array | undefined | null): Float32Array
   /** Replaces all gradients (e.g. with their all-reduced sum). */
   setGrads(data: Float32Array): void
   zeroGrad(): void
@@ -82,8 +85,11 @@ export declare class MoeModel {
   /** All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy). */
   getParams(): Float32Array
   setParams(data: Float32Array): void
-  /** All gradients as one flat array in parameter order (read, all-reduce, write back). */
-  getGrads(): Float32Array
+  /**
+   * All gradients as one flat array in parameter order (read, all-reduce, write back); copied
+   * into `out` when given, a buffer reused from step to step (no fresh allocation per step).
+   */
+  getGrads(out?: Float32Array | undefined | null): Float32Array
   setGrads(data: Float32Array): void
   zeroGrad(): void
   /**

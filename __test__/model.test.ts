@@ -67,6 +67,11 @@ test('gradients read and write back as one flat array', async (t) => {
   t.deepEqual(m.getGrad('model.layers.1.mlp.gate.weight').length, E * CFG.hidden_size);
   m.setGrads(g.map((v) => 2 * v));
   t.deepEqual(m.getGrads(), g.map((v) => 2 * v));
+  // Into a reused buffer: the same values, the same array back; a wrong length is refused.
+  const buf = new Float32Array(m.numParameters);
+  t.is(m.getGrads(buf), buf);
+  t.deepEqual(buf, g.map((v) => 2 * v));
+  t.is((t.throws(() => m.getGrads(new Float32Array(3))) as { code?: string }).code, 'SHAPE_MISMATCH');
   t.truthy(m.parameters().find((p) => p.name === 'model.layers.0.self_attn.q_norm.weight' && p.shape[0] === 4));
 });
 

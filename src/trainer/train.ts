@@ -74,7 +74,7 @@ function optimOf(cfg: TrainConfig): AdamWOptions {
 }
 
 /** One optimiser step on one rank: its A micro-batches, the balance engine, gradient all-reduce, AdamW. */
-async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig) {
+async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig, gradBuf: Float32Array) {
   const { microBatch: b } = cfg.batch;
   const S = cfg.data.seqLen;
   await bal.beginStep(micro.length * b * (S - 1)); // all-reduces the token count: T_glob
@@ -99,7 +99,7 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
   const balance = await bal.endStep();
   // Gradient all-reduce: a sum, because every loss term already carries 1/T_glob.
   if (comm.size > 1) {
-    const grads = model.getGrads();
+    const grads = model.getGrads(gradBuf);
     await comm.allReduceSum(grads);
     model.setGrads(grads);
   }
@@ -147,6 +147,9 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     replicas[0].setParams(p);
   }
   const { num_hidden_layers: L, num_experts: E, num_experts_per_tok: K } = replicas[0].config;
+  // One gradient buffer per replica for the all-reduce, reused every step: a fresh gradient-sized
+  // array per step costs more in page faults than the copy itself.
+  const gradBufs = replicas.map((m) => new Float32Array(multi || R > 1 ? m.numParameters : 0));
   const newGroup = () => {
     const group = multi ? null : new LocalGroup(R);
     const comms = multi ? [multi] : localRanks.map((r) => group!.comm(r));
@@ -200,7 +203,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       try {
         outs = await Promise.all(
           replicas.map((m, i) =>
-            rankStep(m, balancers[i], comms[i], data.batch(step, localRanks[i]), cfg).catch((e: Error) => {
+            rankStep(m, balancers[i], comms[i], data.batch(step, localRanks[i]), cfg, gradBufs[i]).catch((e: Error) => {
               comms[i].abort?.(e); // the other ranks must not wait for this one's contribution
               throw e;
             }),

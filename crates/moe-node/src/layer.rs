@@ -136,10 +136,11 @@ impl MoeLayer {
         params::grad(&self.inner, &name).map_err(|e| js_error(&env, e))
     }
 
-    /// All gradients as one flat array in parameter order (for all-reduce).
+    /// All gradients as one flat array in parameter order (read, all-reduce, write back); copied
+    /// into `out` when given, a buffer reused from step to step (no fresh allocation per step).
     #[napi]
-    pub fn get_grads(&self, env: Env) -> Result<Float32Array> {
-        params::grads(&self.inner).map_err(|e| js_error(&env, e))
+    pub fn get_grads(&self, env: Env, out: Option<Float32Array>) -> Result<Float32Array> {
+        params::grads(&self.inner, out).map_err(|e| js_error(&env, e))
     }
 
     /// Replaces all gradients (e.g. with their all-reduced sum).

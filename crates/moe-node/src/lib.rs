@@ -163,8 +163,15 @@ pub(crate) mod params {
     pub fn set_all<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
         with(s, |m| m.store().host_mut()?.set_params(data))
     }
-    pub fn grads<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store().grads()?.to_vec())))
+    pub fn grads<M: HasStore>(s: &Shared<M>, out: Option<Float32Array>) -> moe_core::Result<Float32Array> {
+        with(s, |m| {
+            let g = m.store().grads()?;
+            let Some(mut out) = out else { return Ok(Float32Array::new(g.to_vec())) };
+            moe_core::error::check_len("out", out.len(), g.len())?;
+            // SAFETY: a synchronous call on the JS thread: nothing else touches the buffer meanwhile.
+            unsafe { out.as_mut() }.copy_from_slice(g);
+            Ok(out)
+        })
     }
     pub fn set_grads<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
         with(s, |m| m.store().set_grads(data))

@@ -213,10 +213,11 @@ impl MoeModel {
         params::set_all(&self.inner, &data).map_err(|e| js_error(&env, e))
     }
 
-    /// All gradients as one flat array in parameter order (read, all-reduce, write back).
+    /// All gradients as one flat array in parameter order (read, all-reduce, write back); copied
+    /// into `out` when given, a buffer reused from step to step (no fresh allocation per step).
     #[napi]
-    pub fn get_grads(&self, env: Env) -> Result<Float32Array> {
-        params::grads(&self.inner).map_err(|e| js_error(&env, e))
+    pub fn get_grads(&self, env: Env, out: Option<Float32Array>) -> Result<Float32Array> {
+        params::grads(&self.inner, out).map_err(|e| js_error(&env, e))
     }
 
     #[napi]

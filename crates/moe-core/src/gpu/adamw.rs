@@ -8,10 +8,29 @@ use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::adamw::AdamWConfig;
 use crate::params::ParamSpec;
 
-const SRC: &str = include_str!("adamw.wgsl");
+const SRC: &str = include_str!("shaders/adamw.wgsl");
 const NORM_PARTIALS: Kernel = Kernel { src: SRC, entry: "grad_norm_partials" };
 const NORM_FINISH: Kernel = Kernel { src: SRC, entry: "grad_norm_finish" };
 const UPDATE: Kernel = Kernel { src: SRC, entry: "adamw_update" };
+
+// adamw.wgsl's two uniforms, one line per 16-byte row.
+
+/// The norm kernels': n elements read at src_off, written at dst_off.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    n: u32, dst_off: u32, src_off: u32, _pad: u32,
+}
+
+/// The update's: n elements, the views' offsets, whether to clip, then f32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct UpdateParams {
+    n: u32, p_off: u32, m_off: u32, v_off: u32,
+    g_off: u32, norm_off: u32, clip: u32, max_norm: u32,
+    lr: u32, beta1: u32, beta2: u32, eps: u32,
+    wd: u32, bc1: u32, bc2: u32, _pad: u32,
+}
 
 /// Gradient elements summed by one workgroup of `grad_norm_partials` (CHUNK in adamw.wgsl).
 pub const NORM_CHUNK: usize = 1024;
@@ -27,11 +46,13 @@ pub fn norm_partials_len(n: usize) -> usize {
 pub fn grad_norm(g: &Gpu, enc: &mut Encoder, norm: View, grads: View, partials: &Buf, n: usize) {
     let parts = norm_partials_len(n);
     assert!(partials.len >= parts, "grad_norm: partials holds {} of {parts} elements", partials.len);
-    g.dispatch(enc, &NORM_PARTIALS, &[partials, grads.buf], &[n as u32, 0, grads.off as u32, 0], groups_1d(n, NORM_CHUNK));
-    g.dispatch(enc, &NORM_FINISH, &[norm.buf, partials], &[parts as u32, norm.off as u32, 0, 0], [1, 1, 1]);
+    let p = NormParams { n: n as u32, dst_off: 0, src_off: grads.off as u32, _pad: 0 };
+    g.dispatch(enc, &NORM_PARTIALS, &[partials, grads.buf], &p, groups_1d(n, NORM_CHUNK));
+    let p = NormParams { n: parts as u32, dst_off: norm.off as u32, src_off: 0, _pad: 0 };
+    g.dispatch(enc, &NORM_FINISH, &[norm.buf, partials], &p, [1, 1, 1]);
 }
 
-/// One AdamW update of params (N) from grads (N) clipped by the global norm read from `norm`
+/// One AdamW update of params (N) from grads (N) clipped by the global norm read from norm (1)
 /// (scale min(1, max_grad_norm / norm), `clip_scale`), moments m, v (N) at step t (1-based):
 ///   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  m̂ = m/(1-b1^t);  v̂ = v/(1-b2^t)
 ///   p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)     (wd = weight_decay when `decay`, else 0)
@@ -55,10 +76,24 @@ pub fn adamw_update(
     let bc1 = (1.0 - (cfg.beta1 as f64).powi(t as i32)) as f32;
     let bc2 = (1.0 - (cfg.beta2 as f64).powi(t as i32)) as f32;
     let wd = if decay { cfg.weight_decay } else { 0.0 };
-    let max_norm = cfg.max_grad_norm.unwrap_or(0.0);
-    let offs = [n, params.off, m.off, v.off, grads.off, norm.off, usize::from(cfg.max_grad_norm.is_some())].map(|x| x as u32);
-    let floats = [max_norm, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, bc1, bc2].map(f32::to_bits);
-    let p: Vec<u32> = [&offs[..], &floats[..], &[0]].concat();
+    let p = UpdateParams {
+        n: n as u32,
+        p_off: params.off as u32,
+        m_off: m.off as u32,
+        v_off: v.off as u32,
+        g_off: grads.off as u32,
+        norm_off: norm.off as u32,
+        clip: cfg.max_grad_norm.is_some().into(),
+        max_norm: cfg.max_grad_norm.unwrap_or(0.0).to_bits(),
+        lr: lr.to_bits(),
+        beta1: cfg.beta1.to_bits(),
+        beta2: cfg.beta2.to_bits(),
+        eps: cfg.eps.to_bits(),
+        wd: wd.to_bits(),
+        bc1: bc1.to_bits(),
+        bc2: bc2.to_bits(),
+        _pad: 0,
+    };
     g.dispatch(enc, &UPDATE, &[params.buf, m.buf, v.buf, grads.buf, norm.buf], &p, groups_1d(n, 256));
 }
 
@@ -80,7 +115,8 @@ pub fn decay_ranges(specs: &[ParamSpec]) -> Vec<(usize, usize, bool)> {
 /// `ranges` (`decay_ranges`); t is the step about to be taken (1-based), lr = opt.lr_at(t).
 /// Reads nothing back. Afterwards the caller reads norm[0]: when it is not finite, nothing moved,
 /// the step must not count (t not advanced) and the step fails with NON_FINITE, as on the CPU.
-/// The caller validates `opt`. `partials`: scratch of norm_partials_len(grads.len) elements.
+/// The caller validates `opt`. params, grads, m, v (N) are the flat buffers, norm (1), `partials`:
+/// scratch of norm_partials_len(N) elements.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     g: &Gpu,
@@ -108,7 +144,7 @@ pub fn adamw_step(
 mod tests {
     use super::*;
     use crate::adamw::{adamw_update as cpu_update, clip_scale, grad_norm as cpu_grad_norm, AdamWState, LrSchedule};
-    use crate::gpu::tests::test_gpu;
+    use crate::gpu::tests::{f32s, test_gpu};
     use crate::params::{ParamStore, SpecBuilder};
     use crate::testutil::{assert_close, randn};
 
@@ -133,10 +169,6 @@ mod tests {
             max_grad_norm: Some(1.0),
             schedule: Some(LrSchedule { warmup_steps: 2, total_steps: 6, min_lr: 0.001 }),
         }
-    }
-
-    fn f32s(w: &[u32]) -> Vec<f32> {
-        bytemuck::cast_slice(w).to_vec()
     }
 
     #[test]

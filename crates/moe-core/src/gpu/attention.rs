@@ -1,11 +1,11 @@
 //! Causal grouped-query attention on the GPU in the convention of `cpu::attention`: q, out (T, H*D);
 //! k, v (T, KV*D); probs (B, H, S, S) with zeros above the diagonal; T = B*S. Tiled kernels in
-//! `attention.wgsl`; the backward recomputes dP tile by tile instead of storing dS.
+//! `shaders/attention.wgsl`; the backward recomputes dP tile by tile instead of storing dS.
 
 use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("attention.wgsl");
+const SRC: &str = include_str!("shaders/attention.wgsl");
 const SCORES: Kernel = Kernel { src: SRC, entry: "attn_scores" };
 const SOFTMAX: Kernel = Kernel { src: SRC, entry: "attn_softmax" };
 const PV: Kernel = Kernel { src: SRC, entry: "attn_pv" };
@@ -15,16 +15,26 @@ const DK: Kernel = Kernel { src: SRC, entry: "attn_dk" };
 const DV: Kernel = Kernel { src: SRC, entry: "attn_dv" };
 const TILE: usize = 64;
 
-/// The uniform every entry point reads: S, H, KV, D, scale, rows = B*H*S and the view offsets
-/// [q, k, v, probs, out or dout, dq, dk, dv], padded to 16 words.
-fn params(b: usize, s: usize, h: usize, kv: usize, d: usize, offs: [usize; 8]) -> Vec<u32> {
-    assert!(kv > 0 && h.is_multiple_of(kv), "attention: {h} query heads do not split into {kv} kv heads");
-    assert!(b * h <= 65535, "attention: B*H = {} workgroup rows exceed 65535", b * h);
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut p = vec![s as u32, h as u32, kv as u32, d as u32, scale.to_bits(), (b * h * s) as u32];
-    p.extend(offs.map(|o| o as u32));
-    p.extend([0, 0]);
-    p
+/// attention.wgsl's `Params`, which every entry point reads, one line per 16-byte row: S, H, KV,
+/// D, scale (f32 bits), rows = B*H*S and the view offsets (o_off: out's, or dout's in the backward).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    s: u32, h: u32, kv: u32, d: u32,
+    scale: u32, rows: u32, q_off: u32, k_off: u32,
+    v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
+    dk_off: u32, dv_off: u32, _pad0: u32, _pad1: u32,
+}
+
+impl Params {
+    /// S, H, KV, D, scale and rows for B sequences; every offset zero.
+    fn new(b: usize, s: usize, h: usize, kv: usize, d: usize) -> Self {
+        assert!(kv > 0 && h.is_multiple_of(kv), "attention: {h} query heads do not split into {kv} kv heads");
+        assert!(b * h <= 65535, "attention: B*H = {} workgroup rows exceed 65535", b * h);
+        let scale = 1.0 / (d as f32).sqrt();
+        let (s, h, kv, d, rows) = (s as u32, h as u32, kv as u32, d as u32, (b * h * s) as u32);
+        Params { s, h, kv, d, scale: scale.to_bits(), rows, ..bytemuck::Zeroable::zeroed() }
+    }
 }
 
 /// Overwrites out (T, H*D) and probs (B, H, S, S) from q (T, H*D), k, v (T, KV*D). T = B*S.
@@ -43,7 +53,8 @@ pub fn attention_forward(
     kv: usize,
     d: usize,
 ) {
-    let p = params(b, s, h, kv, d, [q.off, k.off, v.off, probs.off, out.off, 0, 0, 0]);
+    let (q_off, k_off, v_off, p_off, o_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, out.off as u32);
+    let p = Params { q_off, k_off, v_off, p_off, o_off, ..Params::new(b, s, h, kv, d) };
     let (tiles, dtiles) = (s.div_ceil(TILE) as u32, d.div_ceil(TILE) as u32);
     g.dispatch(enc, &SCORES, &[probs.buf, q.buf, k.buf], &p, [tiles, tiles, (b * h) as u32]);
     g.dispatch(enc, &SOFTMAX, &[probs.buf], &p, groups_1d(b * h * s, 1));
@@ -74,7 +85,9 @@ pub fn attention_backward(
     d: usize,
 ) {
     assert!(h <= kv * d, "attention: the row sums (B*H*S) do not fit in dv (T*KV*D)");
-    let p = params(b, s, h, kv, d, [q.off, k.off, v.off, probs.off, dout.off, dq.off, dk.off, dv.off]);
+    let (q_off, k_off, v_off, p_off, o_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, dout.off as u32);
+    let (dq_off, dk_off, dv_off) = (dq.off as u32, dk.off as u32, dv.off as u32);
+    let p = Params { q_off, k_off, v_off, p_off, o_off, dq_off, dk_off, dv_off, ..Params::new(b, s, h, kv, d) };
     let (tiles, dtiles) = (s.div_ceil(TILE) as u32, d.div_ceil(TILE) as u32);
     let (bh, bkv) = ((b * h) as u32, (b * kv) as u32);
     g.dispatch(enc, &DELTA, &[dv.buf, probs.buf, v.buf, dout.buf], &p, [1, tiles, bh]);

@@ -4,19 +4,36 @@
 use super::matmul::View;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("crossentropy.wgsl");
+const SRC: &str = include_str!("shaders/crossentropy.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_forward" };
 const BACKWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_backward" };
 
+/// crossentropy.wgsl's `Params`, one line per 16-byte row. out_off: the losses' offset, or the
+/// dlogits'; scale (the backward's): f32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    t: u32, v: u32, out_off: u32, logits_off: u32,
+    scale: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+impl Params {
+    /// T rows of V logits at logits' offset; the rest zero.
+    fn new(t: usize, v: usize, logits: View) -> Self {
+        Params { t: t as u32, v: v as u32, logits_off: logits.off as u32, ..bytemuck::Zeroable::zeroed() }
+    }
+}
+
 /// losses (T) = logsumexp(logits[t]) - logits[t, targets[t]] where valid[t] != 0, else 0.
-/// logits (T, V). Overwrites losses.
+/// logits (T, V); targets (T), valid (T) u32. Overwrites losses.
 #[allow(clippy::too_many_arguments)]
 pub fn crossentropy_forward(g: &Gpu, enc: &mut Encoder, losses: View, logits: View, targets: &Buf, valid: &Buf, t: usize, v: usize) {
-    let params = [t as u32, v as u32, losses.off as u32, logits.off as u32, 0, 0, 0, 0];
-    g.dispatch(enc, &FORWARD, &[losses.buf, logits.buf, targets, valid], &params, groups_1d(t, 1));
+    let p = Params { out_off: losses.off as u32, ..Params::new(t, v, logits) };
+    g.dispatch(enc, &FORWARD, &[losses.buf, logits.buf, targets, valid], &p, groups_1d(t, 1));
 }
 
 /// dlogits (T, V) = scale * (softmax(logits[t]) - onehot(targets[t])) where valid, else 0. Overwrites.
+/// logits (T, V); targets (T), valid (T) u32.
 #[allow(clippy::too_many_arguments)]
 pub fn crossentropy_backward(
     g: &Gpu,
@@ -29,8 +46,8 @@ pub fn crossentropy_backward(
     t: usize,
     v: usize,
 ) {
-    let params = [t as u32, v as u32, dlogits.off as u32, logits.off as u32, scale.to_bits(), 0, 0, 0];
-    g.dispatch(enc, &BACKWARD, &[dlogits.buf, logits.buf, targets, valid], &params, groups_1d(t, 1));
+    let p = Params { out_off: dlogits.off as u32, scale: scale.to_bits(), ..Params::new(t, v, logits) };
+    g.dispatch(enc, &BACKWARD, &[dlogits.buf, logits.buf, targets, valid], &p, groups_1d(t, 1));
 }
 
 #[cfg(test)]

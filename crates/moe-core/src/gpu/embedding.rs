@@ -5,9 +5,24 @@ use super::matmul::View;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::error::Result;
 
-const SRC: &str = include_str!("embedding.wgsl");
+const SRC: &str = include_str!("shaders/embedding.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "embedding_forward" };
 const BACKWARD: Kernel = Kernel { src: SRC, entry: "embedding_backward" };
+
+// embedding.wgsl's two uniforms, each one 16-byte row.
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FwdParams {
+    t: u32, c: u32, out_off: u32, table_off: u32,
+}
+
+/// cap: the `TokenIndex`'s capacity T.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BwdParams {
+    cap: u32, c: u32, dtable_off: u32, dout_off: u32,
+}
 
 /// The token positions of a batch grouped by token id (a CSR list) for `embedding_backward`, in one
 /// persistent u32 buffer [R | rows (T) | start (T + 1) | pos (T)] for a capacity of T positions:
@@ -50,18 +65,20 @@ impl TokenIndex {
     }
 }
 
-/// out (T, C) = table[tokens[t]]. Overwrites out. Token ids are validated by the caller.
+/// out (T, C) = table[tokens[t]]; tokens (T) u32, table (V, C). Overwrites out. Token ids are
+/// validated by the caller.
 pub fn embedding_forward(g: &Gpu, enc: &mut Encoder, out: View, tokens: &Buf, table: View, t: usize, c: usize) {
-    let params = [t, c, out.off, table.off].map(|x| x as u32);
-    g.dispatch(enc, &FORWARD, &[out.buf, tokens, table.buf], &params, groups_1d(t * c, 256));
+    let p = FwdParams { t: t as u32, c: c as u32, out_off: out.off as u32, table_off: table.off as u32 };
+    g.dispatch(enc, &FORWARD, &[out.buf, tokens, table.buf], &p, groups_1d(t * c, 256));
 }
 
-/// dtable[tokens[t]] += dout[t], the tokens as grouped by `TokenIndex::set`. Accumulates; each row
-/// sums its positions in token order, as the CPU does, so the sums are deterministic and equal to the CPU's.
+/// dtable (V, C) [tokens[t]] += dout (T, C) [t], the tokens as grouped by `TokenIndex::set`.
+/// Accumulates; each row sums its positions in token order, as the CPU does, so the sums are
+/// deterministic and equal to the CPU's.
 pub fn embedding_backward(g: &Gpu, enc: &mut Encoder, dtable: View, dout: View, tokens: &TokenIndex, c: usize) {
-    let params = [tokens.t, c, dtable.off, dout.off].map(|x| x as u32);
+    let p = BwdParams { cap: tokens.t as u32, c: c as u32, dtable_off: dtable.off as u32, dout_off: dout.off as u32 };
     // One invocation per (position, channel): R <= T rows in use, the rest return at once.
-    g.dispatch(enc, &BACKWARD, &[dtable.buf, dout.buf, &tokens.buf], &params, groups_1d(tokens.t * c, 256));
+    g.dispatch(enc, &BACKWARD, &[dtable.buf, dout.buf, &tokens.buf], &p, groups_1d(tokens.t * c, 256));
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! `cpu/` (same name, same argument order, tested against it in `gpu/tests.rs`).
 //!
 //! One process-wide device (dropping a wgpu device at exit deadlocks on NVIDIA Linux, wgpu#8365, so
-//! it lives in a static and is never dropped). Every kernel binds a small uniform of u32 parameters
-//! at binding 0 and its storage buffers at 1.., in the order of its WGSL declarations. Pipelines are
-//! cached by (shader, entry point); bind groups by (pipeline, buffers, parameters), so a training
-//! step whose buffers persist builds none after its first step.
+//! it lives in a static and is never dropped). Every kernel binds its `Params` uniform at binding 0
+//! (a `#[repr(C)]` bytemuck struct in the op's .rs file, field for field the WGSL one in `shaders/`)
+//! and its storage buffers at 1.., in the order of its WGSL declarations. Pipelines are cached by
+//! (shader, entry point); bind groups by (pipeline, buffers, parameter bytes), so a training step
+//! whose buffers persist builds none after its first step.
 //!
 //! Adapter choice (`Device` / `MOE_DEVICE`): `auto` takes a real GPU and otherwise the CPU, `gpu`
 //! requires a GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) is opened only with
@@ -16,12 +17,14 @@ pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
+pub mod experts;
 pub mod layer;
 pub mod matmul;
 pub mod model;
 pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
+pub mod router;
 pub mod store;
 
 use crate::error::{MoeError, Result};
@@ -92,7 +95,7 @@ thread_local! {
     static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-type BindKey = (usize, &'static str, Vec<u64>, Vec<u32>);
+type BindKey = (usize, &'static str, Vec<u64>, Vec<u8>);
 
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -242,20 +245,22 @@ impl Gpu {
         Encoder { enc: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default()), pass: None }
     }
 
-    /// Records one dispatch of `k` over `groups` workgroups with parameters `params` (binding 0) and
-    /// storage buffers `bufs` (bindings 1..).
-    pub fn dispatch(&self, enc: &mut Encoder, k: &Kernel, bufs: &[&Buf], params: &[u32], groups: [u32; 3]) {
+    /// Records one dispatch of `k` over `groups` workgroups with the uniform `params` (binding 0; the
+    /// kernel's `Params`, a whole number of 16-byte rows) and storage buffers `bufs` (bindings 1..).
+    pub fn dispatch<P: bytemuck::Pod>(&self, enc: &mut Encoder, k: &Kernel, bufs: &[&Buf], params: &P, groups: [u32; 3]) {
+        const { assert!(size_of::<P>() > 0 && size_of::<P>().is_multiple_of(16), "a Params uniform fills whole 16-byte rows") };
         if groups.contains(&0) {
             return;
         }
         let pipeline = self.pipeline(k);
-        let key: BindKey = (k.src.as_ptr() as usize, k.entry, bufs.iter().map(|b| b.id).collect(), params.to_vec());
+        let bytes = bytemuck::bytes_of(params);
+        let key: BindKey = (k.src.as_ptr() as usize, k.entry, bufs.iter().map(|b| b.id).collect(), bytes.to_vec());
         let bind = {
             let mut binds = self.binds.lock().unwrap();
             if binds.len() >= BIND_CACHE_MAX {
                 binds.clear();
             }
-            binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, params))).clone()
+            binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, bytes))).clone()
         };
         let pass = enc.pass();
         pass.set_pipeline(&pipeline);
@@ -284,17 +289,14 @@ impl Gpu {
             .clone()
     }
 
-    fn bind_group(&self, pipeline: &wgpu::ComputePipeline, bufs: &[&Buf], params: &[u32]) -> wgpu::BindGroup {
-        // Uniform arrays are 16-byte aligned: pad the parameters to whole vec4s.
-        let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+    fn bind_group(&self, pipeline: &wgpu::ComputePipeline, bufs: &[&Buf], params: &[u8]) -> wgpu::BindGroup {
         let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size: (words.len() * 4) as u64,
+            size: params.len() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.queue.write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
+        self.queue.write_buffer(&uniform, 0, params);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         entries.extend(bufs.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
             binding: i as u32 + 1,
@@ -412,6 +414,11 @@ impl Encoder {
         self.pass = None;
         self.enc.finish()
     }
+}
+
+/// `x` as a u32 kernel parameter; panics when it does not fit.
+pub(crate) fn word(x: usize) -> u32 {
+    u32::try_from(x).expect("a kernel parameter exceeds 32 bits")
 }
 
 /// Workgroups for n items at `per` items each, spread over x and y when x would pass the 65535 limit.

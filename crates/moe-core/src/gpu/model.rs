@@ -18,17 +18,26 @@ use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
 use crate::model::{layer_lens, model_lens, ModelStats};
 
-const ADD: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "add_inplace" };
-const FINITE: Kernel = Kernel { src: include_str!("model.wgsl"), entry: "finite_flags" };
+const ADD: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "add_inplace" };
+const FINITE: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "finite_flags" };
+
+/// model.wgsl's `Params`: n elements of x from x_off; slot: the flag finite_flags sets.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32, x_off: u32, slot: u32, _pad: u32,
+}
 
 /// y += x[x_off..], n elements.
 fn add_inplace(g: &Gpu, enc: &mut Encoder, y: &Buf, x: View, n: usize) {
-    g.dispatch(enc, &ADD, &[x.buf, y], &[n as u32, x.off as u32, 0, 0], groups_1d(n, 256));
+    let p = Params { n: n as u32, x_off: x.off as u32, slot: 0, _pad: 0 };
+    g.dispatch(enc, &ADD, &[x.buf, y], &p, groups_1d(n, 256));
 }
 
 /// flags[slot] = 1 when x holds a NaN or an infinity.
 fn finite_flags(g: &Gpu, enc: &mut Encoder, flags: &Buf, slot: usize, x: &Buf) {
-    g.dispatch(enc, &FINITE, &[x, flags], &[x.len as u32, 0, slot as u32, 0], groups_1d(x.len, 256));
+    let p = Params { n: x.len as u32, x_off: 0, slot: slot as u32, _pad: 0 };
+    g.dispatch(enc, &FINITE, &[x, flags], &p, groups_1d(x.len, 256));
 }
 
 /// Offsets of every parameter in the flat buffer, by role (the same split as `model::views`).

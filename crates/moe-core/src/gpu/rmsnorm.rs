@@ -3,20 +3,48 @@
 use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("rmsnorm.wgsl");
+const SRC: &str = include_str!("shaders/rmsnorm.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "rmsnorm_forward" };
 const BACKWARD_DX: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dx" };
 const BACKWARD_DW: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dw" };
 
+// rmsnorm.wgsl's two uniforms, one line per 16-byte row: N rows of C, the views' offsets.
+
+/// The forward's; eps: f32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FwdParams {
+    n: u32, c: u32, eps: u32, out_off: u32,
+    rstd_off: u32, x_off: u32, w_off: u32, _pad: u32,
+}
+
+/// Both backward kernels'.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BwdParams {
+    n: u32, c: u32, dx_off: u32, dw_off: u32,
+    dout_off: u32, x_off: u32, w_off: u32, rstd_off: u32,
+}
+
 /// out (N, C) = norm(x (N, C)) * w (C); rstd (N) is saved for the backward. Overwrites both.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_forward(g: &Gpu, enc: &mut Encoder, out: View, rstd: View, x: View, w: View, n: usize, c: usize, eps: f32) {
-    let params = [n as u32, c as u32, eps.to_bits(), out.off as u32, rstd.off as u32, x.off as u32, w.off as u32, 0];
-    g.dispatch(enc, &FORWARD, &[out.buf, rstd.buf, x.buf, w.buf], &params, groups_1d(n, 1));
+    let p = FwdParams {
+        n: n as u32,
+        c: c as u32,
+        eps: eps.to_bits(),
+        out_off: out.off as u32,
+        rstd_off: rstd.off as u32,
+        x_off: x.off as u32,
+        w_off: w.off as u32,
+        _pad: 0,
+    };
+    g.dispatch(enc, &FORWARD, &[out.buf, rstd.buf, x.buf, w.buf], &p, groups_1d(n, 1));
 }
 
 /// With g = dout * w:  dx += rstd * g - x * rstd³ * <g, x> / C;  dw += sum_rows dout * x * rstd.
-/// Both accumulate. dw is a fixed-order tree sum per channel (deterministic, not the CPU's order).
+/// dx, dout, x (N, C); dw, w (C); rstd (N) from the forward. Both accumulate. dw is a fixed-order
+/// tree sum per channel (deterministic, not the CPU's order).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     g: &Gpu,
@@ -30,9 +58,18 @@ pub fn rmsnorm_backward(
     n: usize,
     c: usize,
 ) {
-    let params = [n, c, dx.off, dw.off, dout.off, x.off, w.off, rstd.off].map(|v| v as u32);
-    g.dispatch(enc, &BACKWARD_DX, &[dx.buf, dout.buf, x.buf, w.buf, rstd.buf], &params, groups_1d(n, 1));
-    g.dispatch(enc, &BACKWARD_DW, &[dw.buf, dout.buf, x.buf, rstd.buf], &params, groups_1d(c, 1));
+    let p = BwdParams {
+        n: n as u32,
+        c: c as u32,
+        dx_off: dx.off as u32,
+        dw_off: dw.off as u32,
+        dout_off: dout.off as u32,
+        x_off: x.off as u32,
+        w_off: w.off as u32,
+        rstd_off: rstd.off as u32,
+    };
+    g.dispatch(enc, &BACKWARD_DX, &[dx.buf, dout.buf, x.buf, w.buf, rstd.buf], &p, groups_1d(n, 1));
+    g.dispatch(enc, &BACKWARD_DW, &[dw.buf, dout.buf, x.buf, rstd.buf], &p, groups_1d(c, 1));
 }
 
 #[cfg(test)]

@@ -4,15 +4,35 @@
 use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("rope.wgsl");
+const SRC: &str = include_str!("shaders/rope.wgsl");
 const FORWARD: Kernel = Kernel { src: SRC, entry: "rope_forward" };
 const BACKWARD: Kernel = Kernel { src: SRC, entry: "rope_backward" };
+
+/// rope.wgsl's `Params`, one line per 16-byte row: sizes, the first position, the views' offsets.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    t: u32, s: u32, h: u32, d: u32,
+    pos0: u32, out_off: u32, x_off: u32, cos_off: u32,
+    sin_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
 
 /// One invocation per rotated pair: (T, H, D/2) of them. `dims` = (T, S, H, D, pos0).
 fn rotate(g: &Gpu, enc: &mut Encoder, k: &Kernel, [out, x, cos, sin]: [View; 4], dims: [usize; 5]) {
     let [t, s, h, d, pos0] = dims;
-    let params = [t, s, h, d, pos0, out.off, x.off, cos.off, sin.off, 0, 0, 0].map(|v| v as u32);
-    g.dispatch(enc, k, &[out.buf, x.buf, cos.buf, sin.buf], &params, groups_1d(t * h * (d / 2), 256));
+    let p = Params {
+        t: t as u32,
+        s: s as u32,
+        h: h as u32,
+        d: d as u32,
+        pos0: pos0 as u32,
+        out_off: out.off as u32,
+        x_off: x.off as u32,
+        cos_off: cos.off as u32,
+        sin_off: sin.off as u32,
+        ..bytemuck::Zeroable::zeroed()
+    };
+    g.dispatch(enc, k, &[out.buf, x.buf, cos.buf, sin.buf], &p, groups_1d(t * h * (d / 2), 256));
 }
 
 /// out (T, H, D) = rotate(x (T, H, D)) with token t at position pos0 + t % S; cos, sin (S', D/2)
@@ -34,7 +54,8 @@ pub fn rope_forward(
     rotate(g, enc, &FORWARD, [out, x, cos, sin], [t, s, h, d, pos0]);
 }
 
-/// The transpose rotation: dx (T, H, D) = R(-a) dout, token t at position t % S. Overwrites dx.
+/// The transpose rotation: dx (T, H, D) = R(-a) dout (T, H, D), token t at position t % S; cos, sin
+/// (S', D/2) with S' >= S. Overwrites dx.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_backward(
     g: &Gpu,

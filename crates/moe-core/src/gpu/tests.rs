@@ -1,6 +1,7 @@
-//! Every GPU kernel against its CPU reference on tiny shapes (lavapipe runs under 1 GFLOP/s).
-//! Without an adapter each test prints SKIPPED loudly and returns; CI sets MOE_GPU_ADAPTER=software
-//! and MOE_REQUIRE_GPU=1, which turns a missing adapter into a failure.
+//! Every GPU kernel against its CPU reference on tiny shapes (lavapipe runs under 1 GFLOP/s), and
+//! the helpers the op files' tests share. Without an adapter each test prints SKIPPED loudly and
+//! returns; CI sets MOE_GPU_ADAPTER=software and MOE_REQUIRE_GPU=1, which turns a missing adapter
+//! into a failure.
 
 use super::*;
 use crate::testutil::{assert_close, randn};
@@ -15,6 +16,35 @@ pub(crate) fn test_gpu(test: &str) -> Option<&'static Gpu> {
             None
         }
     }
+}
+
+/// Raw readback words as f32.
+pub(crate) fn f32s(w: &[u32]) -> Vec<f32> {
+    bytemuck::cast_slice(w).to_vec()
+}
+
+/// `v` behind `pad` filler values: views at odd offsets, as in a flat parameter buffer.
+pub(crate) fn padded(g: &Gpu, pad: usize, v: &[f32]) -> Buf {
+    g.upload(&[vec![7.0; pad], v.to_vec()].concat()).unwrap()
+}
+
+/// Every fourth token masked out.
+pub(crate) fn mask_of(t: usize) -> Vec<u8> {
+    (0..t).map(|i| u8::from(i % 4 != 3)).collect()
+}
+
+pub(crate) fn upload_mask(g: &Gpu, mask: &[u8]) -> Buf {
+    g.upload(&mask.iter().map(|&m| m as u32).collect::<Vec<u32>>()).unwrap()
+}
+
+/// A block's statistics view (`moe::stats_len(B, E)`, laid out as in `router`) against the CPU's.
+pub(crate) fn check_stats(got: &[f32], want: &crate::moe::RoutingStats, b: usize, e: usize) {
+    let be = b * e;
+    assert_eq!(&got[..be], &want.counts[..], "stats counts");
+    assert_close("stats score_sums", &got[be..2 * be], &want.score_sums, 1e-5, 1e-5);
+    assert_close("stats topk_score_sums", &got[2 * be..2 * be + b], &want.topk_score_sums, 1e-5, 1e-5);
+    assert_close("stats z_sums", &got[2 * be + b..2 * be + 2 * b], &want.z_sums, 1e-5, 1e-5);
+    assert_eq!(&got[2 * be + 2 * b..], &want.valid_tokens[..], "stats valid");
 }
 
 #[test]

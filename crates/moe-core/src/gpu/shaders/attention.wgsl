@@ -17,6 +17,43 @@
 //            attn_dv       dv = sum over the group's heads of P^T dO
 // dS is never stored: attn_dq and attn_dk recompute dP tile by tile. Every output element has one
 // owning workgroup that loops over heads and positions in a fixed order: deterministic sums.
+//
+// Bindings, output first; each tensor a view at its offset in the Params (o_off: out's in the
+// forward, dout's in the backward):
+//   attn_scores (attn_softmax binds 0 and 1 only):
+//     0   p        Params                      uniform
+//     1   probs_w  f32 (B, H, S, S)            read_write
+//     2   q        f32 (T, H*D)                read
+//     3   k        f32 (T, KV*D)               read
+//   attn_pv:
+//     0   p        Params                      uniform
+//     1   out      f32 (T, H*D)                read_write
+//     2   probs    f32 (B, H, S, S)            read
+//     3   v        f32 (T, KV*D)               read
+//   attn_delta:
+//     0   p        Params                      uniform
+//     1   dv       f32 delta (B, H, S)         read_write
+//     2   probs    f32 (B, H, S, S)            read
+//     3   v        f32 (T, KV*D)               read
+//     4   dout     f32 (T, H*D)                read
+//   attn_dq:
+//     0   p        Params                      uniform
+//     1   dq       f32 (T, H*D)                read_write
+//     2   probs    f32 (B, H, S, S)            read
+//     3   v        f32 (T, KV*D)               read
+//     4   dout     f32 (T, H*D)                read
+//     5   delta    f32 (B, H, S), dv's buffer  read
+//     6   k_dq     f32 k (T, KV*D)             read
+//   attn_dk:
+//     0   p        Params                      uniform
+//     1   dk       f32 (T, KV*D)               read_write
+//     2-5          as attn_dq
+//     6   q_dk     f32 q (T, H*D)              read
+//   attn_dv:
+//     0   p        Params                      uniform
+//     1   dv       f32 (T, KV*D)               read_write
+//     2   probs    f32 (B, H, S, S)            read
+//     3   dout_dv  f32 dout (T, H*D)           read
 
 struct Params {
     s: u32, h: u32, kv: u32, d: u32,
@@ -24,11 +61,8 @@ struct Params {
     v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
     dk_off: u32, dv_off: u32, _pad0: u32, _pad1: u32,
 }
-// o_off is out's offset in the forward, dout's in the backward; rows = B*H*S.
+// rows = B*H*S; scale: f32 bits.
 
-// Bindings, output first, in the order the host passes them: scores (probs, q, k), softmax (probs),
-// pv (out, probs, v), delta (dv, probs, v, dout), dq (dq, probs, v, dout, delta = dv, k),
-// dk (dk, probs, v, dout, delta = dv, q), dv (dv, probs, dout).
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> probs_w: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;

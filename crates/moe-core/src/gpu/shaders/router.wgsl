@@ -3,6 +3,30 @@
 // routing statistics. One invocation per token walks its E experts in the CPU's order, so the sums
 // associate as on the CPU; the statistics use one workgroup per sequence with fixed-order
 // reductions (deterministic, no float atomics).
+//
+// Shapes: T = B*S tokens, E experts, K slots. pressure is a view at p_off, stats one at st_off:
+// [counts (B, E) | score_sums (B, E) | topk_score_sums (B) | z_sums (B) | valid (B)].
+// Bindings:
+//   router_forward:
+//     0 p          Params             uniform
+//     1 logits     f32 (T, E)         read
+//     2 probs_out  f32 (T, E)         read_write
+//     3 lse_out    f32 (T)            read_write
+//     4 idx_out    u32 (T, K)         read_write
+//     5 w_out      f32 (T, K)         read_write
+//   router_backward:
+//     0 p          Params             uniform
+//     1 probs      f32 (T, E)         read
+//     2 lse        f32 (T)            read
+//     3 idx        u32 (T, K)         read
+//     4 mask       u32 (T), 0 or 1    read
+//     5 w          f32 (T, K)         read
+//     6 dw         f32 (T, K)         read
+//     7 pressure   f32 (B, E)         read
+//     8 dlogits    f32 (T, E)         read_write
+//   router_stats:
+//     0-4          as router_backward
+//     5 stats      f32 (2 B E + 3 B)  read_write
 
 struct Params {
     t: u32, e: u32, k: u32, s: u32,          // tokens, experts, slots, tokens per sequence
@@ -12,15 +36,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// router_forward
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> probs_out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> idx_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> w_out: array<f32>;
 
-// router_backward: probs, lse, idx, mask, w, dw, pressure -> dlogits
-// router_stats: probs, lse, idx, mask -> stats
 @group(0) @binding(1) var<storage, read> probs: array<f32>;
 @group(0) @binding(2) var<storage, read> lse: array<f32>;
 @group(0) @binding(3) var<storage, read> idx: array<u32>;
@@ -29,7 +50,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> dw: array<f32>;
 @group(0) @binding(7) var<storage, read> pressure: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dlogits: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stats: array<f32>;   // router_stats
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 
 // Token of this invocation on a grid folded by groups_1d.
 fn token(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {

@@ -2,6 +2,28 @@
 // Forward and dx: one workgroup of 64 per row, its sums reduced in workgroup memory. dw (a sum over
 // rows): one workgroup of 256 per channel, each invocation striding over rows, then a tree sum, so
 // the result is deterministic without atomics or scratch.
+//
+// Shapes: N rows of C channels, each tensor a view at its offset in the Params.
+// Bindings, in each CPU function's argument order less what the kernel does not read:
+//   rmsnorm_forward:
+//     0 pf        FwdParams   uniform
+//     1 out       f32 (N, C)  read_write
+//     2 rstd_out  f32 (N)     read_write
+//     3 x         f32 (N, C)  read
+//     4 w         f32 (C)     read
+//   rmsnorm_backward_dx:
+//     0 pb        BwdParams   uniform
+//     1 dx        f32 (N, C)  read_write
+//     2 dout      f32 (N, C)  read
+//     3 x         f32 (N, C)  read
+//     4 w         f32 (C)     read
+//     5 rstd      f32 (N)     read
+//   rmsnorm_backward_dw:
+//     0 pb        BwdParams   uniform
+//     1 dw        f32 (C)     read_write
+//     2 dout      f32 (N, C)  read
+//     3 x         f32 (N, C)  read
+//     4 rstd_dw   f32 (N)     read
 
 struct FwdParams {
     n: u32, c: u32, eps: u32, out_off: u32,
@@ -13,8 +35,6 @@ struct BwdParams {
     dout_off: u32, x_off: u32, w_off: u32, rstd_off: u32,
 }
 
-// Bindings follow each CPU function's argument order, less what the kernel does not read:
-// forward (out, rstd, x, w), dx (dx, dout, x, w, rstd), dw (dw, dout, x, rstd).
 @group(0) @binding(0) var<uniform> pf: FwdParams;
 @group(0) @binding(0) var<uniform> pb: BwdParams;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;

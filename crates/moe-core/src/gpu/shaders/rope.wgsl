@@ -2,6 +2,15 @@
 // per pair (j, j + D/2) of a head vector of token t at position p, angle a (tables cos, sin (S', D/2)):
 //   forward:  out_j = x_j cos a - x_{j+D/2} sin a;   out_{j+D/2} = x_{j+D/2} cos a + x_j sin a
 //   backward (the transpose, R(-a)):  dx_j = g_j cos a + g_{j+D/2} sin a;  dx_{j+D/2} = g_{j+D/2} cos a - g_j sin a
+//
+// Shapes: T tokens in sequences of S, H heads of D; token t sits at position pos0 + t % S < S'.
+// Bindings:
+//   rope_forward, rope_backward (which binds dx, dout as out, x):
+//     0 p      Params         uniform
+//     1 out    f32 (T, H, D)  read_write
+//     2 x      f32 (T, H, D)  read
+//     3 cos_t  f32 (S', D/2)  read
+//     4 sin_t  f32 (S', D/2)  read
 
 struct Params {
     t: u32, s: u32, h: u32, d: u32,
@@ -9,7 +18,6 @@ struct Params {
     sin_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
-// Forward binds (out, x, cos, sin); backward (dx, dout, cos, sin) in the same slots.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;

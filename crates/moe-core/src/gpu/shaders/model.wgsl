@@ -1,5 +1,16 @@
-// Small helpers of the model step: the residual add and the finiteness flags that replace the
-// CPU's per-layer `check_finite` without a readback per layer.
+// Small helpers of the model step (gpu/model.rs): the residual add and the finiteness flags that
+// replace the CPU's per-layer `check_finite` without a readback per layer.
+//
+// Shapes: n elements of x from x_off; flags (L + 1): one per layer output, one for the losses.
+// Bindings:
+//   add_inplace:
+//     0 p      Params               uniform
+//     1 x      f32 (n)              read
+//     2 y      f32 (n)              read_write
+//   finite_flags:
+//     0 p      Params               uniform
+//     1 x      f32 (n)              read
+//     2 flags  atomic<u32> (L + 1)  read_write
 
 struct Params { n: u32, x_off: u32, slot: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;

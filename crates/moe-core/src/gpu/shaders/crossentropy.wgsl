@@ -2,13 +2,21 @@
 // row t of logits (T, V): the row's max and sum of exponentials are reduced in workgroup memory.
 //   forward:  losses[t] = logsumexp(z) - z[target]                 (0 where not valid)
 //   backward: dlogits[t] = scale * (softmax(z) - onehot(target))   (0 where not valid)
+//
+// Shapes: T positions, V the vocabulary; logits and out are views at their offsets.
+// Bindings:
+//   crossentropy_forward, crossentropy_backward:
+//     0 p        Params                             uniform
+//     1 out      f32 losses (T), or dlogits (T, V)  read_write
+//     2 logits   f32 (T, V)                         read
+//     3 targets  u32 (T)                            read
+//     4 valid    u32 (T), 0 or 1                    read
 
 struct Params {
     t: u32, v: u32, out_off: u32, logits_off: u32,
     scale: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
-// Forward binds (losses, logits, targets, valid); backward (dlogits, logits, targets, valid).
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;

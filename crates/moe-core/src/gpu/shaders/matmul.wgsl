@@ -2,11 +2,19 @@
 // 64x64 block of C through 16-deep slices of A and B staged in workgroup memory; each of its 256
 // invocations owns a 4x4 register tile. op(A) = A^T when TRANS_A (A stored (K, M)), op(B) = B^T
 // when TRANS_B (B stored (N, K)). Batch z reads A, B, C at offset + z * stride (batched GEMMs).
+//
+// Shapes: one product of the batch, at its offset.
+// Bindings:
+//   gemm:
+//     0 p  Params                           uniform
+//     1 a  f32 (M, K), (K, M) when TRANS_A  read
+//     2 b  f32 (K, N), (N, K) when TRANS_B  read
+//     3 c  f32 (M, N)                       read_write
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
-    a_off: u32, b_off: u32, c_off: u32, _pad: u32,
-    a_bs: u32, b_bs: u32, c_bs: u32, _pad2: u32,
+    a_off: u32, b_off: u32, c_off: u32, _pad0: u32,
+    a_bs: u32, b_bs: u32, c_bs: u32, _pad1: u32,
 }
 const TRANS_A: u32 = 1u;
 const TRANS_B: u32 = 2u;

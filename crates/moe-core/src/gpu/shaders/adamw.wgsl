@@ -1,4 +1,4 @@
-// AdamW with global gradient-norm clipping on the GPU (see adamw.rs), without a readback between
+// AdamW with global gradient-norm clipping on the GPU (see gpu/adamw.rs), without a readback between
 // the norm and the update:
 //   grad_norm_partials  partials[k] = sum of grads² over chunk k of 1024 elements
 //   grad_norm_finish    norm = sqrt(sum of partials), partials summed in a fixed order
@@ -6,6 +6,25 @@
 //                       and skipped entirely when norm is not finite (the host reports NON_FINITE)
 // Reductions are workgroup tree sums in a fixed order: deterministic without atomics. f32 sums
 // (the CPU's are f64): a gradient norm past ~1.8e19 overflows and counts as non-finite.
+//
+// Shapes: N elements (of a view of the flat buffers, at the offsets in the Params), NC = ceil(N /
+// 1024) partial sums.
+// Bindings:
+//   grad_norm_partials:
+//     0 pn      NormParams         uniform
+//     1 dst     f32 partials (NC)  read_write
+//     2 src     f32 grads (N)      read
+//   grad_norm_finish:
+//     0 pn      NormParams         uniform
+//     1 dst     f32 norm (1)       read_write
+//     2 src     f32 partials (NC)  read
+//   adamw_update:
+//     0 pu      UpdateParams       uniform
+//     1 params  f32 (N)            read_write
+//     2 m_mem   f32 (N)            read_write
+//     3 v_mem   f32 (N)            read_write
+//     4 grads   f32 (N)            read
+//     5 norm    f32 (1)            read
 
 struct NormParams {
     n: u32, dst_off: u32, src_off: u32, _pad: u32,
@@ -18,7 +37,6 @@ struct UpdateParams {
     wd: u32, bc1: u32, bc2: u32, _pad: u32,
 }
 
-// The two norm kernels bind (dst, src); the update binds (params, m, v, grads, norm).
 @group(0) @binding(0) var<uniform> pn: NormParams;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;

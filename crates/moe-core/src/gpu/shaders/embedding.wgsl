@@ -2,6 +2,20 @@
 // Backward: dtable[tok] += dout[t] without atomics or races: the host groups positions by token id
 // (TokenIndex, a CSR list) and each invocation owns one (distinct token, channel), summing its
 // positions in ascending t, the CPU's order, so the result is the CPU's bit for bit.
+//
+// Shapes: T positions (in the backward, the index's capacity), V the vocabulary, C channels; R <= T
+// distinct tokens in the batch.
+// Bindings:
+//   embedding_forward:
+//     0 pf      FwdParams                                     uniform
+//     1 out     f32 (T, C)                                    read_write
+//     2 tokens  u32 (T)                                       read
+//     3 table   f32 (V, C)                                    read
+//   embedding_backward:
+//     0 pb      BwdParams                                     uniform
+//     1 dtable  f32 (V, C)                                    read_write
+//     2 dout    f32 (T, C)                                    read
+//     3 csr     u32 [R | rows (T) | start (T + 1) | pos (T)]  read
 
 struct FwdParams {
     t: u32, c: u32, out_off: u32, table_off: u32,

@@ -2,6 +2,62 @@
 // expert (stable in token order), gathered into one block of rows per expert, SwiGLU expert MLPs as
 // grouped GEMMs over those blocks, and the weighted combine. Sorted position p holds the pair
 // rows[p] = t*K + k; pos is the inverse.
+//
+// Shapes: N = T*K pairs of T tokens and K slots, E experts, C channels, NB = ceil(N / 256) sort
+// blocks; m, n, k: a grouped GEMM's own sizes (pg.m, pg.n, pg.k). (T, C) tensors are views at
+// `off`, GEMM operands at their offsets in the GemmParams; the sorted (N, ..) buffers start at 0.
+// Bindings:
+//   permute_count:
+//     0   pp           PermuteParams                             uniform
+//     1   idx          u32 (N)                                   read
+//     2   counts       u32 (E, NB)                               read_write
+//   permute_scan:
+//     0   pp           PermuteParams                             uniform
+//     1   scan         u32 counts (E, NB), in place              read_write
+//     2   offsets_out  u32 (E + 1)                               read_write
+//     3   tiles_out    u32 (E + 1)                               read_write
+//   permute_scatter:
+//     0   pp           PermuteParams                             uniform
+//     1   idx          u32 (N)                                   read
+//     2   counts       u32 (E, NB), scanned                      read_write
+//     3   rows_out     u32 (N)                                   read_write
+//     4   pos_out      u32 (N)                                   read_write
+//   gather_forward:
+//     0   pr           RowParams                                 uniform
+//     1   perm         u32 rows (N)                              read
+//     2   src          f32 x (T, C)                              read
+//     3   dst          f32 xs (N, C)                             read_write
+//   gather_backward:
+//     0   pr           RowParams                                 uniform
+//     1   perm         u32 pos (N)                               read
+//     2   src          f32 dxs (N, C)                            read
+//     3   dst          f32 dx (T, C)                             read_write
+//   combine_forward:
+//     0   pr           RowParams                                 uniform
+//     1   perm         u32 pos (N)                               read
+//     2   src          f32 ys (N, C)                             read
+//     3   dst          f32 out (T, C)                            read_write
+//     4   wk           f32 w (T, K)                              read
+//   combine_backward:
+//     0-2              as combine_forward
+//     3   dst          f32 dys (N, C)                            read_write
+//     4   wk           f32 w (T, K)                              read
+//     5   dout         f32 (T, C)                                read
+//     6   dw           f32 (T, K)                                read_write
+//   experts_gemm:
+//     0   pg           GemmParams                                uniform
+//     1   offsets      u32 (E + 1)                               read
+//     2   a            f32 (N, k)                                read
+//     3   b            f32 (E, n, k) if TRANS_B, else (E, k, n)  read
+//     4   c            f32 (1|2|3, N, n) by epilogue             read_write
+//     5   tiles        u32 (E + 1)                               read
+//     6   aux          f32 g | u (2, N, n)                       read
+//   experts_wgrad:
+//     0   pg           GemmParams                                uniform
+//     1   offsets      u32 (E + 1)                               read
+//     2   a            f32 (N, m)                                read
+//     3   b            f32 (N, n)                                read
+//     4   c            f32 (E, m, n)                             read_write
 
 const BM: u32 = 64u;   // GEMM tile rows (also the unit of the row-tile table)
 const BN: u32 = 64u;   // GEMM tile columns
@@ -16,12 +72,10 @@ const BK: u32 = 16u;   // GEMM slice depth
 struct PermuteParams { n: u32, e: u32, nb: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> pp: PermuteParams;
 
-// permute_count: idx -> counts;  permute_scatter: idx, counts (scanned) -> rows, pos
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(3) var<storage, read_write> rows_out: array<u32>;
 @group(0) @binding(4) var<storage, read_write> pos_out: array<u32>;
-// permute_scan: counts (in place) -> offsets, tiles
 @group(0) @binding(1) var<storage, read_write> scan: array<u32>;
 @group(0) @binding(2) var<storage, read_write> offsets_out: array<u32>;
 @group(0) @binding(3) var<storage, read_write> tiles_out: array<u32>;
@@ -107,13 +161,10 @@ fn permute_scatter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 // ---- Gather and combine ----------------------------------------------------------------------
-// (T, C) views sit at `off`; the sorted (N, C) buffers are the block's own, at 0.
 
 struct RowParams { rows: u32, c: u32, k: u32, off: u32 }
 @group(0) @binding(0) var<uniform> pr: RowParams;
 
-// Bindings in order:  gather_forward: rows, x, xs;  gather_backward: pos, dxs, dx;
-// combine_forward: pos, ys, out, w;  combine_backward: pos, ys, dys, w, dout, dw.
 @group(0) @binding(1) var<storage, read> perm: array<u32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
@@ -197,14 +248,14 @@ fn combine_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 // workgroup memory, a 4x4 register tile per invocation.
 //
 // experts_gemm, one workgroup per (row tile over all experts, -, column tile):
-//   out (n_e, N) = A rows of expert e (n_e, K) · op(W_e),  W_e = b[b_off + e * b_es ..],
-//   op(W) = W^T when TRANS_B (W stored (N, K) like nn.Linear), else W (stored (K, N)).
+//   out (n_e, n) = A rows of expert e (n_e, k) · op(W_e),  W_e = b[b_off + e * b_es ..],
+//   op(W) = W^T when TRANS_B (W stored (n, k) like nn.Linear), else W (stored (k, n)).
 // Epilogues: plain (c = or c +=, ACC); SWIGLU: two products, gate (b_off) and up (b_off2), stored as
 //   g, u, h = silu(g) * u at c[0 | sec | 2 sec ..]; SWIGLU_BWD: the product is dh, and with g, u
 //   from aux[0 | sec ..]:  dg = dh u s (1 + g (1 - s)),  du = dh g s,  s = sigmoid(g), at c[0 | sec ..].
 // experts_wgrad, one workgroup per (column tile, row tile, expert e), no atomics:
-//   c[c_off + e M N ..] (M, N) += A_e^T (M, n_e) · B_e (n_e, N) over expert e's rows,
-//   A rows M wide at a_off, B rows N wide at b_off.
+//   c[c_off + e m n ..] (m, n) += A_e^T (m, n_e) · B_e (n_e, n) over expert e's rows,
+//   A rows m wide at a_off, B rows n wide at b_off.
 
 struct GemmParams {
     m: u32, n: u32, k: u32, flags: u32,
