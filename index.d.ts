@@ -25,6 +25,12 @@ export declare class MoeLayer {
   get device(): 'gpu' | 'cpu'
   /** The validated configuration, defaults filled in. */
   get config(): Required<MoeLayerConfig>
+  /**
+   * The router's selection bias (E): added to the scores to choose the top-k experts, never
+   * to their weights (auxiliary-loss-free balancing); zero unless set.
+   */
+  get routerBias(): Float32Array
+  setRouterBias(bias: Float32Array): void
   get numParameters(): number
   /** Every parameter, in the order of the flat buffer. */
   parameters(): Array<ParameterInfo>
@@ -77,6 +83,12 @@ export declare class MoeModel {
   get config(): Required<ModelConfig>
   /** Optimiser steps taken (restored by checkpoints). */
   get optimizerStep(): number
+  /**
+   * The router's selection bias (L, E): added to the scores to choose the top-k experts, never
+   * to their weights (auxiliary-loss-free balancing); zero unless set.
+   */
+  get routerBias(): Float32Array
+  setRouterBias(bias: Float32Array): void
   get numParameters(): number
   parameters(): Array<ParameterInfo>
   getParameter(name: string): Float32Array

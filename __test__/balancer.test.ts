@@ -94,3 +94,49 @@ test('misuse is refused with stable codes', async (t) => {
   await t.throwsAsync(bal.microStep(s), { code: 'BALANCE_STATE' });
   await bal.endStep();
 });
+
+test('auxiliary-loss-free votes: sign(mean - count) per group of the scope, averaged, times the rate', async (t) => {
+  // One layer, E = 4, K = 1, b = 2 sequences, A = 2 micro-steps, one rank.
+  const d = { layers: 1, experts: 4, topK: 1, seqsPerMicro: 2, accumSteps: 2 };
+  const micro = (c: number[][]): MicroStats => ({
+    counts: Float32Array.from(c.flat()),
+    scoreSums: new Float32Array(8),
+    zSums: new Float32Array(2),
+    validTokens: Float32Array.from(c.map((r) => r.reduce((a, v) => a + v, 0))),
+  });
+  const steps = [micro([[3, 1, 0, 0], [0, 0, 2, 2]]), micro([[4, 0, 0, 0], [1, 1, 1, 1]])];
+  const update = async (scope: string) => {
+    const bal = new Balancer({ terms: [], lossFree: { scope, rate: 0.1 } }, d, SOLO);
+    await bal.beginStep(16);
+    for (const s of steps) await bal.microStep(s);
+    return Array.from((await bal.endStep()).biasUpdate!, (v) => Number(v.toFixed(6)));
+  };
+  // Sequences (mean 1 each): votes (-1,0,1,1), (1,1,-1,-1), (-1,1,1,1), (0,0,0,0); 4 groups.
+  t.deepEqual(await update('sequence'), [-0.025, 0.05, 0.025, 0.025]);
+  // Micro-batches (3,1,2,2) and (5,1,1,1), mean 2: votes (-1,1,0,0), (-1,1,1,1); 2 groups.
+  t.deepEqual(await update('micro'), [-0.1, 0.1, 0.05, 0.05]);
+  // The global batch (8,2,3,3), mean 4: one group.
+  t.deepEqual(await update('global'), [-0.1, 0.1, 0.1, 0.1]);
+  // Without lossFree there is no update.
+  const off = new Balancer({ terms: [{ scope: 'micro', coef: 0.1 }] }, d, SOLO);
+  await off.beginStep(16);
+  for (const s of steps) await off.microStep(s);
+  t.is((await off.endStep()).biasUpdate, null);
+});
+
+test('auxiliary-loss-free at dp scope: each micro-step over all ranks is one group', async (t) => {
+  // Two ranks, one sequence each; A = 1. The ranks see counts (2, 0) and (1, 1).
+  const d = { layers: 1, experts: 2, topK: 1, seqsPerMicro: 1, accumSteps: 1 };
+  const group = new LocalGroup(2);
+  const run = async (rank: number, c: [number, number]) => {
+    const bal = new Balancer({ terms: [], lossFree: { scope: 'dp', rate: 1 } }, d, group.comm(rank));
+    await bal.beginStep(c[0] + c[1]);
+    await bal.microStep(seq(c, [0, 0], c[0] + c[1]));
+    return Array.from((await bal.endStep()).biasUpdate!);
+  };
+  // Summed counts (3, 1), mean 2: one group votes (-1, +1) — not two rank-level votes.
+  const [u0, u1] = await Promise.all([run(0, [2, 0]), run(1, [1, 1])]);
+  t.deepEqual(u0, [-1, 1]);
+  t.deepEqual(u1, u0);
+});
+

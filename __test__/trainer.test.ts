@@ -88,7 +88,9 @@ test('a tiny run learns, logs every metric, and evaluates every domain', async (
 test('an interrupted run resumes to exactly the straight run', async (t) => {
   const a = mkdtempSync(join(tmpdir(), 'moe-straight-'));
   const b = mkdtempSync(join(tmpdir(), 'moe-resumed-'));
-  const { out: _a, ...cfg } = tiny(a, 6);
+  const { out: _a, ...base } = tiny(a, 6);
+  // With auxiliary-loss-free balancing too: its router biases must survive the checkpoint.
+  const cfg = { ...base, balance: { ...base.balance, lossFree: { scope: 'micro', rate: 0.05 } } };
   const straight = await train(cfg, { outDir: a });
   const ctl = new AbortController();
   const first = await train(cfg, { outDir: b, signal: ctl.signal, onStep: (m) => m.step === 2 && ctl.abort() });

@@ -123,12 +123,12 @@ fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) {
     let weights = &layer.store.host().unwrap().params;
     let (gw, gg) = (g.upload(weights).unwrap(), g.zeros(weights.len()).unwrap());
     let (gx, gdout, gp) = (g.upload(&x).unwrap(), g.upload(&dout).unwrap(), g.upload(&pressure).unwrap());
-    let mask = g.upload(&vec![1u32; t]).unwrap();
+    let (mask, bias) = (g.upload(&vec![1u32; t]).unwrap(), g.zeros(e).unwrap());
     let (gout, gdx, gstats) = (g.alloc(t * c).unwrap(), g.alloc(t * c).unwrap(), g.alloc(stats_len(b, e)).unwrap());
     let mut acts = GpuMoeActs::default();
     let gpu_s = time(iters, || {
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&gw).into(), cfg, b, s).unwrap();
+        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&bias).into(), (&gw).into(), cfg, b, s).unwrap();
         moe_backward(g, &mut enc, (&gdx).into(), (&gg).into(), &mut acts, (&gdout).into(), (&gp).into(), 1e-4, (&gw).into(), cfg).unwrap();
         g.finish(enc, &[]).unwrap();
     });

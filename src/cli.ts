@@ -152,7 +152,7 @@ program
   });
 
 configOptions(program.command('compare').description('train several balance configurations on the same data and seed; print one table'))
-  .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global', 'micro,global')
+  .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global, free-<scope> (auxiliary-loss-free)', 'micro,global')
   .option('-o, --out <dir>', 'folder for the run folders', 'runs/compare')
   .option('--report <file>', 'also write the HTML report here')
   .action(async (o: ConfigFlags & { runs: string; out: string; report?: string }) => {

@@ -16,6 +16,8 @@ import { parseTrainConfig } from './trainer/config.js';
 export function variant(base: Record<string, unknown>, name: string): Record<string, unknown> {
   const cfg = parseTrainConfig(base);
   const coef = cfg.balance.terms[0]?.coef ?? 0.05;
+  const free = /^free-(sequence|micro|dp|global|global-exact)$/.exec(name);
+  const lossFree = free ? { scope: free[1], rate: cfg.balance.lossFree?.rate ?? 1e-3 } : undefined;
   const terms = (() => {
     if (['micro', 'dp', 'global', 'global-exact', 'sequence'].includes(name)) return [{ scope: name, coef }];
     if (name === 'global+micro') return [{ scope: 'global', coef }, { scope: 'micro', coef: coef / 100 }];
@@ -23,10 +25,12 @@ export function variant(base: Record<string, unknown>, name: string): Record<str
     if (name === 'mixed-global') return [{ scope: 'global', coef }];
     const m = /^bsz=(\d+)$/.exec(name);
     if (m) return [{ balanceSequences: Number(m[1]), coef }];
-    throw new MoeTrainerError('INVALID_CONFIG', `unknown run "${name}" (micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global)`);
+    if (lossFree) return [];
+    throw new MoeTrainerError('INVALID_CONFIG', `unknown run "${name}" (micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global, free-<scope>)`);
   })();
   const data = { ...((base.data as object) ?? {}), mixedMicroBatches: name.startsWith('mixed') };
-  return { ...base, data, balance: { ...cfg.balance, terms } };
+  // free-<scope>: auxiliary-loss-free balancing at that scope instead of the loss terms.
+  return { ...base, data, balance: { ...cfg.balance, terms, lossFree: lossFree ?? cfg.balance.lossFree } };
 }
 
 export async function compare(base: Record<string, unknown>, names: string[], outDir: string, opts: Omit<RunOptions, 'outDir' | 'name'> = {}): Promise<{ runs: RunResult[]; dirs: string[] }> {

@@ -8,7 +8,7 @@
 //   pressure lambda_{q,i} = dLBL/ds_{t,i} = alpha E f_i(G(q)) / T_glob   for every token t of q
 
 import { type Communicator } from './communicator.js';
-import { type BalanceConfig, type BalanceTerm, MoeTrainerError, parseBalanceConfig, termName } from './config.js';
+import { type BalanceConfig, type BalanceTerm, type LossFree, MoeTrainerError, parseBalanceConfig, termName } from './config.js';
 
 /** Routing statistics of one micro-batch on one rank, as the native forward returns them. */
 export interface MicroStats {
@@ -55,6 +55,8 @@ export interface StepBalance {
   globalCounts: Float64Array;
   /** valid tokens in the global batch */
   tokens: number;
+  /** (L, E) what auxiliary-loss-free balancing adds to the router biases after this step; null when off */
+  biasUpdate: Float32Array | null;
 }
 
 const fail = (code: string, msg: string): never => {
@@ -92,6 +94,10 @@ export class Balancer {
   private scoreAcc: Float64Array; // (L, E)
   private zAcc: Float64Array; // (L)
   private tokenAcc = 0;
+  // Auxiliary-loss-free balancing: this rank's share of the step's votes and groups.
+  private readonly lossFree: LossFree | undefined;
+  private votes: Float64Array; // (L, E)
+  private groups = 0;
 
   constructor(
     config: unknown,
@@ -131,6 +137,8 @@ export class Balancer {
     this.countAcc = new Float64Array(L * E);
     this.scoreAcc = new Float64Array(L * E);
     this.zAcc = new Float64Array(L);
+    this.lossFree = this.config.lossFree;
+    this.votes = new Float64Array(L * E);
   }
 
   /** T_glob of the current step: valid tokens of the global batch over all ranks. */
@@ -152,8 +160,9 @@ export class Balancer {
     if (!(this.tGlob > 0)) fail('BALANCE_STATE', 'the global batch has no valid tokens');
     // Algorithm 1: "for each optimiser step, zero the per-layer count buffer".
     this.buffers.forEach((buf) => buf.fill(0));
-    [this.lblAcc, this.microAcc, this.countAcc, this.scoreAcc, this.zAcc].forEach((a) => a.fill(0));
+    [this.lblAcc, this.microAcc, this.countAcc, this.scoreAcc, this.zAcc, this.votes].forEach((a) => a.fill(0));
     this.tokenAcc = 0;
+    this.groups = 0;
     this.exact = null;
     this.micro = 0;
   }
@@ -181,7 +190,7 @@ export class Balancer {
     // This micro-batch's local sums per layer (counts, tokens), and their sum over ranks.
     const local = new Float64Array(L * (E + 1));
     this.addSums(local, stats);
-    const needsReduced = this.plans.some((p) => p.term.scope === 'dp' || p.period > 0);
+    const needsReduced = this.plans.some((p) => p.term.scope === 'dp' || p.period > 0) || this.lossFree?.scope === 'dp';
     let reduced = local;
     if (needsReduced) {
       // Algorithm 1: "all-reduce (sum) the counts over data-parallel ranks".
@@ -246,6 +255,7 @@ export class Balancer {
       }
     }
     for (let q = 0; q < b; q++) this.tokenAcc += stats.validTokens[q];
+    this.voteMicro(stats, local, reduced);
     this.micro++;
     return { pressure, zScale: this.config.zLoss / this.tGlob };
   }
@@ -255,12 +265,15 @@ export class Balancer {
     const { L, E, K, A } = this;
     if (this.micro !== A) fail('BALANCE_STATE', `endStep after ${this.micro} of ${A} micro-steps`);
     const T = this.plans.length * L;
-    const all = new Float64Array(T + L + 2 * L * E + L + 1);
+    const V = T + 2 * L + 2 * L * E; // where the loss-free votes start
+    const all = new Float64Array(V + L * E + 2);
     all.set(this.lblAcc, 0);
     all.set(this.microAcc, T);
     all.set(this.countAcc, T + L);
     all.set(this.scoreAcc, T + L + L * E);
     all.set(this.zAcc, T + L + 2 * L * E);
+    all.set(this.votes, V);
+    all[all.length - 2] = this.groups;
     all[all.length - 1] = this.tokenAcc;
     await this.comm.allReduceSum(all);
     const tokens = all[all.length - 1];
@@ -278,6 +291,7 @@ export class Balancer {
       return E * s;
     });
     const zSum = all.subarray(T + L + 2 * L * E, T + L + 2 * L * E + L).reduce((a, v) => a + v, 0);
+    const biasUpdate = this.lossFree ? this.biasUpdate(all.subarray(V, V + L * E), all[all.length - 2], counts) : null;
     const zLoss = (this.config.zLoss * zSum) / this.tGlob;
     this.micro = -1;
     this.buffers.forEach((buf) => buf.fill(0));
@@ -289,7 +303,53 @@ export class Balancer {
       zLoss,
       globalCounts: counts,
       tokens,
+      biasUpdate,
     };
+  }
+
+  // ---- auxiliary-loss-free balancing ------------------------------------------------------------
+
+  /** Votes of this micro-step's groups at the loss-free scope (global scopes vote in endStep). */
+  private voteMicro(stats: MicroStats, local: Float64Array, reduced: Float64Array): void {
+    const { L, E, b } = this;
+    const scope = this.lossFree?.scope;
+    if (scope === 'sequence') {
+      const c = new Float64Array(E);
+      for (let q = 0; q < b; q++) {
+        if (!(stats.validTokens[q] > 0)) continue;
+        for (let l = 0; l < L; l++) {
+          for (let i = 0; i < E; i++) c[i] = stats.counts[(l * b + q) * E + i];
+          this.vote(l, c, 1);
+        }
+        this.groups += 1;
+      }
+    } else if (scope === 'micro' || scope === 'dp') {
+      // dp: every rank holds the same all-reduced counts, so each votes 1/R of the group.
+      const [sums, w] = scope === 'micro' ? [local, 1] : [reduced, 1 / this.R];
+      if (!(sums[E] > 0)) return;
+      for (let l = 0; l < L; l++) this.vote(l, sums.subarray(l * (E + 1), l * (E + 1) + E), w);
+      this.groups += w;
+    }
+  }
+
+  /** votes[l, i] += w sign(mean_j c_j - c_i): under-loaded experts are pushed up, over-loaded down. */
+  private vote(l: number, c: Float64Array, w: number): void {
+    const { E } = this;
+    let mean = 0;
+    for (let i = 0; i < E; i++) mean += c[i] / E;
+    for (let i = 0; i < E; i++) this.votes[l * E + i] += w * Math.sign(mean - c[i]);
+  }
+
+  /** rate * (mean vote over the scope's groups); global scopes: the one group of the global batch. */
+  private biasUpdate(votes: Float64Array, groups: number, globalCounts: Float64Array): Float32Array {
+    const { L, E } = this;
+    const { scope, rate } = this.lossFree!;
+    if (scope === 'global' || scope === 'global-exact') {
+      this.votes.fill(0);
+      for (let l = 0; l < L; l++) this.vote(l, globalCounts.subarray(l * E, (l + 1) * E), 1);
+      return Float32Array.from(this.votes, (v) => rate * v);
+    }
+    return Float32Array.from(votes, (v) => (groups > 0 ? (rate * v) / groups : 0));
   }
 
   // ---- helpers -------------------------------------------------------------------------------

@@ -20,15 +20,32 @@ export const balanceTermSchema = z
     message: 'each balance term needs exactly one of `scope` or `balanceSequences`',
   });
 
+/**
+ * Auxiliary-loss-free balancing (Wang et al. 2024, used by DeepSeek-V3): a per-expert bias added to
+ * the router scores for top-k selection only, moved after every step against each expert's load.
+ * The scope says which token sets must be balanced, as for the loss terms: each group G of the
+ * scope (a sequence, a micro-batch, a micro-step over all ranks, the global batch) votes
+ * sign(mean_j c_j(G) - c_i(G)) for expert i, and  b_i += rate * (mean of the votes).
+ */
+export const lossFreeSchema = z
+  .object({
+    scope: z.enum(SCOPES),
+    /** u: the bias update speed (DeepSeek-V3 used 1e-3) */
+    rate: z.number().positive(),
+  })
+  .strict();
+
 export const balanceConfigSchema = z
   .object({
     terms: z.array(balanceTermSchema),
     /** beta of the router z-loss  beta * (1/T_glob) * sum_t logsumexp(z_t)^2. */
     zLoss: z.number().nonnegative().default(0),
+    lossFree: lossFreeSchema.optional(),
   })
   .strict();
 
 export type BalanceTerm = z.infer<typeof balanceTermSchema>;
+export type LossFree = z.infer<typeof lossFreeSchema>;
 export type BalanceConfig = z.output<typeof balanceConfigSchema>;
 export type BalanceConfigInput = z.input<typeof balanceConfigSchema>;
 

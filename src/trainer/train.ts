@@ -97,6 +97,11 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
     microImbalance.push(Array.from({ length: L }, (_, l) => imbalance(Array.from({ length: E }, (_, e) => out.counts.subarray(l * b * E, (l + 1) * b * E).reduce((a, v, i) => (i % E === e ? a + v : a), 0)))));
   }
   const balance = await bal.endStep();
+  // Auxiliary-loss-free balancing: the biases move once per step, identically on every rank.
+  if (balance.biasUpdate) {
+    const bias = model.routerBias;
+    model.setRouterBias(bias.map((v, i) => v + balance.biasUpdate![i]));
+  }
   // Gradient all-reduce: a sum, because every loss term already carries 1/T_glob.
   if (comm.size > 1) {
     const grads = model.getGrads(gradBuf);
@@ -167,7 +172,8 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   }
   const evals: EvalResult[] = state?.evals ?? [];
   let seconds = state?.seconds ?? 0;
-  const name = opts.name ?? cfg.balance.terms.map((t) => t.scope ?? `bsz=${t.balanceSequences}`).join('+');
+  const lossFree = cfg.balance.lossFree ? [`free-${cfg.balance.lossFree.scope}`] : [];
+  const name = opts.name ?? [...cfg.balance.terms.map((t) => t.scope ?? `bsz=${t.balanceSequences}`), ...lossFree].join('+');
 
   const saveCheckpoint = async (step: number) => {
     if (!isRoot) return;

@@ -3,6 +3,9 @@
 //! `training_state.safetensors`: AdamW moments, the step, and the trainer's own state (data
 //! position, RNG, balancer) as an opaque JSON string. Every file is written to a temporary name and
 //! renamed; both safetensors files carry one checkpoint id, so a torn write is detected on load.
+//! Nonzero router selection biases (auxiliary-loss-free balancing) are saved under DeepSeek-V3's
+//! name `model.layers.{l}.mlp.gate.e_score_correction_bias`: Qwen3-MoE has no such tensor, so
+//! transformers ignores them (with a warning) and routes without them.
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
@@ -31,7 +34,13 @@ pub struct TrainingState {
 pub struct Loaded {
     pub cfg: ModelConfig,
     pub params: Vec<f32>,
+    /// (L, E) the routers' selection biases, zero when the checkpoint has none
+    pub router_bias: Vec<f32>,
     pub state: Option<TrainingState>,
+}
+
+fn bias_name(l: usize) -> String {
+    format!("model.layers.{l}.mlp.gate.e_score_correction_bias")
 }
 
 fn io(path: &Path, e: std::io::Error) -> MoeError {
@@ -61,7 +70,8 @@ fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, S
 }
 
 /// Saves the model (and, with `state`, the training state) into `dir`, creating it if needed.
-pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, trainer: Option<&str>) -> Result<()> {
+/// router_bias (L, E) is saved only when it is not all zero.
+pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}-{}", std::process::id(), store.opt.step);
@@ -85,7 +95,11 @@ pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, trainer: Option<&
     }
     let cfg_json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| MoeError::Internal(e.to_string()))?;
     write_atomic(&dir.join(CONFIG_FILE), cfg_json.as_bytes())?;
-    let tensors = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
+    let mut tensors: Vec<_> = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
+    if router_bias.iter().any(|&b| b != 0.0) {
+        let e = cfg.num_experts;
+        tensors.extend(router_bias.chunks(e).enumerate().map(|(l, b)| (bias_name(l), vec![e], b)));
+    }
     write_atomic(&dir.join(MODEL_FILE), &serialize(tensors, meta(&[]))?)
 }
 
@@ -134,9 +148,16 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     for s in &layout.specs {
         params[s.range()].copy_from_slice(&tensor(&st, &model_path, &s.name, &s.shape)?);
     }
+    let (nl, e) = (cfg.num_hidden_layers, cfg.num_experts);
+    let biases: Vec<String> = (0..nl).map(bias_name).collect();
+    let router_bias = match biases.iter().filter(|n| st.tensor(n).is_ok()).count() {
+        0 => vec![0.0; nl * e],
+        n if n == nl => biases.iter().map(|n| tensor(&st, &model_path, n, &[e])).collect::<Result<Vec<_>>>()?.concat(),
+        n => return Err(corrupt(&model_path, format!("router biases for {n} of {nl} layers"))),
+    };
     // A tied head may also be stored; anything else unknown means this is not our model.
-    let tied_extra = |n: &str| cfg.tie_word_embeddings && n == "lm_head.weight";
-    if let Some(extra) = st.names().into_iter().find(|n| !tied_extra(n) && layout.specs.iter().all(|s| s.name != *n)) {
+    let known = |n: &str| (cfg.tie_word_embeddings && n == "lm_head.weight") || biases.iter().any(|b| b == n);
+    if let Some(extra) = st.names().into_iter().find(|n| !known(n) && layout.specs.iter().all(|s| s.name != *n)) {
         return Err(corrupt(&model_path, format!("unexpected tensor {extra}")));
     }
     let id = metadata(&bytes, &model_path)?.get(ID_KEY).cloned();
@@ -161,5 +182,5 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     } else {
         None
     };
-    Ok(Loaded { cfg, params, state })
+    Ok(Loaded { cfg, params, router_bias, state })
 }

@@ -16,6 +16,8 @@ pub struct ModelConfig {
     pub num_key_value_heads: usize,
     pub head_dim: usize,
     pub moe_intermediate_size: usize,
+    /// transformers >= 5 writes it as `num_local_experts`.
+    #[serde(alias = "num_local_experts")]
     pub num_experts: usize,
     pub num_experts_per_tok: usize,
     #[serde(default)]
@@ -74,6 +76,19 @@ const HF_FIXED: &[(&str, Option<&str>)] = &[
     ("pad_token_id", None),
 ];
 
+/// The rope_theta of transformers >= 5's `rope_parameters` ({"rope_type": "default", "rope_theta": ..});
+/// any other rotary scheme is refused.
+fn rope_parameters(v: &Value) -> Result<Option<Value>> {
+    let bad = || MoeError::InvalidConfig(format!("rope_parameters = {v} is not supported (only rope_type \"default\")"));
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(o) if o.get("rope_type").is_none_or(|t| t == "default") && o.keys().all(|k| k == "rope_type" || k == "rope_theta") => {
+            Ok(o.get("rope_theta").cloned())
+        }
+        _ => Err(bad()),
+    }
+}
+
 impl ModelConfig {
     /// Parses and validates a config object; unknown fields are refused unless they are Hugging Face
     /// fields with a value this model implements (e.g. `"hidden_act": "silu"`).
@@ -81,8 +96,11 @@ impl ModelConfig {
         let bad = |m: String| MoeError::InvalidConfig(m);
         let Value::Object(obj) = v else { return Err(bad("the config must be an object".into())) };
         let mut known = Map::new();
+        let mut rope_theta = None;
         for (k, val) in obj {
-            if let Some((_, want)) = HF_FIXED.iter().find(|(name, _)| *name == k) {
+            if k == "rope_parameters" {
+                rope_theta = rope_parameters(&val)?;
+            } else if let Some((_, want)) = HF_FIXED.iter().find(|(name, _)| *name == k) {
                 if let Some(want) = want {
                     if val.to_string() != *want {
                         return Err(bad(format!("{k} = {val} is not supported (only {want})")));
@@ -91,6 +109,12 @@ impl ModelConfig {
             } else {
                 known.insert(k, val);
             }
+        }
+        if let Some(theta) = rope_theta {
+            if known.get("rope_theta").is_some_and(|t| t.as_f64() != theta.as_f64()) {
+                return Err(bad(format!("rope_theta = {} disagrees with rope_parameters.rope_theta = {theta}", known["rope_theta"])));
+            }
+            known.insert("rope_theta".into(), theta);
         }
         let cfg: ModelConfig = serde_json::from_value(Value::Object(known)).map_err(|e| bad(e.to_string()))?;
         cfg.validate()?;
@@ -168,5 +192,30 @@ impl ModelConfig {
         });
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers_5_names_are_read() {
+        let base = json!({
+            "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 4, "moe_intermediate_size": 6, "num_experts_per_tok": 2
+        });
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_json(v)
+        };
+        let c = with(json!({"num_local_experts": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}})).unwrap();
+        assert_eq!((c.num_experts, c.rope_theta), (4, 5e5));
+        assert!(with(json!({"num_experts": 4, "rope_parameters": {"rope_theta": 1e4}, "rope_theta": 10000})).is_ok());
+        let code = |v: Value| with(v).err().map(|e| e.code());
+        assert_eq!(code(json!({"num_experts": 4, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})), Some("INVALID_CONFIG"));
+        assert_eq!(code(json!({"num_experts": 4, "rope_parameters": {"rope_theta": 1e4}, "rope_theta": 1e6})), Some("INVALID_CONFIG"));
+        assert_eq!(code(json!({"num_experts": 4, "num_local_experts": 4})), Some("INVALID_CONFIG"));
     }
 }

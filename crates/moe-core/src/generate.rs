@@ -76,7 +76,8 @@ impl<'m> Decoder<'m> {
             hres.iter_mut().zip(&x).for_each(|(a, b)| *a += b);
             let mut hn = vec![0.0; d];
             rmsnorm_forward(&mut hn, &mut r[..1], &hres, ln2, d, eps);
-            moe_forward(&mut x, &mut RoutingStats::default(), &mut MoeActs::default(), &hn, &[1], &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, 1, 1);
+            let bias = &self.model.router_bias()[l * moe_cfg.num_experts..][..moe_cfg.num_experts];
+            moe_forward(&mut x, &mut RoutingStats::default(), &mut MoeActs::default(), &hn, &[1], bias, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, 1, 1);
             x.iter_mut().zip(&hres).for_each(|(a, b)| *a += b);
         }
         rmsnorm_forward(&mut xn, &mut r[..1], &x, w.norm, d, eps);

@@ -18,6 +18,8 @@ pub struct MoeLayer {
     /// (B, S) of the stored forward, once one succeeded
     stored: Option<(usize, usize)>,
     gpu: Option<GpuLayer>,
+    /// (E) the router's selection bias; see `set_router_bias`
+    router_bias: Vec<f32>,
 }
 
 /// What a forward returns: the output (T, C) and the per-sequence routing statistics.
@@ -33,7 +35,8 @@ impl MoeLayer {
         let mut sb = SpecBuilder::new();
         moe_param_specs(&mut sb, &cfg, "");
         let store = Placed::new(ParamStore::init(sb.specs, cfg.initializer_range, cfg.seed)?);
-        Ok(MoeLayer { cfg, store, acts: MoeActs::default(), stored: None, gpu: None })
+        let router_bias = vec![0.0; cfg.num_experts];
+        Ok(MoeLayer { cfg, store, acts: MoeActs::default(), stored: None, gpu: None, router_bias })
     }
 
     /// Moves the layer to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -49,6 +52,19 @@ impl MoeLayer {
 
     pub fn device(&self) -> Device {
         if self.gpu.is_some() { Device::Gpu } else { Device::Cpu }
+    }
+
+    /// The router's selection bias (E), zero by default.
+    pub fn router_bias(&self) -> &[f32] {
+        &self.router_bias
+    }
+
+    /// Sets the router's selection bias (E); see `Model::set_router_bias`.
+    pub fn set_router_bias(&mut self, bias: &[f32]) -> Result<()> {
+        check_len("router bias", bias.len(), self.router_bias.len())?;
+        check_finite("router bias", bias)?;
+        self.router_bias.copy_from_slice(bias);
+        Ok(())
     }
 
     /// Forward on `num_seqs` sequences of equal length packed in x (T, C). mask (T): 1 = valid token
@@ -77,7 +93,7 @@ impl MoeLayer {
         check_finite("input", x)?;
         let s = t / num_seqs;
         if let (Some(gl), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
-            let r = gl.forward(dev, &self.cfg, x, mask, num_seqs, s, store);
+            let r = gl.forward(dev, &self.cfg, &self.router_bias, x, mask, num_seqs, s, store);
             if store {
                 self.stored = r.is_ok().then_some((num_seqs, s));
             }
@@ -93,7 +109,7 @@ impl MoeLayer {
             &mut scratch
         };
         crate::cpu::pool().install(|| {
-            moe_forward(&mut out.out, &mut out.stats, acts, x, mask, &wt, &self.cfg, num_seqs, s)
+            moe_forward(&mut out.out, &mut out.stats, acts, x, mask, &self.router_bias, &wt, &self.cfg, num_seqs, s)
         });
         if store {
             self.stored = Some((num_seqs, s));

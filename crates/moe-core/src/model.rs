@@ -166,7 +166,9 @@ pub struct ModelStats {
 
 /// Forward over tokens (B, S). Fills `acts` and returns the statistics and the logits are in
 /// `acts.logits`. Fails with `NON_FINITE` naming the first layer whose output is not finite.
-fn model_forward(a: &mut ModelActs, w: &Views<&[f32]>, cfg: &ModelConfig, tokens: &[u32], valid: Vec<u8>, b: usize, s: usize) -> Result<ModelStats> {
+/// `bias` (L, E): the routers' selection biases (zero unless auxiliary-loss-free balancing is on).
+#[allow(clippy::too_many_arguments)]
+fn model_forward(a: &mut ModelActs, w: &Views<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: Vec<u8>, b: usize, s: usize) -> Result<ModelStats> {
     let (d, h, kv, hd, v, e, nl) =
         (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
     let t = b * s;
@@ -209,7 +211,7 @@ fn model_forward(a: &mut ModelActs, w: &Views<&[f32]>, cfg: &ModelConfig, tokens
         hh.iter_mut().zip(&la.x).for_each(|(h, x)| *h += x);
         rmsnorm_forward(sized(&mut la.hn, t * d), sized(&mut la.rstd2, t), &la.h, ln2, d, eps);
         let out = sized(next.first_mut().map_or(&mut a.xlast, |n| &mut n.x), t * d);
-        moe_forward(out, &mut rs, &mut la.moe, &la.hn, &a.valid, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, b, s);
+        moe_forward(out, &mut rs, &mut la.moe, &la.hn, &a.valid, &bias[l * e..][..e], &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, b, s);
         out.iter_mut().zip(&la.h).for_each(|(o, h)| *o += h);
         check_finite(&format!("output of layer {l}"), out)?;
         stats.counts[l * b * e..][..b * e].copy_from_slice(&rs.counts);
@@ -288,13 +290,16 @@ pub struct Model {
     /// B of the stored forward, once one succeeded
     stored: Option<usize>,
     gpu: Option<GpuModel>,
+    /// (L, E) the routers' selection biases; see `set_router_bias`
+    router_bias: Vec<f32>,
 }
 
 impl Model {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
         cfg.validate()?;
         let store = Placed::new(model_param_store(&cfg)?);
-        Ok(Model { cfg, store, acts: ModelActs::default(), stored: None, gpu: None })
+        let router_bias = vec![0.0; cfg.num_hidden_layers * cfg.num_experts];
+        Ok(Model { cfg, store, acts: ModelActs::default(), stored: None, gpu: None, router_bias })
     }
 
     /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -310,6 +315,22 @@ impl Model {
 
     pub fn device(&self) -> Device {
         if self.gpu.is_some() { Device::Gpu } else { Device::Cpu }
+    }
+
+    /// The routers' selection biases (L, E), zero by default.
+    pub fn router_bias(&self) -> &[f32] {
+        &self.router_bias
+    }
+
+    /// Sets the routers' selection biases (L, E): added to the softmax scores to choose the top-k
+    /// experts, never to their weights (auxiliary-loss-free balancing, Wang et al. 2024). The
+    /// trainer owns their updates; Qwen3-MoE checkpoints have no such tensor, so transformers
+    /// routes a model trained with nonzero biases as if they were zero.
+    pub fn set_router_bias(&mut self, bias: &[f32]) -> Result<()> {
+        check_len("router bias", bias.len(), self.router_bias.len())?;
+        check_finite("router bias", bias)?;
+        self.router_bias.copy_from_slice(bias);
+        Ok(())
     }
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity.
@@ -336,7 +357,7 @@ impl Model {
     pub fn forward(&mut self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<ModelStats> {
         let (s, valid) = self.validate(tokens, mask, b)?;
         if let (Some(gm), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
-            let r = gm.forward(dev, &self.cfg, tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
+            let r = gm.forward(dev, &self.cfg, &self.router_bias, tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
             if store {
                 self.stored = r.is_ok().then_some(b);
             }
@@ -345,7 +366,7 @@ impl Model {
         let w = views(&self.store.host.params, &self.cfg);
         let mut scratch = ModelActs::default();
         let acts = if store { &mut self.acts } else { &mut scratch };
-        let r = crate::cpu::pool().install(|| model_forward(acts, &w, &self.cfg, tokens, valid, b, s));
+        let r = crate::cpu::pool().install(|| model_forward(acts, &w, &self.router_bias, &self.cfg, tokens, valid, b, s));
         if store {
             self.stored = r.is_ok().then_some(b);
         }
@@ -356,18 +377,18 @@ impl Model {
     pub fn logits(&mut self, tokens: &[u32], b: usize) -> Result<Vec<f32>> {
         let (s, valid) = self.validate(tokens, None, b)?;
         if let (Some(gm), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
-            return Ok(gm.forward(dev, &self.cfg, tokens, &valid, b, s, false, true)?.1.unwrap_or_default());
+            return Ok(gm.forward(dev, &self.cfg, &self.router_bias, tokens, &valid, b, s, false, true)?.1.unwrap_or_default());
         }
         let w = views(&self.store.host.params, &self.cfg);
         let mut acts = ModelActs::default();
-        crate::cpu::pool().install(|| model_forward(&mut acts, &w, &self.cfg, tokens, valid, b, s))?;
+        crate::cpu::pool().install(|| model_forward(&mut acts, &w, &self.router_bias, &self.cfg, tokens, valid, b, s))?;
         Ok(acts.logits)
     }
 
     /// Saves `config.json` + `model.safetensors`, and with `trainer` (the trainer's JSON state) the
     /// optimiser state too. See `checkpoint`.
     pub fn save(&mut self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
-        crate::checkpoint::save(dir, &self.cfg, self.store.host()?, trainer)
+        crate::checkpoint::save(dir, &self.cfg, self.store.host()?, &self.router_bias, trainer)
     }
 
     /// A model built from a checkpoint, with its optimiser state when the checkpoint has one.
@@ -399,6 +420,7 @@ impl Model {
         // Everything the device holds is replaced: the host copy becomes the newer one.
         self.store.replaced();
         self.stored = None;
+        self.router_bias = loaded.router_bias;
         let host = &mut self.store.host;
         host.params = loaded.params;
         host.zero_grad();

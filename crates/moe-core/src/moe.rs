@@ -168,13 +168,16 @@ pub(crate) fn sized<T: Default + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 }
 
 /// Forward of the block on B sequences of S tokens. out (T, C) and stats are overwritten; `acts`
-/// receives everything the backward needs. x (T, C), mask (T) with 1 = valid token.
+/// receives everything the backward needs. x (T, C), mask (T) with 1 = valid token, bias (E) the
+/// router's selection bias (zero unless auxiliary-loss-free balancing is on).
+#[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     out: &mut [f32],
     stats: &mut RoutingStats,
     acts: &mut MoeActs,
     x: &[f32],
     mask: &[u8],
+    bias: &[f32],
     wt: &MoeWeights,
     cfg: &MoeConfig,
     b: usize,
@@ -189,7 +192,7 @@ pub fn moe_forward(
     acts.mask.extend_from_slice(mask);
     let logits = &mut acts.scratch.dlogits; // reused: the logits are dead once softmax ran
     matmul_forward(sized(logits, t * e), x, wt.gate, t, c, e);
-    router_forward(sized(&mut acts.probs, t * e), sized(&mut acts.lse, t), sized(&mut acts.idx, t * k), sized(&mut acts.w, t * k), logits, e, k, cfg.norm_topk_prob);
+    router_forward(sized(&mut acts.probs, t * e), sized(&mut acts.lse, t), sized(&mut acts.idx, t * k), sized(&mut acts.w, t * k), logits, bias, e, k, cfg.norm_topk_prob);
     router_stats(
         sized(&mut stats.counts, b * e),
         sized(&mut stats.score_sums, b * e),

@@ -208,3 +208,26 @@ fn generation_is_greedy_at_temperature_zero_and_seeded_otherwise() {
     assert_eq!(generate(&mut m, &[13], 2, &hot).err().map(|e| e.code()), Some("TOKEN_OUT_OF_RANGE"));
     assert_eq!(generate(&mut m, &[1], 40, &hot).err().map(|e| e.code()), Some("SHAPE_MISMATCH"));
 }
+
+#[test]
+fn router_biases_are_saved_only_when_set_and_restore_the_routing() {
+    let dir = tmp("bias");
+    let mut m = Model::new(cfg()).unwrap();
+    m.save(&dir, None).unwrap();
+    let names = |dir: &PathBuf| -> Vec<String> {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect()
+    };
+    assert!(!names(&dir).iter().any(|n| n.contains("e_score_correction_bias")), "no bias tensors while all zero");
+    let bias: Vec<f32> = (0..2 * 4).map(|i| [0.3, -0.2, 0.0, 0.1][i % 4]).collect();
+    m.set_router_bias(&bias).unwrap();
+    let routed = m.forward(&TOKENS, None, 2, false).unwrap().counts;
+    m.save(&dir, None).unwrap();
+    assert!(names(&dir).contains(&"model.layers.1.mlp.gate.e_score_correction_bias".to_string()));
+    let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
+    assert_eq!(back.router_bias(), &bias[..]);
+    assert_eq!(back.forward(&TOKENS, None, 2, false).unwrap().counts, routed, "the same routing after loading");
+    assert_eq!(m.set_router_bias(&[1.0]).unwrap_err().code(), "SHAPE_MISMATCH");
+    assert_eq!(m.set_router_bias(&[f32::NAN; 8]).unwrap_err().code(), "NON_FINITE");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -108,6 +108,18 @@ impl MoeLayer {
         with(&self.inner, |l| serde_json::to_value(&l.cfg).map_err(|e| MoeError::Internal(e.to_string()))).map_err(|e| js_error(&env, e))
     }
 
+    /// The router's selection bias (E): added to the scores to choose the top-k experts, never
+    /// to their weights (auxiliary-loss-free balancing); zero unless set.
+    #[napi(getter)]
+    pub fn router_bias(&self, env: Env) -> Result<Float32Array> {
+        with(&self.inner, |m| Ok(Float32Array::new(m.router_bias().to_vec()))).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi]
+    pub fn set_router_bias(&self, env: Env, bias: Float32Array) -> Result<()> {
+        with(&self.inner, |m| m.set_router_bias(&bias)).map_err(|e| js_error(&env, e))
+    }
+
     #[napi(getter)]
     pub fn num_parameters(&self, env: Env) -> Result<f64> {
         params::count(&self.inner).map_err(|e| js_error(&env, e))

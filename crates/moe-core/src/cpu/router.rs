@@ -5,16 +5,19 @@
 use rayon::prelude::*;
 
 /// Per token t: probs[t] = softmax(logits[t]); lse[t] = logsumexp(logits[t]);
-/// idx[t] = the K largest probs (ties go to the lower expert index);
-/// w[t,k] = probs[t, idx[t,k]], divided by their sum when `norm_topk`.
+/// idx[t] = the K largest probs + bias (ties go to the lower expert index): the bias (E) steers
+/// selection only (auxiliary-loss-free balancing), zero for plain top-k;
+/// w[t,k] = probs[t, idx[t,k]] (unbiased), divided by their sum when `norm_topk`.
 ///
-/// probs (T, E), lse (T), idx (T, K), w (T, K) are outputs; logits (T, E) is the input.
+/// probs (T, E), lse (T), idx (T, K), w (T, K) are outputs; logits (T, E) and bias (E) the inputs.
+#[allow(clippy::too_many_arguments)]
 pub fn router_forward(
     probs: &mut [f32],
     lse: &mut [f32],
     idx: &mut [u32],
     w: &mut [f32],
     logits: &[f32],
+    bias: &[f32],
     e: usize,
     k: usize,
     norm_topk: bool,
@@ -40,7 +43,7 @@ pub fn router_forward(
                     if idx[..slot].contains(&(i as u32)) {
                         continue;
                     }
-                    if best == usize::MAX || p[i] > p[best] {
+                    if best == usize::MAX || p[i] + bias[i] > p[best] + bias[best] {
                         best = i;
                     }
                 }
@@ -162,12 +165,25 @@ mod tests {
     fn topk_ties_go_to_lower_index_and_renormalise() {
         let logits = [0.0f32, 1.0, 1.0, 0.0, 1.0];
         let (mut p, mut lse, mut idx, mut w) = ([0.0; 5], [0.0; 1], [0u32; 2], [0.0; 2]);
-        router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, 5, 2, true);
+        router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, &[0.0; 5], 5, 2, true);
         assert_eq!(idx, [1, 2]);
         assert!((w[0] - 0.5).abs() < 1e-7 && (w[1] - 0.5).abs() < 1e-7);
         let expect_lse = (2.0f32 + 3.0 * 1f32.exp()).ln();
         assert!((lse[0] - expect_lse).abs() < 1e-6);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bias_steers_selection_but_not_weights() {
+        let logits = [2.0f32, 1.0, 0.0];
+        let (mut p, mut lse, mut idx, mut w) = ([0.0; 3], [0.0; 1], [0u32; 1], [0.0; 1]);
+        router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, &[0.0, 0.0, 0.5], 3, 1, false);
+        assert_eq!(idx, [0], "0.665 + 0 beats 0.090 + 0.5");
+        router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, &[0.0, 0.0, 0.8], 3, 1, false);
+        assert_eq!(idx, [2], "0.090 + 0.8 beats 0.665 + 0");
+        router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, &[-0.5, 0.0, 0.0], 3, 1, false);
+        assert_eq!(idx, [1], "0.665 - 0.5 loses to 0.245");
+        assert_eq!(w[0], p[1], "the weight is the unbiased probability");
     }
 
     #[test]

@@ -18,6 +18,8 @@ struct Acts {
     out: Buf,
     /// [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
     stats: Buf,
+    /// (E) the router's selection bias
+    bias: Buf,
     moe: GpuMoeActs,
 }
 
@@ -31,6 +33,7 @@ impl Acts {
             mask: g.alloc(t)?,
             out: g.alloc(t * cfg.hidden_size)?,
             stats: g.alloc(stats_len(b, cfg.num_experts))?,
+            bias: g.alloc(cfg.num_experts)?,
             moe: GpuMoeActs::default(),
         })
     }
@@ -58,7 +61,7 @@ impl GpuLayer {
     /// Forward on B sequences of S tokens, x (T, C) and mask (T) already validated; see
     /// `MoeLayer::forward`. With `store` the activations are kept for `backward`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, dev: &DeviceStore, cfg: &MoeConfig, x: &[f32], mask: &[u8], b: usize, s: usize, store: bool) -> Result<ForwardOutput> {
+    pub fn forward(&mut self, dev: &DeviceStore, cfg: &MoeConfig, bias: &[f32], x: &[f32], mask: &[u8], b: usize, s: usize, store: bool) -> Result<ForwardOutput> {
         let g = dev.g;
         let slot = if store { &mut self.acts } else { &mut self.scratch };
         if !matches!(slot, Some(a) if a.b == b && a.s == s) {
@@ -69,8 +72,9 @@ impl GpuLayer {
         let mask: Vec<u32> = mask.iter().map(|&m| m as u32).collect();
         g.write(&a.x, 0, x);
         g.write(&a.mask, 0, &mask);
+        g.write(&a.bias, 0, bias);
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&dev.params).into(), cfg, b, s)?;
+        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), (&dev.params).into(), cfg, b, s)?;
         let r = g.finish(enc, &[&a.out, &a.stats])?;
         let st: &[f32] = bytemuck::cast_slice(&r[1]);
         let e = cfg.num_experts;

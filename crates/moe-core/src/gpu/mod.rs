@@ -66,7 +66,13 @@ pub fn select(requested: Option<&str>) -> Result<Device> {
 /// remembered too: the answer does not change within a process.
 pub fn gpu() -> Result<&'static Gpu> {
     static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::open().map_err(|e| e.to_string())).as_ref().map_err(|e| MoeError::NoDevice(e.clone()))
+    let opened = GPU.get_or_init(|| {
+        Gpu::open().map_err(|e| match e {
+            MoeError::NoDevice(m) => m,
+            other => other.to_string(),
+        })
+    });
+    opened.as_ref().map_err(|e| MoeError::NoDevice(e.clone()))
 }
 
 /// One WGSL entry point: its source (one file per op, forward and backward side by side) and name.
@@ -127,7 +133,7 @@ fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
     let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().device_type)).collect();
     adapters.into_iter().filter(|a| rank(a) < 9).min_by_key(rank).ok_or_else(|| {
         MoeError::NoDevice(format!(
-            "no GPU adapter (found: [{}]); software adapters are used only with MOE_GPU_ADAPTER=software",
+            "no hardware adapter among [{}]; software adapters are used only with MOE_GPU_ADAPTER=software",
             names.join(", ")
         ))
     })

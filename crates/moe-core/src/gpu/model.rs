@@ -113,6 +113,8 @@ struct Acts {
     stats: Buf,
     /// one finiteness flag per layer output, then one for the losses
     flags: Buf,
+    /// (L, E) the routers' selection biases
+    bias: Buf,
 }
 
 impl Acts {
@@ -162,6 +164,7 @@ impl Acts {
             losses: g.alloc(t)?,
             stats: g.alloc(nl * stats_len(b, e))?,
             flags: g.alloc(nl + 1)?,
+            bias: g.alloc(nl * e)?,
         })
     }
 }
@@ -235,7 +238,7 @@ impl GpuModel {
     /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
     /// logits (T, V).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let g = dev.g;
         let slot = if store { &mut self.acts } else { &mut self.scratch };
         if !matches!(slot, Some(a) if a.b == b && a.s == s) {
@@ -253,6 +256,7 @@ impl GpuModel {
         g.write(&a.tokens, 0, tokens);
         g.write(&a.targets, 0, &targets);
         g.write(&a.valid, 0, &valid_u32);
+        g.write(&a.bias, 0, bias);
         a.index.set(g, tokens);
         let (p, off) = (&dev.params, &self.off);
         let mut enc = g.encoder();
@@ -277,7 +281,7 @@ impl GpuModel {
             gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, wo), Gemm { trans_b: true, acc: true, ..Gemm::new(t, d, h * hd) });
             rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, ln2), t, d, eps);
             let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
-            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(p, mlp), &moe_cfg, b, s)?;
+            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, l * e), v(p, mlp), &moe_cfg, b, s)?;
             add_inplace(g, &mut enc, out, (&la.h).into(), t * d);
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
@@ -403,6 +407,12 @@ mod tests {
             let mut cpu = Model::new(cfg(tied)).unwrap();
             let mut gpu = Model::new(cfg(tied)).unwrap();
             gpu.to_device(Some("gpu")).unwrap();
+            // A selection bias on the tied model's routers: both devices must route alike with it.
+            if tied {
+                let bias: Vec<f32> = (0..2 * 5).map(|i| 0.03 * ((i * 3 % 7) as f32 - 3.0)).collect();
+                cpu.set_router_bias(&bias).unwrap();
+                gpu.set_router_bias(&bias).unwrap();
+            }
             for step in 0..2 {
                 let sc = cpu.forward(&tokens, Some(&mask), b, true).unwrap();
                 let maps = g.readbacks();

@@ -88,7 +88,8 @@ impl Saved {
 
 /// Forward of the block on B sequences of S tokens (GPU `moe::moe_forward`). Overwrites out (T, C)
 /// and stats (`stats_len(B, E)` floats, laid out as in the module doc); `acts` receives what the
-/// backward needs. x (T, C); mask (T) u32, 1 = valid token; wt: the block's weights laid out as
+/// backward needs. x (T, C); mask (T) u32, 1 = valid token; bias (E) the router's selection bias;
+/// wt: the block's weights laid out as
 /// `MoeWeights::split` (gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F)).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
@@ -99,6 +100,7 @@ pub fn moe_forward(
     acts: &mut GpuMoeActs,
     x: View,
     mask: &Buf,
+    bias: View,
     wt: View,
     cfg: &MoeConfig,
     b: usize,
@@ -118,7 +120,7 @@ pub fn moe_forward(
     g.copy(enc, x.buf, x.off, &a.x, 0, t * c);
     g.copy(enc, mask, 0, &a.mask, 0, t);
     matmul_forward(g, enc, (&a.logits).into(), x, wt, t, c, e);
-    router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, t, e, k, cfg.norm_topk_prob);
+    router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, bias, t, e, k, cfg.norm_topk_prob);
     router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, &a.mask, b, s, e, k);
     permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
@@ -198,10 +200,13 @@ mod tests {
         let (dout, grads0) = (randn(t * c, 8), randn(np, 9));
         let pressure: Vec<f32> = randn(b * e, 10).iter().map(|v| 0.1 * v).collect();
         let z_scale = 0.05;
+        // A selection bias, which keeps the two starved experts starved.
+        let mut bias: Vec<f32> = randn(e, 11).iter().map(|v| 0.05 * v).collect();
+        (bias[2], bias[e - 1]) = (-1.0, -1.0);
 
         let (mut out, mut stats, mut cacts) = (vec![0.0; t * c], RoutingStats::default(), MoeActs::default());
         let wt = MoeWeights::split(&params, &cfg);
-        crate::moe::moe_forward(&mut out, &mut stats, &mut cacts, &x, &mask, &wt, &cfg, b, s);
+        crate::moe::moe_forward(&mut out, &mut stats, &mut cacts, &x, &mask, &bias, &wt, &cfg, b, s);
         let (mut dx, mut grads) = (vec![0.0; t * c], grads0.clone());
         let mut cgrads = MoeGrads::split(&mut grads, &cfg);
         crate::moe::moe_backward(&mut dx, &mut cgrads, &mut cacts, &dout, &pressure, z_scale, &wt, &cfg);
@@ -210,13 +215,13 @@ mod tests {
         }
 
         let n = stats_len(b, e);
-        let (gparams, gx, gmask) = (padded(g, 5, &params), padded(g, 3, &x), upload_mask(g, &mask));
+        let (gparams, gx, gmask, gbias) = (padded(g, 5, &params), padded(g, 3, &x), upload_mask(g, &mask), padded(g, 1, &bias));
         let (gout, gstats) = (g.alloc(2 + t * c).unwrap(), g.alloc(4 + n).unwrap());
         let (gdout, gpress, ggrads) = (padded(g, 1, &dout), padded(g, 2, &pressure), padded(g, 7, &grads0));
         let gdx = g.alloc(6 + t * c).unwrap();
         let v = |buf, off| View { buf, off };
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gparams, 5), &cfg, b, s).unwrap();
+        moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gbias, 1), v(&gparams, 5), &cfg, b, s).unwrap();
         let (dx_v, grads_v, dout_v, press_v) = (v(&gdx, 6), v(&ggrads, 7), v(&gdout, 1), v(&gpress, 2));
         moe_backward(g, &mut enc, dx_v, grads_v, acts, dout_v, press_v, z_scale, v(&gparams, 5), &cfg).unwrap();
         let r = g.finish(enc, &[&gout, &gstats, &gdx, &ggrads]).unwrap();

@@ -13,12 +13,14 @@ const BACKWARD: Kernel = Kernel { src: SRC, entry: "router_backward" };
 const STATS: Kernel = Kernel { src: SRC, entry: "router_stats" };
 
 /// router.wgsl's `Params`, one line per 16-byte row: tokens, experts, slots, tokens per sequence;
-/// renormalise or not, z_scale (f32 bits), the offsets of the pressure and statistics views.
+/// renormalise or not, z_scale (f32 bits), the offsets of the pressure and statistics views; the
+/// offset of the bias view.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     t: u32, e: u32, k: u32, s: u32,
     norm_topk: u32, z_scale: u32, p_off: u32, st_off: u32,
+    b_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 impl Params {
@@ -28,9 +30,9 @@ impl Params {
     }
 }
 
-/// `cpu::router::router_forward` on T tokens: from logits (T, E), overwrites probs (T, E) = softmax,
-/// lse (T) = logsumexp, idx (T, K) u32 = the K largest probs (ties to the lower expert) and w (T, K)
-/// = their probs, renormalised when `norm_topk`.
+/// `cpu::router::router_forward` on T tokens: from logits (T, E) and bias (E), overwrites probs
+/// (T, E) = softmax, lse (T) = logsumexp, idx (T, K) u32 = the K largest probs + bias (ties to the
+/// lower expert) and w (T, K) = their probs, renormalised when `norm_topk`.
 #[allow(clippy::too_many_arguments)]
 pub fn router_forward(
     g: &Gpu,
@@ -40,13 +42,14 @@ pub fn router_forward(
     idx: &Buf,
     w: &Buf,
     logits: &Buf,
+    bias: View,
     t: usize,
     e: usize,
     k: usize,
     norm_topk: bool,
 ) {
-    let p = Params { norm_topk: norm_topk.into(), ..Params::new(t, e, k, 1) };
-    g.dispatch(enc, &FORWARD, &[logits, probs, lse, idx, w], &p, groups_1d(t, 64));
+    let p = Params { norm_topk: norm_topk.into(), b_off: word(bias.off), ..Params::new(t, e, k, 1) };
+    g.dispatch(enc, &FORWARD, &[logits, probs, lse, idx, w, bias.buf], &p, groups_1d(t, 64));
 }
 
 /// `cpu::router::router_backward` on T = B*S tokens: overwrites dlogits (T, E) from dw (T, K), the
@@ -124,23 +127,27 @@ mod tests {
         let z_scale = 0.05;
         let alloc = |n| g.alloc(n).unwrap();
         let up = |v: &[f32]| g.upload(v).unwrap();
-        for norm in [false, true] {
+        // Plain top-k, and top-k steered by a selection bias (read from a view at an offset).
+        for (norm, bias) in [(false, vec![0.0; e]), (true, vec![0.0; e]), (true, randn(e, 6).iter().map(|v| 0.2 * v).collect())] {
             let (mut probs, mut lse, mut idx, mut w) = (vec![0.0; t * e], vec![0.0; t], vec![0u32; t * k], vec![0.0; t * k]);
-            cpu::router_forward(&mut probs, &mut lse, &mut idx, &mut w, &logits, e, k, norm);
+            cpu::router_forward(&mut probs, &mut lse, &mut idx, &mut w, &logits, &bias, e, k, norm);
             let mut dlogits = vec![0.0; t * e];
             cpu::router_backward(&mut dlogits, &dw, &probs, &lse, &idx, &w, &mask, &pressure, z_scale, s, e, k, norm);
-            assert_eq!(&idx[..2], &[2, 5]);
+            if bias.iter().all(|&x| x == 0.0) {
+                assert_eq!(&idx[..2], &[2, 5]);
+            }
+            let gbias = padded(g, 2, &bias);
 
             let (gp, gl, gi, gw, gdl) = (alloc(t * e), alloc(t), alloc(t * k), alloc(t * k), alloc(t * e));
             let (glogits, gdw, gmask, gpress) = (up(&logits), up(&dw), upload_mask(g, &mask), padded(g, 5, &pressure));
             let mut enc = g.encoder();
-            router_forward(g, &mut enc, &gp, &gl, &gi, &gw, &glogits, t, e, k, norm);
+            router_forward(g, &mut enc, &gp, &gl, &gi, &gw, &glogits, View { buf: &gbias, off: 2 }, t, e, k, norm);
             // The backward from the CPU's forward, so that it is tested alone.
             let (cp, cl, ci, cw) = (up(&probs), up(&lse), g.upload(&idx).unwrap(), up(&w));
             let pv = View { buf: &gpress, off: 5 };
             router_backward(g, &mut enc, &gdl, &gdw, &cp, &cl, &ci, &cw, &gmask, pv, z_scale, b, s, e, k, norm);
             let r = g.finish(enc, &[&gp, &gl, &gi, &gw, &gdl]).unwrap();
-            eprintln!("norm_topk = {norm}");
+            eprintln!("norm_topk = {norm}, bias = {}", bias.iter().any(|&x| x != 0.0));
             assert_close("router probs", &f32s(&r[0]), &probs, 1e-6, 1e-5);
             assert_close("router lse", &f32s(&r[1]), &lse, 1e-6, 1e-5);
             assert_eq!(r[2], idx, "router idx");
@@ -157,7 +164,7 @@ mod tests {
         let t = b * s;
         let logits = randn(t * e, 4);
         let (mut probs, mut lse, mut idx, mut w) = (vec![0.0; t * e], vec![0.0; t], vec![0u32; t * k], vec![0.0; t * k]);
-        cpu::router_forward(&mut probs, &mut lse, &mut idx, &mut w, &logits, e, k, false);
+        cpu::router_forward(&mut probs, &mut lse, &mut idx, &mut w, &logits, &vec![0.0; e], e, k, false);
         let mask = mask_of(t);
         let (mut counts, mut scores) = (vec![0.0; b * e], vec![0.0; b * e]);
         let (mut topk, mut z, mut valid) = (vec![0.0; b], vec![0.0; b], vec![0.0; b]);

@@ -1,5 +1,6 @@
 // Router, mirroring cpu/router.rs: per token fp32 softmax over the expert logits, logsumexp, top-k
-// (ties to the lower expert index), optional renormalisation; its backward; and the per-sequence
+// of probs + bias (ties to the lower expert index; the bias steers selection only), optional
+// renormalisation of the chosen probs; its backward; and the per-sequence
 // routing statistics. One invocation per token walks its E experts in the CPU's order, so the sums
 // associate as on the CPU; the statistics use one workgroup per sequence with fixed-order
 // reductions (deterministic, no float atomics).
@@ -14,6 +15,7 @@
 //     3 lse_out    f32 (T)            read_write
 //     4 idx_out    u32 (T, K)         read_write
 //     5 w_out      f32 (T, K)         read_write
+//     6 bias       f32 (E) at b_off   read
 //   router_backward:
 //     0 p          Params             uniform
 //     1 probs      f32 (T, E)         read
@@ -32,6 +34,7 @@ struct Params {
     t: u32, e: u32, k: u32, s: u32,          // tokens, experts, slots, tokens per sequence
     norm_topk: u32, z_scale: u32,            // z_scale: f32 bits
     p_off: u32, st_off: u32,                 // offsets of the pressure and statistics views
+    b_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,  // offset of the bias view
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +44,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> idx_out: array<u32>;
 @group(0) @binding(5) var<storage, read_write> w_out: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
 
 @group(0) @binding(1) var<storage, read> probs: array<f32>;
 @group(0) @binding(2) var<storage, read> lse: array<f32>;
@@ -73,26 +77,27 @@ fn router_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     for (var i = 0u; i < p.e; i++) { probs_out[z + i] = probs_out[z + i] / sum; }
     lse_out[t] = mx + log(sum);
-    // Slot j takes the largest prob after slot j-1 in the order (prob desc, index asc): the CPU's
-    // K argmax passes excluding earlier picks, without remembering them.
-    var last_p = 0.0;
+    // Slot j takes the largest score (prob + bias) after slot j-1 in the order (score desc, index
+    // asc): the CPU's K argmax passes excluding earlier picks, without remembering them.
+    var last_sc = 0.0;
     var last_i = 0u;
     var wsum = 0.0;
     for (var slot = 0u; slot < p.k; slot++) {
         var best = p.e;
-        var best_p = 0.0;
+        var best_sc = 0.0;
         for (var i = 0u; i < p.e; i++) {
-            let v = probs_out[z + i];
-            let after = slot == 0u || v < last_p || (v == last_p && i > last_i);
-            if (after && (best == p.e || v > best_p)) {
+            let sc = probs_out[z + i] + bias[p.b_off + i];
+            let after = slot == 0u || sc < last_sc || (sc == last_sc && i > last_i);
+            if (after && (best == p.e || sc > best_sc)) {
                 best = i;
-                best_p = v;
+                best_sc = sc;
             }
         }
+        let wk = probs_out[z + best];
         idx_out[t * p.k + slot] = best;
-        w_out[t * p.k + slot] = best_p;
-        wsum += best_p;
-        last_p = best_p;
+        w_out[t * p.k + slot] = wk;
+        wsum += wk;
+        last_sc = best_sc;
         last_i = best;
     }
     if (p.norm_topk != 0u) {

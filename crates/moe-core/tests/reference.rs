@@ -1,0 +1,173 @@
+//! End-to-end reference (STYLE habit 7): a tiny Qwen3MoeForCausalLM written by Hugging Face
+//! transformers is loaded with `Model::from_checkpoint`, and our forward, backward and AdamW are
+//! compared with PyTorch's tensor by tensor: logits, loss, routing statistics, every gradient by its
+//! HF name, and the losses of 5 AdamW steps. Every tolerance sits in `TOLERANCES` below.
+//!
+//! The fixture, tests/fixtures/reference/ (config.json + model.safetensors from save_pretrained, and
+//! reference.safetensors; its layout is documented at the top of the script), is committed because
+//! CI has no PyTorch. Regenerate it, with the pinned peers of scripts/install-peers.sh, by running
+//! from the repository root:
+//!
+//!     .venv/bin/python scripts/make_reference.py
+//!
+//! Our API does not expose per-token router probabilities, so the fixture's (B*S, E) probabilities
+//! are compared through what ModelStats exposes: their per-sequence sums over valid positions
+//! (`score_sums`) and the sums of each valid position's top-k probabilities (`topk_score_sums`).
+
+use moe_core::{AdamWConfig, Model};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A comparison passes when |ours - reference| <= atol + rtol * |reference| everywhere.
+struct Tolerance {
+    quantity: &'static str,
+    atol: f64,
+    rtol: f64,
+    reason: &'static str,
+}
+
+const TOLERANCES: [Tolerance; 7] = [
+    Tolerance { quantity: "logits", atol: 1e-5, rtol: 0.0, reason: "fp32 on both sides, |logit| < 2.2: only summation order differs (seen 9e-7)" },
+    Tolerance { quantity: "loss", atol: 5e-6, rtol: 0.0, reason: "mean CE near 4.4, where one f32 ulp is 4.8e-7 (seen 1 ulp)" },
+    Tolerance { quantity: "expert counts", atol: 0.0, rtol: 0.0, reason: "integers; every top-k choice is >= 1e-4 from a tie (fixture's min_topk_gap)" },
+    Tolerance { quantity: "router score sums", atol: 5e-6, rtol: 0.0, reason: "per-sequence sums of <= 8 fp32 probabilities, values <= 8 (seen 2.4e-7)" },
+    Tolerance { quantity: "router top-k sums", atol: 5e-6, rtol: 0.0, reason: "the same sums over the top-k probabilities only (seen 4.8e-7)" },
+    Tolerance { quantity: "gradients", atol: 2e-6, rtol: 1e-5, reason: "fp32 backward; every tensor's max |grad| >= 6e-3, largest 0.65 (seen 3e-7)" },
+    Tolerance { quantity: "AdamW losses", atol: 1e-5, rtol: 0.0, reason: "losses 2.1-4.4 (seen 1 ulp); dropping weight decay moves steps 2-5 by 1e-4 to 3e-3" },
+];
+
+/// The optimiser the script used (torch.optim.AdamW, decay on rank >= 2 tensors, no clipping).
+fn adamw_json() -> serde_json::Value {
+    json!({"lr": 1e-2, "weightDecay": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8})
+}
+
+const MAGIC: &str = "moe-trainer-reference";
+const VERSION: &str = "1";
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+/// Compares tensor by tensor, prints max |Δ| of each, and remembers every failure.
+struct Report {
+    failures: Vec<String>,
+    worst: HashMap<&'static str, f64>,
+}
+
+impl Report {
+    fn check(&mut self, quantity: &'static str, name: &str, ours: &[f32], reference: &[f32]) {
+        let tol = TOLERANCES.iter().find(|t| t.quantity == quantity).expect("quantity in TOLERANCES");
+        if ours.len() != reference.len() {
+            self.failures.push(format!("{name}: {} values, the reference has {}", ours.len(), reference.len()));
+            return;
+        }
+        let (mut worst, mut at, mut bad) = (0.0f64, 0, None);
+        for (i, (&a, &b)) in ours.iter().zip(reference).enumerate() {
+            let d = (a as f64 - b as f64).abs();
+            if d > worst || d.is_nan() {
+                (worst, at) = (d, i);
+            }
+            let within = d <= tol.atol + tol.rtol * (b as f64).abs(); // false for NaN too
+            if !within && bad.is_none() {
+                bad = Some(format!("{name}[{i}]: ours {a} vs reference {b} (|Δ| = {d:.3e}; {quantity}: atol {:e}, rtol {:e})", tol.atol, tol.rtol));
+            }
+        }
+        eprintln!("{name:<52} max |Δ| = {worst:.3e} at {at}");
+        let w = self.worst.entry(quantity).or_insert(0.0);
+        *w = w.max(worst);
+        self.failures.extend(bad);
+    }
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    let t = st.tensor(name).unwrap_or_else(|_| panic!("reference.safetensors has no {name}"));
+    assert_eq!(t.dtype(), Dtype::F32, "{name}");
+    bytemuck::pod_collect_to_vec(t.data())
+}
+
+#[test]
+fn matches_transformers_and_torch_adamw() {
+    let dir = fixture();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).expect("fixture present (see the header to regenerate)");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap_or_default();
+    assert_eq!(meta.get("magic").map(String::as_str), Some(MAGIC), "not a moe-trainer reference file");
+    assert_eq!(meta.get("version").map(String::as_str), Some(VERSION), "reference format version; regenerate the fixture");
+    eprintln!("reference made with torch {}, transformers {}", meta["torch"], meta["transformers"]);
+    let opt_json: serde_json::Value = serde_json::from_str(&meta["adamw"]).unwrap();
+    assert_eq!(opt_json, adamw_json(), "the script's AdamW settings changed");
+    let opt = AdamWConfig::from_json(adamw_json()).unwrap();
+    assert!(opt.max_grad_norm.is_none() && opt.schedule.is_none());
+    let n_steps: usize = meta["adamw_steps"].parse().unwrap();
+
+    let tok = st.tensor("tokens").unwrap();
+    assert_eq!(tok.dtype(), Dtype::I32);
+    let (b, s) = (tok.shape()[0], tok.shape()[1]);
+    let tokens: Vec<u32> = bytemuck::pod_collect_to_vec::<u8, i32>(tok.data()).into_iter().map(|t| t as u32).collect();
+    let mask = st.tensor("mask").unwrap().data().to_vec();
+    let valid = st.tensor("valid").unwrap().data().to_vec();
+    assert_eq!((mask.len(), valid.len()), (b * s, b * s));
+
+    let (mut m, trainer) = Model::from_checkpoint(&dir).expect("the transformers checkpoint loads");
+    assert!(trainer.is_none());
+    let (l, e, k) = (m.cfg.num_hidden_layers, m.cfg.num_experts, m.cfg.num_experts_per_tok);
+    let mut r = Report { failures: Vec::new(), worst: HashMap::new() };
+
+    // Forward: logits, loss (summed CE / valid targets), routing statistics.
+    let stats = m.forward(&tokens, Some(&mask), b, true).unwrap();
+    let per_seq: Vec<f32> = valid.chunks(s).map(|c| c.iter().map(|&v| v as f32).sum()).collect();
+    assert_eq!(stats.valid_tokens, per_seq, "our valid positions are the script's");
+    let t_valid: f32 = per_seq.iter().sum();
+    r.check("loss", "loss", &[(stats.loss / t_valid as f64) as f32], &f32s(&st, "loss"));
+    let logits = m.logits(&tokens, b).unwrap();
+    r.check("logits", "logits", &logits, &f32s(&st, "logits"));
+    for layer in 0..l {
+        let ours: Vec<f32> = (0..e).map(|i| (0..b).map(|bb| stats.counts[(layer * b + bb) * e + i]).sum()).collect();
+        r.check("expert counts", &format!("counts.{layer}"), &ours, &f32s(&st, &format!("counts.{layer}")));
+        // The reference's per-position probabilities, reduced as ModelStats reduces ours.
+        let probs = f32s(&st, &format!("router_probs.{layer}"));
+        let (mut sums, mut topk) = (vec![0.0f64; b * e], vec![0.0f64; b]);
+        for t in (0..b * s).filter(|&t| valid[t] != 0) {
+            let p = &probs[t * e..][..e];
+            p.iter().enumerate().for_each(|(i, &x)| sums[t / s * e + i] += x as f64);
+            let mut sorted = p.to_vec();
+            sorted.sort_by(|x, y| y.total_cmp(x));
+            topk[t / s] += sorted[..k].iter().map(|&x| x as f64).sum::<f64>();
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        r.check("router score sums", &format!("router_probs.{layer} summed per sequence"), &stats.score_sums[layer * b * e..][..b * e], &f(sums));
+        r.check("router top-k sums", &format!("router_probs.{layer} top-{k} summed per sequence"), &stats.topk_score_sums[layer * b..][..b], &f(topk));
+    }
+
+    // Backward of the mean loss: lm_scale = 1 / T_valid, no router pressure, no z-loss.
+    let zeros = vec![0.0f32; l * b * e];
+    m.backward(&zeros, 1.0 / t_valid, 0.0).unwrap();
+    let host = m.store.host().unwrap();
+    let grad_names: Vec<&str> = st.names().into_iter().filter_map(|n| n.strip_prefix("grad.")).collect();
+    assert_eq!(grad_names.len(), host.specs.len(), "one reference gradient per parameter");
+    for spec in &host.specs {
+        r.check("gradients", &format!("grad.{}", spec.name), host.grad(&spec.name).unwrap(), &f32s(&st, &format!("grad.{}", spec.name)));
+    }
+
+    // AdamW on the same batch: the loss before each step, then after the last.
+    let mut losses = Vec::new();
+    for _ in 0..n_steps {
+        m.store.zero_grad().unwrap();
+        losses.push((m.forward(&tokens, Some(&mask), b, true).unwrap().loss / t_valid as f64) as f32);
+        m.backward(&zeros, 1.0 / t_valid, 0.0).unwrap();
+        m.store.step(&opt).unwrap();
+    }
+    r.check("AdamW losses", "adamw_losses", &losses, &f32s(&st, "adamw_losses"));
+    let after = (m.forward(&tokens, Some(&mask), b, false).unwrap().loss / t_valid as f64) as f32;
+    r.check("AdamW losses", "adamw_loss_after", &[after], &f32s(&st, "adamw_loss_after"));
+    eprintln!("losses: ours {losses:?} then {after}");
+
+    eprintln!("\nmax |Δ| per quantity (tolerance):");
+    for t in &TOLERANCES {
+        eprintln!("  {:<18} {:.3e}  (atol {:e}, rtol {:e}: {})", t.quantity, r.worst.get(t.quantity).copied().unwrap_or(f64::NAN), t.atol, t.rtol, t.reason);
+    }
+    assert!(r.failures.is_empty(), "{} comparisons failed:\n{}", r.failures.len(), r.failures.join("\n"));
+}
