@@ -186,6 +186,60 @@ mod tests {
         assert_eq!(w[0], p[1], "the weight is the unbiased probability");
     }
 
+    /// The router's loss seen by its backward, in f64 from the logits, with the top-k choice `idx`
+    /// held fixed (it is piecewise constant): sum_t [ sum_k dw_tk w_tk + [valid] sum_i λ_b(t),i s_ti
+    /// + [valid] z_scale lse_t² ], w renormalised when `norm`.
+    #[allow(clippy::too_many_arguments)]
+    fn loss_f64(z: &[f64], idx: &[u32], dw: &[f32], mask: &[u8], pressure: &[f32], z_scale: f64, s: usize, e: usize, k: usize, norm: bool) -> f64 {
+        let mut total = 0.0;
+        for (t, zt) in z.chunks(e).enumerate() {
+            let max = zt.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = zt.iter().map(|v| (v - max).exp()).sum();
+            let p: Vec<f64> = zt.iter().map(|v| (v - max).exp() / sum).collect();
+            let lse = max + sum.ln();
+            let chosen = &idx[t * k..][..k];
+            let denom = if norm { chosen.iter().map(|&i| p[i as usize]).sum() } else { 1.0 };
+            total += chosen.iter().zip(&dw[t * k..][..k]).map(|(&i, &g)| g as f64 * p[i as usize] / denom).sum::<f64>();
+            if mask[t] != 0 {
+                total += p.iter().zip(&pressure[(t / s) * e..][..e]).map(|(pi, &l)| pi * l as f64).sum::<f64>();
+                total += z_scale * lse * lse;
+            }
+        }
+        total
+    }
+
+    /// STYLE habit 8: the router backward (renormalisation, pressure, z-loss) against central
+    /// differences of an independent f64 forward, eps 1e-6: agreement to f32 rounding.
+    #[test]
+    fn backward_matches_f64_finite_differences() {
+        let (b, s, e, k) = (2, 3, 5, 2);
+        let t = b * s;
+        let logits: Vec<f32> = crate::testutil::randn(t * e, 21);
+        let dw = crate::testutil::randn(t * k, 22);
+        let pressure: Vec<f32> = crate::testutil::randn(b * e, 23).iter().map(|v| 0.3 * v).collect();
+        let mask = [1u8, 1, 0, 1, 0, 1];
+        let z_scale = 0.07f32;
+        for norm in [false, true] {
+            let (mut p, mut lse, mut idx, mut w) = (vec![0.0; t * e], vec![0.0; t], vec![0u32; t * k], vec![0.0; t * k]);
+            router_forward(&mut p, &mut lse, &mut idx, &mut w, &logits, &vec![0.0; e], e, k, norm);
+            let mut dlogits = vec![0.0; t * e];
+            router_backward(&mut dlogits, &dw, &p, &lse, &idx, &w, &mask, &pressure, z_scale, s, e, k, norm);
+            let z: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+            let mut worst = 0.0f64;
+            for i in 0..z.len() {
+                let (mut zp, mut zm) = (z.clone(), z.clone());
+                zp[i] += 1e-6;
+                zm[i] -= 1e-6;
+                let f = |z: &[f64]| loss_f64(z, &idx, &dw, &mask, &pressure, z_scale as f64, s, e, k, norm);
+                let num = (f(&zp) - f(&zm)) / 2e-6;
+                let d = (dlogits[i] as f64 - num).abs();
+                assert!(d <= 1e-6 + 1e-5 * num.abs(), "norm {norm}, dlogits[{i}]: {} vs {num}", dlogits[i]);
+                worst = worst.max(d);
+            }
+            eprintln!("router backward vs f64 differences (norm_topk = {norm}): max |Δ| = {worst:.2e}");
+        }
+    }
+
     #[test]
     fn stats_skip_masked_tokens() {
         // B = 1, S = 2, E = 2, K = 1; the second token is masked out.
