@@ -5,8 +5,8 @@
 //! it lives in a static and is never dropped). Every kernel binds its `Params` uniform at binding 0
 //! (a `#[repr(C)]` bytemuck struct in the op's .rs file, field for field the WGSL one in `shaders/`)
 //! and its storage buffers at 1.., in the order of its WGSL declarations. Pipelines are cached by
-//! (shader, entry point); bind groups by (pipeline, buffers, parameter bytes), so a training step
-//! whose buffers persist builds none after its first step.
+//! (shader, entry point, `override` constants); bind groups by (pipeline, buffers, parameter bytes),
+//! so a training step whose buffers persist builds none after its first step.
 //!
 //! Adapter choice (`Device` / `MOE_DEVICE`): `auto` takes a real GPU and otherwise the CPU, `gpu`
 //! requires a GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) is opened only with
@@ -101,7 +101,10 @@ thread_local! {
     static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-type BindKey = (usize, &'static str, Vec<u64>, Vec<u8>);
+/// (shader address, entry point, override constants as (name, f64 bits)).
+type PipelineKey = (usize, &'static str, Vec<(&'static str, u64)>);
+/// (pipeline address, buffer ids, parameter bytes): auto-derived layouts differ per pipeline.
+type BindKey = (usize, Vec<u64>, Vec<u8>);
 
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -110,7 +113,7 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub cooperative_matrix: Vec<wgpu::wgt::CooperativeMatrixProperties>,
-    pipelines: Mutex<HashMap<(usize, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     binds: Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// The first uncaptured wgpu error or device loss, reported by the next `finish`.
@@ -254,13 +257,28 @@ impl Gpu {
     /// Records one dispatch of `k` over `groups` workgroups with the uniform `params` (binding 0; the
     /// kernel's `Params`, a whole number of 16-byte rows) and storage buffers `bufs` (bindings 1..).
     pub fn dispatch<P: bytemuck::Pod>(&self, enc: &mut Encoder, k: &Kernel, bufs: &[&Buf], params: &P, groups: [u32; 3]) {
+        self.dispatch_with(enc, k, &[], bufs, params, groups);
+    }
+
+    /// `dispatch` with values for the kernel's WGSL `override` constants, (name, value); each distinct
+    /// set compiles a pipeline of its own, once.
+    pub fn dispatch_with<P: bytemuck::Pod>(
+        &self,
+        enc: &mut Encoder,
+        k: &Kernel,
+        constants: &[(&'static str, f64)],
+        bufs: &[&Buf],
+        params: &P,
+        groups: [u32; 3],
+    ) {
         const { assert!(size_of::<P>() > 0 && size_of::<P>().is_multiple_of(16), "a Params uniform fills whole 16-byte rows") };
         if groups.contains(&0) {
             return;
         }
-        let pipeline = self.pipeline(k);
+        let pipeline = self.pipeline(k, constants);
         let bytes = bytemuck::bytes_of(params);
-        let key: BindKey = (k.src.as_ptr() as usize, k.entry, bufs.iter().map(|b| b.id).collect(), bytes.to_vec());
+        // Pipelines stay cached for the process's life, so their addresses identify them.
+        let key: BindKey = (Arc::as_ptr(&pipeline) as usize, bufs.iter().map(|b| b.id).collect(), bytes.to_vec());
         let bind = {
             let mut binds = self.binds.lock().unwrap();
             if binds.len() >= BIND_CACHE_MAX {
@@ -274,10 +292,11 @@ impl Gpu {
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
 
-    fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
+    fn pipeline(&self, k: &Kernel, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.lock().unwrap();
+        let key: PipelineKey = (k.src.as_ptr() as usize, k.entry, constants.iter().map(|&(n, v)| (n, v.to_bits())).collect());
         cache
-            .entry((k.src.as_ptr() as usize, k.entry))
+            .entry(key)
             .or_insert_with(|| {
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(k.entry),
@@ -288,7 +307,7 @@ impl Gpu {
                     layout: None,
                     module: &module,
                     entry_point: Some(k.entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
                     cache: None,
                 }))
             })

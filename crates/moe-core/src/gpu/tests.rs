@@ -54,6 +54,26 @@ fn adapter_is_described() {
     assert!(!g.info.name.is_empty());
 }
 
+/// The naive reference of `matmul::gemm` on flat buffers: c[c_off + z * c_bs..] (= or +=) op(a) · op(b).
+fn gemm_ref(c: &mut [f32], a: &[f32], b: &[f32], offs: [usize; 3], s: &matmul::Gemm) {
+    let [sa, sb, sc] = s.strides;
+    for z in 0..s.batch {
+        let (a, b) = (&a[offs[0] + z * sa..], &b[offs[1] + z * sb..]);
+        for i in 0..s.m {
+            for j in 0..s.n {
+                let mut sum = 0.0;
+                for l in 0..s.k {
+                    let x = if s.trans_a { a[l * s.m + i] } else { a[i * s.k + l] };
+                    let y = if s.trans_b { b[j * s.k + l] } else { b[l * s.n + j] };
+                    sum += x * y;
+                }
+                let at = offs[2] + z * sc + i * s.n + j;
+                c[at] = if s.acc { c[at] + sum } else { sum };
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_matches_cpu() {
     use crate::cpu::matmul as cpu;
@@ -81,6 +101,37 @@ fn matmul_matches_cpu() {
     assert_close("matmul y", &f(&out[0]), &y, 1e-4, 1e-4);
     assert_close("matmul dx", &f(&out[1]), &dx, 1e-4, 1e-4);
     assert_close("matmul dw", &f(&out[2])[3..], &dw, 1e-4, 1e-4);
+
+    // Both tile configurations, every transpose and accumulate combination, two products of a batch
+    // with gaps between them, views at odd offsets; sizes straddle each configuration's block edges
+    // in M and N and its slices in K. c is checked whole: the gaps and the padding stay untouched.
+    for (t, (m, n, k)) in [(SMALL, (70, 65, 37)), (BIG, (135, 131, 21))] {
+        for flags in 0..8u64 {
+            let (trans_a, trans_b, acc) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+            let (offs, gap) = ([3, 5, 7], 11);
+            let strides = [m * k + gap, k * n + gap, m * n + gap];
+            let s = Gemm { trans_a, trans_b, acc, batch: 2, strides, ..Gemm::new(m, n, k) };
+            let len = |i: usize| offs[i] + 2 * strides[i];
+            let (a, b, c0) = (randn(len(0), 10 + flags), randn(len(1), 20 + flags), randn(len(2), 30 + flags));
+            let mut want = c0.clone();
+            gemm_ref(&mut want, &a, &b, offs, &s);
+            let (ga, gb, gc) = (g.upload(&a).unwrap(), g.upload(&b).unwrap(), g.upload(&c0).unwrap());
+            let mut enc = g.encoder();
+            gemm_tiled(g, &mut enc, View::from(&gc).at(offs[2]), View::from(&ga).at(offs[0]), View::from(&gb).at(offs[1]), s, t);
+            let got = f32s(&g.finish(enc, &[&gc]).unwrap()[0]);
+            assert_close(&format!("gemm {}x{} tiles, flags {flags}", t.bm, t.bn), &got, &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn gemm_tiles_follow_problem_size() {
+    use matmul::*;
+    assert_eq!(Tiles::pick(&Gemm::new(4096, 4096, 4096)), BIG);
+    assert_eq!(Tiles::pick(&Gemm { batch: 4, ..Gemm::new(1024, 1024, 64) }), BIG);
+    assert_eq!(Tiles::pick(&Gemm::new(1024, 1024, 4096)), SMALL);
+    assert_eq!(Tiles::pick(&Gemm::new(70, 65, 37)), SMALL);
+    assert_eq!(Tiles::pick(&Gemm::new(65536, 256, 1024)), SMALL);
 }
 
 #[test]
