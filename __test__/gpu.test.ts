@@ -145,3 +145,32 @@ test('auto never picks a software adapter, and a bad device name is refused', (t
   const err = t.throws(() => new MoeModel(CFG, { device: 'tpu' as never }));
   t.is((err as { code?: string }).code, 'INVALID_CONFIG');
 });
+
+test('the trainer runs the same steps on the GPU: losses, gradient all-reduce over 2 ranks, checkpoint', async (t) => {
+  const { train } = await import('../src/trainer/train.js');
+  const { readFileSync } = await import('node:fs');
+  if (!onGpu(t, () => new MoeModel(CFG, { device: 'gpu' }))) return;
+  const cfg = (device: 'gpu' | 'cpu') => ({
+    model: { hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, moe_intermediate_size: 16, num_experts: 4, num_experts_per_tok: 2 },
+    data: { seqLen: 16, tokenizer: { kind: 'byte' } },
+    batch: { ranks: 2, accumSteps: 2, microBatch: 1 },
+    balance: { terms: [{ scope: 'global', coef: 0.05 }], zLoss: 1e-3, lossFree: { scope: 'global', rate: 1e-2 } },
+    optim: { lr: 1e-2, warmupSteps: 1 },
+    train: { steps: 3, evalEvery: 3, evalTokens: 64, progress: false, seed: 2, device },
+  });
+  const runs: number[][] = [];
+  for (const device of ['gpu', 'cpu'] as const) {
+    const dir = mkdtempSync(join(tmpdir(), `moe-train-${device}-`));
+    try {
+      await train(cfg(device), { outDir: dir });
+      runs.push(readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number));
+      const back = await MoeModel.fromCheckpoint(join(dir, 'checkpoint'), { device: 'cpu' });
+      t.is(back.optimizerStep, 3);
+      t.true(back.routerBias.some((b) => b !== 0), 'the loss-free biases were saved');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  t.log(`losses gpu ${runs[0].map((l) => l.toFixed(5))} cpu ${runs[1].map((l) => l.toFixed(5))}`);
+  t.true(relErr(runs[0], runs[1]) < 1e-4, 'same losses on both devices');
+});
