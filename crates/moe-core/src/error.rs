@@ -65,3 +65,13 @@ pub fn check_finite(what: &str, xs: &[f32]) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// dst = src after checking that src has dst's length and only finite values: on error dst is
+/// untouched.
+pub fn set_checked(what: &str, dst: &mut [f32], src: &[f32]) -> Result<()> {
+    check_len(what, src.len(), dst.len())?;
+    check_finite(what, src)?;
+    dst.copy_from_slice(src);
+    Ok(())
+}
+

@@ -2,7 +2,7 @@
 //! as flat buffers), every input validated before state is touched, and the activations of the
 //! last stored forward kept for its backward. On the GPU, as `Model`.
 
-use crate::error::{check_finite, check_len, MoeError, Result};
+use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::Device;
 use crate::placed::Placed;
@@ -61,10 +61,7 @@ impl MoeLayer {
 
     /// Sets the router's selection bias (E); see `Model::set_router_bias`.
     pub fn set_router_bias(&mut self, bias: &[f32]) -> Result<()> {
-        check_len("router bias", bias.len(), self.router_bias.len())?;
-        check_finite("router bias", bias)?;
-        self.router_bias.copy_from_slice(bias);
-        Ok(())
+        set_checked("router bias", &mut self.router_bias, bias)
     }
 
     /// Forward on `num_seqs` sequences of equal length packed in x (T, C). mask (T): 1 = valid token

@@ -11,7 +11,7 @@ use crate::cpu::embedding::{embedding_backward, embedding_forward};
 use crate::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::cpu::rope::{rope_backward, rope_forward, rope_tables};
-use crate::error::{check_finite, check_len, MoeError, Result};
+use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::model::GpuModel;
 use crate::gpu::Device;
 use crate::placed::Placed;
@@ -327,10 +327,7 @@ impl Model {
     /// trainer owns their updates; Qwen3-MoE checkpoints have no such tensor, so transformers
     /// routes a model trained with nonzero biases as if they were zero.
     pub fn set_router_bias(&mut self, bias: &[f32]) -> Result<()> {
-        check_len("router bias", bias.len(), self.router_bias.len())?;
-        check_finite("router bias", bias)?;
-        self.router_bias.copy_from_slice(bias);
-        Ok(())
+        set_checked("router bias", &mut self.router_bias, bias)
     }
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity.

@@ -3,7 +3,7 @@
 //! MoE layer and the model: lookup by name, whole-buffer gradient I/O, and the optimiser step.
 
 use crate::adamw::{adamw_update, clip_scale, grad_norm, AdamWConfig, AdamWState};
-use crate::error::{check_finite, check_len, MoeError, Result};
+use crate::error::{set_checked, MoeError, Result};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
@@ -103,26 +103,17 @@ impl ParamStore {
 
     pub fn set_param(&mut self, name: &str, data: &[f32]) -> Result<()> {
         let range = self.spec(name)?.range();
-        check_len(name, data.len(), range.len())?;
-        check_finite(name, data)?;
-        self.params[range].copy_from_slice(data);
-        Ok(())
+        set_checked(name, &mut self.params[range], data)
     }
 
     /// Replaces the whole parameter buffer (e.g. by rank 0's copy at the start of data parallelism).
     pub fn set_params(&mut self, data: &[f32]) -> Result<()> {
-        check_len("params", data.len(), self.params.len())?;
-        check_finite("params", data)?;
-        self.params.copy_from_slice(data);
-        Ok(())
+        set_checked("params", &mut self.params, data)
     }
 
     /// Replaces the whole gradient buffer (e.g. by its all-reduced sum over ranks).
     pub fn set_grads(&mut self, data: &[f32]) -> Result<()> {
-        check_len("grads", data.len(), self.grads.len())?;
-        check_finite("grads", data)?;
-        self.grads.copy_from_slice(data);
-        Ok(())
+        set_checked("grads", &mut self.grads, data)
     }
 
     pub fn zero_grad(&mut self) {
