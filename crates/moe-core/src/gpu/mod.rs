@@ -116,7 +116,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     binds: Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    /// The first uncaptured wgpu error or device loss, reported by the next `finish`.
+    /// The first uncaptured wgpu error, or the device's loss (which replaces any other: errors of
+    /// calls on a lost device are its consequences), reported by the next `finish`.
     fault: Arc<Mutex<Option<MoeError>>>,
 }
 
@@ -167,7 +168,7 @@ impl Gpu {
         }));
         let f = fault.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            f.lock().unwrap().get_or_insert(MoeError::DeviceLost(format!("{reason:?}: {msg}")));
+            *f.lock().unwrap() = Some(MoeError::DeviceLost(format!("{reason:?}: {msg}")));
         });
         Ok(Gpu {
             info: adapter.get_info(),
@@ -188,6 +189,7 @@ impl Gpu {
         match self.fault.lock().unwrap().as_ref() {
             Some(MoeError::DeviceLost(m)) => Err(MoeError::DeviceLost(m.clone())),
             Some(MoeError::OutOfMemory(m)) => Err(MoeError::OutOfMemory(m.clone())),
+            Some(MoeError::Internal(m)) => Err(MoeError::Internal(m.clone())),
             Some(e) => Err(MoeError::Internal(e.to_string())),
             None => Ok(()),
         }
