@@ -1,7 +1,8 @@
 //! AdamW with global gradient-norm clipping on the GPU, in the convention of `crate::adamw` and
 //! `ParamStore::step`: one step over the flat buffers params, grads, m, v without a readback in the
-//! middle. The norm lands in a 1-element device buffer that the update reads to clip itself (and to
-//! skip itself when it is not finite); the host reads it back with the step's other results.
+//! middle. The norm lands in the step's scalars buffer [norm | lr | 1 - beta1^t | 1 - beta2^t] that
+//! the update reads to clip itself (and to skip itself when it is not finite); the host writes the
+//! other three each step, so the update's uniforms and bind groups stay the same from step to step.
 
 use super::matmul::View;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
@@ -27,9 +28,17 @@ struct NormParams {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct UpdateParams {
     n: u32, p_off: u32, m_off: u32, v_off: u32,
-    g_off: u32, norm_off: u32, clip: u32, max_norm: u32,
-    lr: u32, beta1: u32, beta2: u32, eps: u32,
-    wd: u32, bc1: u32, bc2: u32, _pad: u32,
+    g_off: u32, s_off: u32, clip: u32, max_norm: u32,
+    beta1: u32, beta2: u32, eps: u32, wd: u32,
+}
+
+/// Length of the step's scalars buffer: [norm | lr | 1 - beta1^t | 1 - beta2^t].
+pub const STEP_SCALARS: usize = 4;
+
+/// [lr, 1 - beta1^t, 1 - beta2^t]: what the host writes at scalars[1..4] before an update at step t
+/// (bias corrections in f64 then f32, as adamw_update on the CPU).
+pub fn step_scalars(cfg: &AdamWConfig, lr: f32, t: u64) -> [f32; 3] {
+    [lr, (1.0 - (cfg.beta1 as f64).powi(t as i32)) as f32, (1.0 - (cfg.beta2 as f64).powi(t as i32)) as f32]
 }
 
 /// Gradient elements summed by one workgroup of `grad_norm_partials` (CHUNK in adamw.wgsl).
@@ -52,8 +61,9 @@ pub fn grad_norm(g: &Gpu, enc: &mut Encoder, norm: View, grads: View, partials: 
     g.dispatch(enc, &NORM_FINISH, &[norm.buf, partials], &p, [1, 1, 1]);
 }
 
-/// One AdamW update of params (N) from grads (N) clipped by the global norm read from norm (1)
-/// (scale min(1, max_grad_norm / norm), `clip_scale`), moments m, v (N) at step t (1-based):
+/// One AdamW update of params (N) from grads (N) clipped by the global norm read from scalars (4)
+/// = [norm | lr | 1 - beta1^t | 1 - beta2^t] (scale min(1, max_grad_norm / norm), `clip_scale`),
+/// moments m, v (N) at step t (1-based):
 ///   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  m̂ = m/(1-b1^t);  v̂ = v/(1-b2^t)
 ///   p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)     (wd = weight_decay when `decay`, else 0)
 /// Updates params, m, v in place; does nothing at all when the norm is not finite.
@@ -65,16 +75,11 @@ pub fn adamw_update(
     m: View,
     v: View,
     grads: View,
-    norm: View,
+    scalars: View,
     cfg: &AdamWConfig,
-    lr: f32,
-    t: u64,
     decay: bool,
     n: usize,
 ) {
-    // Bias corrections in f64 then f32, as adamw_update on the CPU.
-    let bc1 = (1.0 - (cfg.beta1 as f64).powi(t as i32)) as f32;
-    let bc2 = (1.0 - (cfg.beta2 as f64).powi(t as i32)) as f32;
     let wd = if decay { cfg.weight_decay } else { 0.0 };
     let p = UpdateParams {
         n: n as u32,
@@ -82,19 +87,15 @@ pub fn adamw_update(
         m_off: m.off as u32,
         v_off: v.off as u32,
         g_off: grads.off as u32,
-        norm_off: norm.off as u32,
+        s_off: scalars.off as u32,
         clip: cfg.max_grad_norm.is_some().into(),
         max_norm: cfg.max_grad_norm.unwrap_or(0.0).to_bits(),
-        lr: lr.to_bits(),
         beta1: cfg.beta1.to_bits(),
         beta2: cfg.beta2.to_bits(),
         eps: cfg.eps.to_bits(),
         wd: wd.to_bits(),
-        bc1: bc1.to_bits(),
-        bc2: bc2.to_bits(),
-        _pad: 0,
     };
-    g.dispatch(enc, &UPDATE, &[params.buf, m.buf, v.buf, grads.buf, norm.buf], &p, groups_1d(n, 256));
+    g.dispatch(enc, &UPDATE, &[params.buf, m.buf, v.buf, grads.buf, scalars.buf], &p, groups_1d(n, 256));
 }
 
 /// The (offset, len, decay) ranges of `specs`: adjacent specs of the same kind merged, decay on
@@ -111,12 +112,12 @@ pub fn decay_ranges(specs: &[ParamSpec]) -> Vec<(usize, usize, bool)> {
     ranges
 }
 
-/// `ParamStore::step` on the GPU: norm[0] = |grads|, then one clipped AdamW update per range of
+/// `ParamStore::step` on the GPU: scalars[0] = |grads|, then one clipped AdamW update per range of
 /// `ranges` (`decay_ranges`); t is the step about to be taken (1-based), lr = opt.lr_at(t).
-/// Reads nothing back. Afterwards the caller reads norm[0]: when it is not finite, nothing moved,
-/// the step must not count (t not advanced) and the step fails with NON_FINITE, as on the CPU.
-/// The caller validates `opt`. params, grads, m, v (N) are the flat buffers, norm (1), `partials`:
-/// scratch of norm_partials_len(N) elements.
+/// Reads nothing back. Afterwards the caller reads scalars[0]: when it is not finite, nothing
+/// moved, the step must not count (t not advanced) and the step fails with NON_FINITE, as on the
+/// CPU. The caller validates `opt`. params, grads, m, v (N) are the flat buffers, scalars
+/// (STEP_SCALARS), `partials`: scratch of norm_partials_len(N) elements.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     g: &Gpu,
@@ -125,18 +126,19 @@ pub fn adamw_step(
     grads: &Buf,
     m: &Buf,
     v: &Buf,
-    norm: &Buf,
+    scalars: &Buf,
     partials: &Buf,
     ranges: &[(usize, usize, bool)],
     opt: &AdamWConfig,
     lr: f32,
     t: u64,
 ) {
-    grad_norm(g, enc, norm.into(), grads.into(), partials, grads.len);
+    g.write(scalars, 1, &step_scalars(opt, lr, t));
+    grad_norm(g, enc, scalars.into(), grads.into(), partials, grads.len);
     for &(off, len, decay) in ranges {
         assert!(off + len <= grads.len.min(params.len).min(m.len).min(v.len), "adamw_step: range past the buffers");
         let at = |buf| View { buf, off };
-        adamw_update(g, enc, at(params), at(m), at(v), at(grads), norm.into(), opt, lr, t, decay, len);
+        adamw_update(g, enc, at(params), at(m), at(v), at(grads), scalars.into(), opt, decay, len);
     }
 }
 
@@ -184,7 +186,7 @@ mod tests {
         let n = store.params.len();
         let ranges = decay_ranges(&store.specs);
         let (gp, gg, gm, gv) = (g.upload(&store.params).unwrap(), g.zeros(n).unwrap(), g.zeros(n).unwrap(), g.zeros(n).unwrap());
-        let (gnorm, partials) = (g.zeros(1).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
+        let (gnorm, partials) = (g.zeros(STEP_SCALARS).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
         // Gradient norms around 70 against max_grad_norm 1: clipping is active at every step; the
         // schedule warms up and decays over the 5 steps.
         for t in 1..=5u64 {
@@ -196,7 +198,7 @@ mod tests {
             let mut enc = g.encoder();
             adamw_step(g, &mut enc, &gp, &gg, &gm, &gv, &gnorm, &partials, &ranges, &opt, opt.lr_at(t), t);
             let res = g.finish(enc, &[&gnorm, &gp, &gm, &gv]).unwrap();
-            assert_close(&format!("adamw norm, step {t}"), &f32s(&res[0]), &[norm as f32], 0.0, 1e-5);
+            assert_close(&format!("adamw norm, step {t}"), &f32s(&res[0])[..1], &[norm as f32], 0.0, 1e-5);
             assert_close(&format!("adamw params, step {t}"), &f32s(&res[1]), &store.params, 1e-5, 1e-5);
             assert_close(&format!("adamw m, step {t}"), &f32s(&res[2]), &store.opt.m, 1e-6, 1e-5);
             assert_close(&format!("adamw v, step {t}"), &f32s(&res[3]), &store.opt.v, 1e-7, 1e-5);
@@ -219,13 +221,15 @@ mod tests {
         let pad = |x: &[f32]| [vec![7.0; off], x.to_vec()].concat();
         let up = |x: &[f32]| g.upload(&pad(x)).unwrap();
         let (gp, gm, gv, gg) = (up(&p0), up(&m0), up(&v0), up(&gr));
-        let (gnorm, partials) = (g.zeros(3).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
+        // The scalars at an offset of 2: [_, _, norm, lr, bc1, bc2].
+        let (gnorm, partials) = (g.zeros(2 + STEP_SCALARS).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
+        g.write(&gnorm, 3, &step_scalars(&cfg, lr, t));
         let at = |buf| View { buf, off };
         let mut enc = g.encoder();
         grad_norm(g, &mut enc, View { buf: &gnorm, off: 2 }, at(&gg), &partials, n);
-        adamw_update(g, &mut enc, at(&gp), at(&gm), at(&gv), at(&gg), View { buf: &gnorm, off: 2 }, &cfg, lr, t, false, n);
+        adamw_update(g, &mut enc, at(&gp), at(&gm), at(&gv), at(&gg), View { buf: &gnorm, off: 2 }, &cfg, false, n);
         let res = g.finish(enc, &[&gnorm, &gp, &gm, &gv]).unwrap();
-        assert_close("grad_norm", &f32s(&res[0])[2..], &[norm as f32], 0.0, 1e-5);
+        assert_close("grad_norm", &f32s(&res[0])[2..3], &[norm as f32], 0.0, 1e-5);
         assert_close("adamw_update params", &f32s(&res[1])[off..], &p, 1e-5, 1e-5);
         assert_close("adamw_update m", &f32s(&res[2])[off..], &st.m, 1e-6, 1e-5);
         assert_close("adamw_update v", &f32s(&res[3])[off..], &st.v, 1e-6, 1e-5);
@@ -240,7 +244,7 @@ mod tests {
         let n = store.params.len();
         let ranges = decay_ranges(&store.specs);
         let (gp, gm, gv) = (g.upload(&store.params).unwrap(), g.upload(&randn(n, 3)).unwrap(), g.upload(&vec![0.5f32; n]).unwrap());
-        let (gnorm, partials) = (g.zeros(1).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
+        let (gnorm, partials) = (g.zeros(STEP_SCALARS).unwrap(), g.zeros(norm_partials_len(n)).unwrap());
         let before = g.finish(g.encoder(), &[&gp, &gm, &gv]).unwrap();
         for bad in [f32::NAN, f32::INFINITY] {
             let mut grads = randn(n, 2);

@@ -99,6 +99,7 @@ impl Drop for Buf {
 
 thread_local! {
     static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static BIND_GROUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// (shader address, entry point, override constants as (name, f64 bits)).
@@ -317,6 +318,7 @@ impl Gpu {
     }
 
     fn bind_group(&self, pipeline: &wgpu::ComputePipeline, bufs: &[&Buf], params: &[u8]) -> wgpu::BindGroup {
+        BIND_GROUPS.with(|n| n.set(n.get() + 1));
         let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: params.len() as u64,
@@ -409,6 +411,11 @@ impl Gpu {
     /// Readbacks (buffer maps) made by this thread so far: tests assert how many a step makes.
     pub fn readbacks(&self) -> u64 {
         READBACKS.with(|n| n.get())
+    }
+
+    /// Bind groups this thread has created so far: a step whose buffers persist creates none.
+    pub fn bind_groups_created(&self) -> u64 {
+        BIND_GROUPS.with(|n| n.get())
     }
 
     /// Adapter name, type and driver in one line.

@@ -415,7 +415,7 @@ mod tests {
             }
             for step in 0..2 {
                 let sc = cpu.forward(&tokens, Some(&mask), b, true).unwrap();
-                let maps = g.readbacks();
+                let (maps, binds) = (g.readbacks(), g.bind_groups_created());
                 let sg = gpu.forward(&tokens, Some(&mask), b, true).unwrap();
                 assert_eq!(g.readbacks() - maps, 1, "a forward reads back once");
                 gpu.forward(&tokens[..s], None, 1, false).unwrap();
@@ -437,6 +437,9 @@ mod tests {
                 assert!(((ng - nc) / nc).abs() < 1e-5, "grad norm {ng} vs {nc}");
                 cpu.store.zero_grad().unwrap();
                 gpu.store.zero_grad().unwrap();
+                if step == 1 {
+                    assert_eq!(g.bind_groups_created(), binds, "the second step reuses every bind group");
+                }
             }
             let (pc, mc) = (cpu.store.host().unwrap().params.clone(), cpu.store.host().unwrap().opt.m.clone());
             assert_close("adam m after 2 steps", &gpu.store.host().unwrap().opt.m, &mc, 1e-6, 1e-3);

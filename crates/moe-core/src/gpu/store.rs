@@ -1,7 +1,7 @@
 //! The device copy of a `ParamStore`: params, grads and the AdamW moments as four buffers with the
 //! host's flat layout (a view is the same offset on both sides), and the AdamW step on them.
 
-use super::adamw::{adamw_step, decay_ranges, norm_partials_len};
+use super::adamw::{adamw_step, decay_ranges, norm_partials_len, STEP_SCALARS};
 use super::{Buf, Gpu};
 use crate::adamw::AdamWConfig;
 use crate::error::Result;
@@ -27,7 +27,8 @@ pub struct DeviceStore {
     pub grads: Buf,
     m: Buf,
     v: Buf,
-    norm: Buf,
+    /// [norm | lr | 1 - beta1^t | 1 - beta2^t] of the step (see gpu::adamw)
+    scalars: Buf,
     partials: Buf,
     /// AdamW ranges (start, len, decay): matrices decay, norm weights do not.
     ranges: Vec<(usize, usize, bool)>,
@@ -42,7 +43,7 @@ impl DeviceStore {
             grads: g.alloc(n)?,
             m: g.alloc(n)?,
             v: g.alloc(n)?,
-            norm: g.alloc(1)?,
+            scalars: g.alloc(STEP_SCALARS)?,
             partials: g.alloc(norm_partials_len(n))?,
             ranges: decay_ranges(&host.specs),
         };
@@ -100,8 +101,8 @@ impl DeviceStore {
     pub fn step(&self, opt: &AdamWConfig, t: u64) -> Result<f64> {
         let g = self.g;
         let mut enc = g.encoder();
-        adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.norm, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
-        let r = g.finish(enc, &[&self.norm])?;
+        adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.scalars, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
+        let r = g.finish(enc, &[&self.scalars])?;
         Ok(f32::from_bits(r[0][0]) as f64)
     }
 }

@@ -2,8 +2,10 @@
 // the norm and the update:
 //   grad_norm_partials  partials[k] = sum of grads² over chunk k of 1024 elements
 //   grad_norm_finish    norm = sqrt(sum of partials), partials summed in a fixed order
-//   adamw_update        the update, clipped by min(1, max_norm / norm) read from `norm` itself,
+//   adamw_update        the update, clipped by min(1, max_norm / norm) read from `scalars` itself,
 //                       and skipped entirely when norm is not finite (the host reports NON_FINITE)
+// The step's scalars sit in a small buffer, [norm | lr | 1 - beta1^t | 1 - beta2^t]: the host
+// writes the last three each step, so the uniforms (and their bind groups) stay the same.
 // Reductions are workgroup tree sums in a fixed order: deterministic without atomics. f32 sums
 // (the CPU's are f64): a gradient norm past ~1.8e19 overflows and counts as non-finite.
 //
@@ -24,7 +26,7 @@
 //     2 m_mem   f32 (N)            read_write
 //     3 v_mem   f32 (N)            read_write
 //     4 grads   f32 (N)            read
-//     5 norm    f32 (1)            read
+//     5 scalars f32 (4)            read
 
 struct NormParams {
     n: u32, dst_off: u32, src_off: u32, _pad: u32,
@@ -32,9 +34,8 @@ struct NormParams {
 
 struct UpdateParams {
     n: u32, p_off: u32, m_off: u32, v_off: u32,
-    g_off: u32, norm_off: u32, clip: u32, max_norm: u32,
-    lr: u32, beta1: u32, beta2: u32, eps: u32,
-    wd: u32, bc1: u32, bc2: u32, _pad: u32,
+    g_off: u32, s_off: u32, clip: u32, max_norm: u32,
+    beta1: u32, beta2: u32, eps: u32, wd: u32,
 }
 
 @group(0) @binding(0) var<uniform> pn: NormParams;
@@ -46,7 +47,7 @@ struct UpdateParams {
 @group(0) @binding(2) var<storage, read_write> m_mem: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_mem: array<f32>;
 @group(0) @binding(4) var<storage, read> grads: array<f32>;
-@group(0) @binding(5) var<storage, read> norm: array<f32>;
+@group(0) @binding(5) var<storage, read> scalars: array<f32>;
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 1024u; // = NORM_CHUNK in adamw.rs
@@ -99,13 +100,13 @@ fn clip_scale(n: f32) -> f32 {
 }
 
 // g *= clip_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  m̂ = m / bc1;  v̂ = v / bc2
-// p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)      (bc = 1 - beta^t and wd (0 for vectors) from the host)
+// p -= lr (m̂ / (sqrt(v̂) + eps) + wd p)      (lr, bc = 1 - beta^t and wd (0 for vectors) from the host)
 @compute @workgroup_size(256)
 fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + li;
     if (i >= pu.n) { return; }
-    let nrm = norm[pu.norm_off];
+    let nrm = scalars[pu.s_off];
     if (!is_finite(nrm)) { return; }
     let b1 = bitcast<f32>(pu.beta1);
     let b2 = bitcast<f32>(pu.beta2);
@@ -114,8 +115,8 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let v = b2 * v_mem[pu.v_off + i] + (1.0 - b2) * g * g;
     m_mem[pu.m_off + i] = m;
     v_mem[pu.v_off + i] = v;
-    let mh = m / bitcast<f32>(pu.bc1);
-    let vh = v / bitcast<f32>(pu.bc2);
+    let mh = m / scalars[pu.s_off + 2u];
+    let vh = v / scalars[pu.s_off + 3u];
     let p = params[pu.p_off + i];
-    params[pu.p_off + i] = p - bitcast<f32>(pu.lr) * (mh / (sqrt(vh) + bitcast<f32>(pu.eps)) + bitcast<f32>(pu.wd) * p);
+    params[pu.p_off + i] = p - scalars[pu.s_off + 1u] * (mh / (sqrt(vh) + bitcast<f32>(pu.eps)) + bitcast<f32>(pu.wd) * p);
 }
