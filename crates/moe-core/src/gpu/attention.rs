@@ -23,7 +23,7 @@ struct Params {
     s: u32, h: u32, kv: u32, d: u32,
     scale: u32, rows: u32, q_off: u32, k_off: u32,
     v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
-    dk_off: u32, dv_off: u32, _pad0: u32, _pad1: u32,
+    dk_off: u32, dv_off: u32, dl_off: u32, _pad1: u32,
 }
 
 impl Params {
@@ -64,8 +64,7 @@ pub fn attention_forward(
 /// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs:
 ///   dP = dO V^T;  dS = P (dP - rowsum(P dP));  dq = scale dS K;  dk = scale dS^T Q;  dv = P^T dO,
 /// dk and dv summed over the query heads of each group in a fixed order (deterministic).
-/// dv's storage holds the row sums (B*H*S values, so H <= KV*D) until its own kernel runs; dv's
-/// buffer is read beside dq's and dk's, so the three must be distinct buffers.
+/// delta (B*H*S) is scratch for the row sums rowsum(P dP), which the dq and dk kernels read.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     g: &Gpu,
@@ -73,6 +72,7 @@ pub fn attention_backward(
     dq: View,
     dk: View,
     dv: View,
+    delta: View,
     dout: View,
     probs: View,
     q: View,
@@ -84,15 +84,14 @@ pub fn attention_backward(
     kv: usize,
     d: usize,
 ) {
-    assert!(h <= kv * d, "attention: the row sums (B*H*S) do not fit in dv (T*KV*D)");
     let (q_off, k_off, v_off, p_off, o_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, dout.off as u32);
-    let (dq_off, dk_off, dv_off) = (dq.off as u32, dk.off as u32, dv.off as u32);
-    let p = Params { q_off, k_off, v_off, p_off, o_off, dq_off, dk_off, dv_off, ..Params::new(b, s, h, kv, d) };
+    let (dq_off, dk_off, dv_off, dl_off) = (dq.off as u32, dk.off as u32, dv.off as u32, delta.off as u32);
+    let p = Params { q_off, k_off, v_off, p_off, o_off, dq_off, dk_off, dv_off, dl_off, ..Params::new(b, s, h, kv, d) };
     let (tiles, dtiles) = (s.div_ceil(TILE) as u32, d.div_ceil(TILE) as u32);
     let (bh, bkv) = ((b * h) as u32, (b * kv) as u32);
-    g.dispatch(enc, &DELTA, &[dv.buf, probs.buf, v.buf, dout.buf], &p, [1, tiles, bh]);
-    g.dispatch(enc, &DQ, &[dq.buf, probs.buf, v.buf, dout.buf, dv.buf, k.buf], &p, [dtiles, tiles, bh]);
-    g.dispatch(enc, &DK, &[dk.buf, probs.buf, v.buf, dout.buf, dv.buf, q.buf], &p, [dtiles, tiles, bkv]);
+    g.dispatch(enc, &DELTA, &[delta.buf, probs.buf, v.buf, dout.buf], &p, [1, tiles, bh]);
+    g.dispatch(enc, &DQ, &[dq.buf, probs.buf, v.buf, dout.buf, delta.buf, k.buf], &p, [dtiles, tiles, bh]);
+    g.dispatch(enc, &DK, &[dk.buf, probs.buf, v.buf, dout.buf, delta.buf, q.buf], &p, [dtiles, tiles, bkv]);
     g.dispatch(enc, &DV, &[dv.buf, probs.buf, dout.buf], &p, [dtiles, tiles, bkv]);
 }
 
@@ -119,10 +118,11 @@ mod tests {
         let output = |n: usize| g.upload(&vec![-9.0f32; n + 5]).unwrap();
         let (gq, gk, gv, gdout) = (input(&q), input(&k), input(&v), input(&dout));
         let (gout, gprobs, gdq, gdk, gdv) = (output(qn), output(probs.len()), output(qn), output(kn), output(kn));
+        let gdelta = output(b * h * s);
         let (i, o) = (|buf| View { buf, off: 3 }, |buf| View { buf, off: 5 });
         let mut enc = g.encoder();
         attention_forward(g, &mut enc, o(&gout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
-        attention_backward(g, &mut enc, o(&gdq), o(&gdk), o(&gdv), i(&gdout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
+        attention_backward(g, &mut enc, o(&gdq), o(&gdk), o(&gdv), o(&gdelta), i(&gdout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
         let res = g.finish(enc, &[&gout, &gprobs, &gdq, &gdk, &gdv]).unwrap();
         let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(&w[5..]).to_vec();
         eprintln!("{test}: B={b} S={s} H={h} KV={kv} D={d} (T={t})");

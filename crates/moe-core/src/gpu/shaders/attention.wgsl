@@ -11,7 +11,7 @@
 //            attn_softmax  each row of probs over j <= i, in place
 //            attn_pv       out = probs v
 // Backward, with dP = dO V^T, delta_i = sum_j P_ij dP_ij, dS = P (dP - delta):
-//            attn_delta    delta (B, H, S), kept in dv's storage until attn_dv overwrites it
+//            attn_delta    delta (B, H, S), into a scratch view
 //            attn_dq       dq = scale dS K
 //            attn_dk       dk = scale sum over the group's heads of dS^T Q
 //            attn_dv       dv = sum over the group's heads of P^T dO
@@ -32,7 +32,7 @@
 //     3   v        f32 (T, KV*D)               read
 //   attn_delta:
 //     0   p        Params                      uniform
-//     1   dv       f32 delta (B, H, S)         read_write
+//     1   delta_w  f32 delta (B, H, S)         read_write
 //     2   probs    f32 (B, H, S, S)            read
 //     3   v        f32 (T, KV*D)               read
 //     4   dout     f32 (T, H*D)                read
@@ -42,7 +42,7 @@
 //     2   probs    f32 (B, H, S, S)            read
 //     3   v        f32 (T, KV*D)               read
 //     4   dout     f32 (T, H*D)                read
-//     5   delta    f32 (B, H, S), dv's buffer  read
+//     5   delta    f32 (B, H, S)               read
 //     6   k_dq     f32 k (T, KV*D)             read
 //   attn_dk:
 //     0   p        Params                      uniform
@@ -59,7 +59,7 @@ struct Params {
     s: u32, h: u32, kv: u32, d: u32,
     scale: u32, rows: u32, q_off: u32, k_off: u32,
     v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
-    dk_off: u32, dv_off: u32, _pad0: u32, _pad1: u32,
+    dk_off: u32, dv_off: u32, dl_off: u32, _pad1: u32,
 }
 // rows = B*H*S; scale: f32 bits.
 
@@ -69,6 +69,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dq: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dk: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(1) var<storage, read_write> delta_w: array<f32>;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> probs: array<f32>;
 @group(0) @binding(3) var<storage, read> k: array<f32>;
@@ -265,7 +266,7 @@ fn ds_tile(b: u32, hh: u32, g: u32, i0: u32, j0: u32) -> Tile {
     var ds = dp_tile(b, hh, g, i0, j0);
     for (var a = 0u; a < 4u; a++) {
         let i = i0 + ty * 4u + a;
-        let dl = select(0.0, delta[p.dv_off + (b * p.h + hh) * p.s + i], i < p.s);
+        let dl = select(0.0, delta[p.dl_off + (b * p.h + hh) * p.s + i], i < p.s);
         for (var c = 0u; c < 4u; c++) {
             ds[a][c] = prob(b, hh, i, j0 + tx * 4u + c) * (ds[a][c] - dl);
         }
@@ -273,7 +274,7 @@ fn ds_tile(b: u32, hh: u32, g: u32, i0: u32, j0: u32) -> Tile {
     return ds;
 }
 
-// delta[b, h, i] = sum_{j <= i} P_ij dP_ij, written at dv[dv_off + (b*H + h)*S + i]. Grid (1, S/64, B*H).
+// delta[b, h, i] = sum_{j <= i} P_ij dP_ij, written at delta_w[dl_off + (b*H + h)*S + i]. Grid (1, S/64, B*H).
 @compute @workgroup_size(16, 16)
 fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     start(lid);
@@ -294,7 +295,7 @@ fn attn_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     if (li < TILE && i0 + li < p.s) {
         var sum = 0.0;
         for (var t = 0u; t < 16u; t++) { sum += red_delta[t][li]; }
-        dv[p.dv_off + (bhg.x * p.h + bhg.y) * p.s + i0 + li] = sum;
+        delta_w[p.dl_off + (bhg.x * p.h + bhg.y) * p.s + i0 + li] = sum;
     }
 }
 
@@ -379,7 +380,6 @@ fn attn_dk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) l
 }
 
 // dv[b, j, g, :] = sum_{h in group g} sum_{i >= j} P^h_ij dout[b, i, h, :]. Grid (D/64, S/64, B*KV).
-// Runs after attn_dq and attn_dk: it overwrites the delta they read.
 @compute @workgroup_size(16, 16)
 fn attn_dv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     start(lid);
