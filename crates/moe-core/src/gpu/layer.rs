@@ -2,12 +2,12 @@
 //! `GpuModel` is, its parameters in a `DeviceStore`. A forward uploads x and the mask and reads back
 //! the output and the statistics at once; a backward uploads dout and pressure and reads back dx.
 
-use super::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
+use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
 use super::store::DeviceStore;
 use super::{Buf, Gpu};
 use crate::error::{MoeError, Result};
 use crate::layer::ForwardOutput;
-use crate::moe::{MoeConfig, RoutingStats};
+use crate::moe::MoeConfig;
 
 /// Inputs, outputs and saved activations of one forward of B sequences of S tokens.
 struct Acts {
@@ -76,19 +76,7 @@ impl GpuLayer {
         let mut enc = g.encoder();
         moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), (&dev.params).into(), cfg, b, s)?;
         let r = g.finish(enc, &[&a.out, &a.stats])?;
-        let st: &[f32] = bytemuck::cast_slice(&r[1]);
-        let e = cfg.num_experts;
-        let (counts, st) = st.split_at(b * e);
-        let (sums, st) = st.split_at(b * e);
-        let (topk, st) = st.split_at(b);
-        let (z, valid) = st.split_at(b);
-        let stats = RoutingStats {
-            counts: counts.to_vec(),
-            score_sums: sums.to_vec(),
-            topk_score_sums: topk.to_vec(),
-            z_sums: z.to_vec(),
-            valid_tokens: valid.to_vec(),
-        };
+        let stats = unpack_stats(bytemuck::cast_slice(&r[1]), b, cfg.num_experts);
         Ok(ForwardOutput { out: bytemuck::cast_slice(&r[0]).to_vec(), stats })
     }
 

@@ -9,7 +9,7 @@ use super::attention::{attention_backward, attention_forward};
 use super::crossentropy::{crossentropy_backward, crossentropy_forward};
 use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
 use super::matmul::{gemm, matmul_backward, matmul_forward, Gemm, View};
-use super::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
+use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
 use super::store::DeviceStore;
@@ -306,16 +306,12 @@ impl GpuModel {
         let losses: &[f32] = bytemuck::cast_slice(&r[1]);
         let mut stats = ModelStats::default();
         for l in 0..nl {
-            let x = &st[l * stat_len..][..stat_len];
-            let (counts, x) = x.split_at(b * e);
-            let (sums, x) = x.split_at(b * e);
-            let (topk, x) = x.split_at(b);
-            let (z, valid_tokens) = x.split_at(b);
-            stats.counts.extend_from_slice(counts);
-            stats.score_sums.extend_from_slice(sums);
-            stats.topk_score_sums.extend_from_slice(topk);
-            stats.z_sums.extend_from_slice(z);
-            stats.valid_tokens = valid_tokens.to_vec();
+            let rs = unpack_stats(&st[l * stat_len..][..stat_len], b, e);
+            stats.counts.extend(rs.counts);
+            stats.score_sums.extend(rs.score_sums);
+            stats.topk_score_sums.extend(rs.topk_score_sums);
+            stats.z_sums.extend(rs.z_sums);
+            stats.valid_tokens = rs.valid_tokens;
         }
         stats.loss_sums = losses.chunks(s).map(|c| c.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
         stats.loss = losses.iter().map(|&x| x as f64).sum();

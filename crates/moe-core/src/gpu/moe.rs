@@ -12,11 +12,27 @@ use super::matmul::{matmul_backward, matmul_forward, View};
 use super::router::{router_backward, router_forward, router_stats};
 use super::{Buf, Encoder, Gpu};
 use crate::error::{MoeError, Result};
-use crate::moe::MoeConfig;
+use crate::moe::{MoeConfig, RoutingStats};
 
 /// Length of one block's statistics view: 2 B E + 3 B.
 pub fn stats_len(b: usize, e: usize) -> usize {
     2 * b * e + 3 * b
+}
+
+/// One block's statistics as read back: [counts (B, E) | score_sums (B, E) | topk_score_sums (B) |
+/// z_sums (B) | valid (B)] (`stats_len(B, E)` values).
+pub fn unpack_stats(st: &[f32], b: usize, e: usize) -> RoutingStats {
+    let (counts, st) = st.split_at(b * e);
+    let (score_sums, st) = st.split_at(b * e);
+    let (topk, st) = st.split_at(b);
+    let (z, valid) = st.split_at(b);
+    RoutingStats {
+        counts: counts.to_vec(),
+        score_sums: score_sums.to_vec(),
+        topk_score_sums: topk.to_vec(),
+        z_sums: z.to_vec(),
+        valid_tokens: valid.to_vec(),
+    }
 }
 
 /// Device activations of one block saved by the forward for the backward (the GPU `MoeActs`), and
