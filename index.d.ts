@@ -177,9 +177,6 @@ export interface GenerateOptions {
   seed?: number
 }
 
-/** Panics inside native code on purpose, to prove that a panic reaches JS as an `INTERNAL` error. */
-export declare function internalTestPanic(): void
-
 /**
  * The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
  * own warm-up + cosine schedule, so that logs never re-derive it.
@@ -268,3 +265,11 @@ export interface RoutingStats {
   /** (B) valid (mask 1) tokens */
   validTokens: Float32Array
 }
+
+/**
+ * Valid positions per sequence (B) of `numSequences` sequences packed in `numTokens` tokens, with
+ * an optional mask (B, S): exactly what `MoeModel.forward` reports as `validTokens` (position t
+ * predicts token t + 1 and counts when t < S - 1 and the target's mask entry is 1). The trainer
+ * sums it into T_glob before a step's first forward.
+ */
+export declare function validTokens(numTokens: number, numSequences: number, mask?: Uint8Array | undefined | null): Float32Array

@@ -773,9 +773,9 @@ if (
   }
 }
 
-const { MoeLayer, MoeModel, internalTestPanic, lrAt } = nativeBinding
+const { MoeLayer, MoeModel, lrAt, validTokens } = nativeBinding
 export { MoeLayer }
 export { MoeModel }
-export { internalTestPanic }
 export { lrAt }
+export { validTokens }
 export const __napiBindingTarget = __napiLoadedBindingTarget

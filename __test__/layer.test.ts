@@ -3,7 +3,7 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { MoeLayer, internalTestPanic } from '../index.js';
+import { MoeLayer } from '../index.js';
 import { CFG, D, randn } from './helpers.js';
 
 const E = CFG.num_experts;
@@ -109,8 +109,18 @@ test('bad calls reject with stable codes and leave the layer as it was', async (
 });
 
 test('a Rust panic becomes an INTERNAL error, not a crash', (t) => {
-  const err = t.throws(() => internalTestPanic(), { code: 'INTERNAL' });
-  t.regex(err!.message, /deliberate test panic/);
+  // A failpoint makes the core panic inside a real forward (test hooks stay out of the public API).
+  const script = `
+    import { MoeLayer } from './index.js';
+    const l = new MoeLayer({ hidden_size: 8, moe_intermediate_size: 4, num_experts: 4, num_experts_per_tok: 2 });
+    try { await l.forward(new Float32Array(16), 2); console.log('no error'); }
+    catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`;
+  const env = { ...process.env, MOE_FAILPOINTS: 'layer.forward=panic(deliberate test panic)' };
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000, env });
+  t.is(r.status, 0, r.stderr);
+  const err = JSON.parse(r.stdout.trim()) as { code: string; message: string };
+  t.is(err.code, 'INTERNAL');
+  t.regex(err.message, /deliberate test panic/);
 });
 
 test('a process using the addon exits cleanly', (t) => {

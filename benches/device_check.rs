@@ -126,10 +126,11 @@ fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) {
     let (mask, bias) = (g.upload(&vec![1u32; t]).unwrap(), g.zeros(e).unwrap());
     let (gout, gdx, gstats) = (g.alloc(t * c).unwrap(), g.alloc(t * c).unwrap(), g.alloc(stats_len(b, e)).unwrap());
     let mut acts = GpuMoeActs::default();
+    let (wv, gv) = (layer.layout.map(&mut |s| View { buf: &gw, off: s.offset }), layer.layout.map(&mut |s| View { buf: &gg, off: s.offset }));
     let gpu_s = time(iters, || {
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&bias).into(), (&gw).into(), cfg, b, s).unwrap();
-        moe_backward(g, &mut enc, (&gdx).into(), (&gg).into(), &mut acts, (&gdout).into(), (&gp).into(), 1e-4, (&gw).into(), cfg).unwrap();
+        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&bias).into(), &wv, cfg, b, s).unwrap();
+        moe_backward(g, &mut enc, (&gdx).into(), &gv, &mut acts, (&gdout).into(), (&gp).into(), 1e-4, &wv, cfg).unwrap();
         g.finish(enc, &[]).unwrap();
     });
     let (out, dx) = (g.read_f32(&gout).unwrap(), g.read_f32(&gdx).unwrap());
@@ -159,7 +160,7 @@ fn model_step(cfg: &ModelConfig, b: usize, s: usize, iters: usize) {
     };
     let (gpu_s, gl) = run("gpu");
     let (cpu_s, cl) = run("cpu");
-    let params = moe_core::model::model_param_store(cfg).unwrap().params.len() as f64;
+    let params = moe_core::layout::ModelParams::layout(cfg).len() as f64;
     // 6 FLOPs per parameter and token is the dense estimate; experts are sparse, so this is an
     // upper bound used only to put both devices on one scale.
     let flops = 6.0 * params * (b * s) as f64;

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { MoeModel } from '../index.js';
-import { MoeTrainerError } from './balance/config.js';
+import { MoeTrainerError } from './errors.js';
 import { MpiCommunicator } from './balance/mpi.js';
 import { comparisonTable, compare } from './compare.js';
 import { buildCorpus } from './corpus/build.js';

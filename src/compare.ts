@@ -2,7 +2,7 @@
 // after the other, then one table of per-domain perplexity and routing specialisation.
 
 import { join } from 'node:path';
-import { MoeTrainerError } from './balance/config.js';
+import { MoeTrainerError } from './errors.js';
 import type { RunResult } from './results.js';
 import { train, type RunOptions } from './trainer/train.js';
 import { parseTrainConfig } from './trainer/config.js';

@@ -10,6 +10,7 @@ export type {
 export * from './balance/index.js';
 export { compare, comparisonTable, variant } from './compare.js';
 export { readCorpus, type Doc } from './corpus/format.js';
+export { errorCode, MoeTrainerError, NATIVE_ERROR_CODES, TS_ERROR_CODES, type ErrorCode } from './errors.js';
 export { splitOf, type Split } from './corpus/split.js';
 export { DataPipeline, type MicroBatch, type PipelineConfig } from './data/pipeline.js';
 export { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from './metrics.js';

@@ -96,3 +96,19 @@ function addF32(sum: Float64Array, d: Float32Array): void {
 function addF64(sum: Float64Array, d: Float64Array): void {
   for (let i = 0; i < d.length; i++) sum[i] += d[i];
 }
+
+/** One Float64Array and named views that tile it, in the order given: values reduced together. */
+export type NamedViews<K extends string> = { readonly buffer: Float64Array } & { readonly [k in K]: Float64Array };
+
+/** Views of the given lengths over one zeroed buffer, so that one all-reduce of `buffer` sums them all. */
+export function namedViews<K extends string>(lengths: Record<K, number>): NamedViews<K> {
+  const total = Object.values<number>(lengths).reduce((a, n) => a + n, 0);
+  const buffer = new Float64Array(total);
+  const views: Record<string, Float64Array> = {};
+  let at = 0;
+  for (const [k, n] of Object.entries<number>(lengths)) {
+    views[k] = buffer.subarray(at, at + n);
+    at += n;
+  }
+  return { buffer, ...views } as NamedViews<K>;
+}

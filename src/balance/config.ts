@@ -2,6 +2,7 @@
 // plus the router z-loss. Validated with zod so a bad config fails with one readable line.
 
 import { z } from 'zod';
+import { MoeTrainerError } from '../errors.js';
 
 export const SCOPES = ['sequence', 'micro', 'dp', 'global', 'global-exact'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -48,17 +49,6 @@ export type BalanceTerm = z.infer<typeof balanceTermSchema>;
 export type LossFree = z.infer<typeof lossFreeSchema>;
 export type BalanceConfig = z.output<typeof balanceConfigSchema>;
 export type BalanceConfigInput = z.input<typeof balanceConfigSchema>;
-
-/** An Error with a stable `code`, like the native ones. */
-export class MoeTrainerError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'MoeTrainerError';
-  }
-}
 
 export function parseBalanceConfig(input: unknown): BalanceConfig {
   const r = balanceConfigSchema.safeParse(input);

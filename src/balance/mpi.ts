@@ -3,7 +3,7 @@
 // Per step it all-reduces the token count, per micro-step L x (E + 1) expert counts (dp and global
 // scopes), and once the flat gradient, in buckets.
 
-import { MoeTrainerError } from './config.js';
+import { MoeTrainerError } from '../errors.js';
 import type { Communicator } from './communicator.js';
 
 type Addon = typeof import('../../mpi/index.js');

@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import { codeDocs } from './code.js';
 import { MANIFEST, sha256, toJsonl, type CorpusManifest, type Doc, type DomainManifest } from './format.js';
 import { legalDocs, readSpdx } from './legal.js';

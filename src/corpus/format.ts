@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import { splitOf, type Split } from './split.js';
 
 export interface Doc {

@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import { sha256 } from './format.js';
 
 export interface PinnedPackage {

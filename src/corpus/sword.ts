@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import type { Doc } from './format.js';
 import { decodeUtf8, normalise } from './text.js';
 

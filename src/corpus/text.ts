@@ -1,7 +1,7 @@
 // Text cleanup shared by every domain: strict UTF-8 decoding (a bad byte is an error, never a
 // replacement character) and one normal form of line endings and blank lines.
 
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 

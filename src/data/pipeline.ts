@@ -4,7 +4,7 @@
 // whose domains follow the configured weights. Every batch is a pure function of (seed, step, m,
 // rank): the pipeline is deterministic and its whole state for resuming is the step number.
 
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import { splitOf, type Split } from '../corpus/split.js';
 import { rng } from '../rng.js';
 import type { Tokenizer } from '../tokenizer/index.js';

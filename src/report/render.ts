@@ -2,7 +2,7 @@
 // runs side by side: domain x expert heatmaps per layer, loss and LBL curves, and the metrics table
 // of DESIGN §7. Pure: the same runs give the same bytes, so the page can be diffed and tested.
 
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import type { EvalResult, RunResult, StepMetrics } from '../results.js';
 import { lineChartSvg, type Series } from './chart.js';
 import { colourLegendSvg, colourScale, heatmapSvg } from './heatmap.js';

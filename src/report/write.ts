@@ -3,7 +3,7 @@
 
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import type { RunResult, StepMetrics } from '../results.js';
 import { renderReport, type RunData } from './render.js';
 

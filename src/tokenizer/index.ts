@@ -2,7 +2,7 @@
 // byte are comparable across domains. An optional byte-level BPE, trained by our own code on the
 // training split, whose vocabulary is saved next to the model (tokenizer.json).
 
-import { MoeTrainerError } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 
 export interface Tokenizer {
   readonly kind: 'byte' | 'bpe';

@@ -2,7 +2,8 @@
 // bad value fails with one readable line naming the field.
 
 import { z } from 'zod';
-import { balanceConfigSchema, MoeTrainerError } from '../balance/config.js';
+import { balanceConfigSchema } from '../balance/config.js';
+import { MoeTrainerError } from '../errors.js';
 import { DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
 
 const int = (min: number) => z.number().int().min(min);

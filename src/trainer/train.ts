@@ -10,8 +10,9 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeF
 import os from 'node:os';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import { lrAt, MoeModel, type AdamWOptions, type ModelForwardResult } from '../../index.js';
-import { Balancer, LocalGroup, MoeTrainerError, type Communicator } from '../balance/index.js';
+import { lrAt, MoeModel, validTokens, type AdamWOptions, type ModelForwardResult } from '../../index.js';
+import { Balancer, LocalGroup, type Communicator } from '../balance/index.js';
+import { MoeTrainerError } from '../errors.js';
 import { readCorpus } from '../corpus/format.js';
 import { splitOf } from '../corpus/split.js';
 import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
@@ -76,8 +77,9 @@ function optimOf(cfg: TrainConfig): AdamWOptions {
 /** One optimiser step on one rank: its A micro-batches, the balance engine, gradient all-reduce, AdamW. */
 async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig, gradBuf: Float32Array) {
   const { microBatch: b } = cfg.batch;
-  const S = cfg.data.seqLen;
-  await bal.beginStep(micro.length * b * (S - 1)); // all-reduces the token count: T_glob
+  // T_glob: the valid tokens of the global batch, counted as the core counts them, all-reduced.
+  const local = micro.reduce((acc, mb) => acc + validTokens(mb.tokens.length, b).reduce((a, v) => a + v, 0), 0);
+  await bal.beginStep(local);
   const tGlob = bal.globalTokens;
   if (bal.needsExactCounts) {
     // global-exact: a statistics-only forward over this rank's whole share, before any backward.

@@ -9,7 +9,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::model::model_param_store;
+use crate::layout::{hf_tensors, ModelParams};
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -139,13 +139,14 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg_json: serde_json::Value = serde_json::from_slice(&read(&cfg_path)?).map_err(|e| corrupt(&cfg_path, e))?;
     let cfg = ModelConfig::from_json(cfg_json).map_err(|e| corrupt(&cfg_path, e))?;
-    let layout = model_param_store(&cfg)?;
+    let layout = hf_tensors(&ModelParams::layout(&cfg).specs());
+    let len = layout.last().map_or(0, |s| s.offset + s.len());
 
     let model_path = dir.join(MODEL_FILE);
     let bytes = read(&model_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&model_path, e))?;
-    let mut params = vec![0.0f32; layout.params.len()];
-    for s in &layout.specs {
+    let mut params = vec![0.0f32; len];
+    for s in &layout {
         params[s.range()].copy_from_slice(&tensor(&st, &model_path, &s.name, &s.shape)?);
     }
     let (nl, e) = (cfg.num_hidden_layers, cfg.num_experts);
@@ -157,7 +158,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     };
     // A tied head may also be stored; anything else unknown means this is not our model.
     let known = |n: &str| (cfg.tie_word_embeddings && n == "lm_head.weight") || biases.iter().any(|b| b == n);
-    if let Some(extra) = st.names().into_iter().find(|n| !known(n) && layout.specs.iter().all(|s| s.name != *n)) {
+    if let Some(extra) = st.names().into_iter().find(|n| !known(n) && layout.iter().all(|s| s.name != *n)) {
         return Err(corrupt(&model_path, format!("unexpected tensor {extra}")));
     }
     let id = metadata(&bytes, &model_path)?.get(ID_KEY).cloned();

@@ -1,8 +1,7 @@
-//! Model configuration with the Hugging Face `Qwen3MoeConfig` field names, validated, and its
-//! `config.json` form (model_type "qwen3_moe") so transformers loads our checkpoints.
+//! Model and MoE-block configurations with the Hugging Face `Qwen3MoeConfig` field names, validated,
+//! and the model's `config.json` form (model_type "qwen3_moe") so transformers loads our checkpoints.
 
 use crate::error::{MoeError, Result};
-use crate::moe::MoeConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -192,6 +191,55 @@ impl ModelConfig {
         });
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         v
+    }
+}
+
+/// One MoE block, with the Hugging Face `Qwen3MoeConfig` field names (the standalone `MoeLayer`'s
+/// whole config; a model derives it from its `ModelConfig`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeConfig {
+    pub hidden_size: usize,
+    pub moe_intermediate_size: usize,
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl MoeConfig {
+    pub fn from_json(v: serde_json::Value) -> Result<Self> {
+        let cfg: MoeConfig = serde_json::from_value(v).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(MoeError::InvalidConfig(m));
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("moe_intermediate_size", self.moe_intermediate_size),
+            ("num_experts", self.num_experts),
+            ("num_experts_per_tok", self.num_experts_per_tok),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be >= 1"));
+            }
+        }
+        if self.num_experts_per_tok > self.num_experts {
+            return bad(format!(
+                "num_experts_per_tok ({}) must not exceed num_experts ({})",
+                self.num_experts_per_tok, self.num_experts
+            ));
+        }
+        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
+            return bad("initializer_range must be > 0".into());
+        }
+        Ok(())
     }
 }
 

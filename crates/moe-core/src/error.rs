@@ -75,3 +75,19 @@ pub fn set_checked(what: &str, dst: &mut [f32], src: &[f32]) -> Result<()> {
     Ok(())
 }
 
+
+/// Configures the named failpoints of the core (the `fail` crate) from `MOE_FAILPOINTS`, once per
+/// process: `name=action;name=action`, actions as in `fail::cfg` (e.g. `layer.forward=panic(boom)`).
+/// Tests use it to make a real call fail in a chosen way; unset, every failpoint is off.
+pub fn failpoints_from_env() -> Result<()> {
+    static CONFIGURED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    let r = CONFIGURED.get_or_init(|| {
+        let spec = std::env::var("MOE_FAILPOINTS").unwrap_or_default();
+        for entry in spec.split(';').filter(|e| !e.trim().is_empty()) {
+            let (name, action) = entry.split_once('=').ok_or_else(|| format!("MOE_FAILPOINTS: \"{entry}\" is not name=action"))?;
+            fail::cfg(name.trim(), action.trim()).map_err(|e| format!("MOE_FAILPOINTS: {name}: {e}"))?;
+        }
+        Ok(())
+    });
+    r.clone().map_err(MoeError::InvalidConfig)
+}

@@ -4,11 +4,12 @@
 use crate::cpu::attention::attention_decode;
 use crate::cpu::embedding::embedding_forward;
 use crate::cpu::matmul::matmul_forward;
+use crate::cpu::model::{attention_inputs, layer_output, LayerActs, NormedQk};
 use crate::cpu::rmsnorm::rmsnorm_forward;
-use crate::cpu::rope::{rope_forward, rope_tables};
+use crate::cpu::rope::rope_tables;
 use crate::error::{MoeError, Result};
-use crate::model::{views, Model};
-use crate::moe::{moe_forward, MoeActs, MoeWeights, RoutingStats};
+use crate::model::Model;
+use crate::stats::RoutingStats;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
@@ -30,6 +31,8 @@ fn one() -> f32 {
 }
 
 /// Incremental decoding state of one sequence: per layer the rotated keys and the values (n, KV*D).
+/// Each position runs the model's own layer steps (`cpu::model::attention_inputs`, `layer_output`)
+/// on one token, with `attention_decode` over the cache as the attention core.
 pub struct Decoder<'m> {
     model: &'m Model,
     k: Vec<Vec<f32>>,
@@ -37,52 +40,41 @@ pub struct Decoder<'m> {
     cos: Vec<f32>,
     sin: Vec<f32>,
     pos: usize,
+    la: LayerActs,
+    qk: NormedQk,
 }
 
 impl<'m> Decoder<'m> {
     pub fn new(model: &'m Model, max_len: usize) -> Self {
         let c = &model.cfg;
         let (cos, sin) = rope_tables(max_len, c.head_dim, c.rope_theta);
-        Decoder { model, k: vec![Vec::new(); c.num_hidden_layers], v: vec![Vec::new(); c.num_hidden_layers], cos, sin, pos: 0 }
+        let nl = c.num_hidden_layers;
+        Decoder { model, k: vec![Vec::new(); nl], v: vec![Vec::new(); nl], cos, sin, pos: 0, la: LayerActs::default(), qk: NormedQk::default() }
     }
 
     /// Feeds one token at the next position; returns the logits (V) for the token after it.
     pub fn next_logits(&mut self, token: u32) -> Vec<f32> {
         let c = &self.model.cfg;
-        let (d, h, kv, hd, eps) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps as f32);
-        let moe_cfg = c.moe();
-        let w = views(&self.model.store.host.params, c);
-        let mut x = vec![0.0; d];
-        embedding_forward(&mut x, &[token], w.embed, d);
-        let (mut xn, mut r) = (vec![0.0; d], vec![0.0; h.max(1)]);
+        let (d, h, kv, hd, e) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_experts);
+        let w = self.model.layout.views(&self.model.store.host.params);
+        let la = &mut self.la;
+        la.x.resize(d, 0.0);
+        embedding_forward(&mut la.x, &[token], w.embed_tokens, d);
+        let mut out = vec![0.0; d];
         for (l, lw) in w.layers.iter().enumerate() {
-            let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = lw[..] else { unreachable!() };
-            rmsnorm_forward(&mut xn, &mut r[..1], &x, ln1, d, eps);
-            let (mut q, mut k, mut v) = (vec![0.0; h * hd], vec![0.0; kv * hd], vec![0.0; kv * hd]);
-            matmul_forward(&mut q, &xn, wq, 1, d, h * hd);
-            matmul_forward(&mut k, &xn, wk, 1, d, kv * hd);
-            matmul_forward(&mut v, &xn, wv, 1, d, kv * hd);
-            let (mut qn_, mut kn_) = (vec![0.0; h * hd], vec![0.0; kv * hd]);
-            rmsnorm_forward(&mut qn_, &mut r[..h], &q, qn, hd, eps);
-            rmsnorm_forward(&mut kn_, &mut r[..kv], &k, kn, hd, eps);
-            rope_forward(&mut q, &qn_, &self.cos, &self.sin, 1, h, hd, self.pos);
-            rope_forward(&mut k, &kn_, &self.cos, &self.sin, 1, kv, hd, self.pos);
-            self.k[l].extend_from_slice(&k);
-            self.v[l].extend_from_slice(&v);
-            let mut att = vec![0.0; h * hd];
-            attention_decode(&mut att, &q, &self.k[l], &self.v[l], self.pos + 1, h, kv, hd);
-            let mut hres = vec![0.0; d];
-            matmul_forward(&mut hres, &att, wo, 1, h * hd, d);
-            hres.iter_mut().zip(&x).for_each(|(a, b)| *a += b);
-            let mut hn = vec![0.0; d];
-            rmsnorm_forward(&mut hn, &mut r[..1], &hres, ln2, d, eps);
-            let bias = &self.model.router_bias()[l * moe_cfg.num_experts..][..moe_cfg.num_experts];
-            moe_forward(&mut x, &mut RoutingStats::default(), &mut MoeActs::default(), &hn, &[1], bias, &MoeWeights::split(mlp, &moe_cfg), &moe_cfg, 1, 1);
-            x.iter_mut().zip(&hres).for_each(|(a, b)| *a += b);
+            attention_inputs(la, &mut self.qk, lw, c, &self.cos, &self.sin, 1, self.pos);
+            self.k[l].extend_from_slice(&la.kr);
+            self.v[l].extend_from_slice(&la.v);
+            la.att.resize(h * hd, 0.0);
+            attention_decode(&mut la.att, &la.qr, &self.k[l], &self.v[l], self.pos + 1, h, kv, hd);
+            let bias = &self.model.router_bias()[l * e..][..e];
+            layer_output(&mut out, &mut RoutingStats::default(), la, lw, bias, c, &[1], 1, 1);
+            la.x.copy_from_slice(&out);
         }
-        rmsnorm_forward(&mut xn, &mut r[..1], &x, w.norm, d, eps);
+        let (mut xf, mut rstd) = (vec![0.0; d], [0.0]);
+        rmsnorm_forward(&mut xf, &mut rstd, &la.x, w.norm, d, c.rms_norm_eps as f32);
         let mut logits = vec![0.0; c.vocab_size];
-        matmul_forward(&mut logits, &xn, w.lm_head.unwrap_or(w.embed), 1, d, c.vocab_size);
+        matmul_forward(&mut logits, &xf, w.head(), 1, d, c.vocab_size);
         self.pos += 1;
         logits
     }

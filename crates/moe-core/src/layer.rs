@@ -1,42 +1,42 @@
-//! The standalone MoE layer (input (T, C) floats): one `ParamStore` (params, grads, AdamW moments
-//! as flat buffers), every input validated before state is touched, and the activations of the
-//! last stored forward kept for its backward. On the GPU, as `Model`.
+//! `MoeLayer`: the standalone MoE block (input (T, C) floats), a thin facade over `cpu::layer` and
+//! `gpu::layer` chosen by `to_device`. Every input is validated before state is touched; the
+//! parameters live in one `Placed` store laid out by `MoeParams::layout`.
 
+use crate::config::MoeConfig;
+use crate::cpu::layer::CpuLayer;
 use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::Device;
+use crate::layout::{MoeParams, ParamSpec};
+use crate::params::ParamStore;
 use crate::placed::Placed;
-use crate::moe::*;
-use crate::params::{ParamStore, SpecBuilder};
+use crate::stats::ForwardOutput;
 
-/// The layer on the CPU or the GPU: `store` holds parameters, gradients and moments where they
-/// live (see `Placed`), `gpu` the device activations when on the GPU.
-pub struct MoeLayer {
-    pub cfg: MoeConfig,
-    pub store: Placed,
-    acts: MoeActs,
-    /// (B, S) of the stored forward, once one succeeded
-    stored: Option<(usize, usize)>,
-    gpu: Option<GpuLayer>,
-    /// (E) the router's selection bias; see `set_router_bias`
-    router_bias: Vec<f32>,
+/// The implementation that holds the activations.
+enum Backend {
+    Cpu(CpuLayer),
+    Gpu(GpuLayer),
 }
 
-/// What a forward returns: the output (T, C) and the per-sequence routing statistics.
-pub struct ForwardOutput {
-    pub out: Vec<f32>,
-    pub stats: RoutingStats,
+pub struct MoeLayer {
+    pub cfg: MoeConfig,
+    pub layout: MoeParams<ParamSpec>,
+    pub store: Placed,
+    backend: Backend,
+    /// (B, S) of the stored forward, once one succeeded
+    stored: Option<(usize, usize)>,
+    /// (E) the router's selection bias; see `set_router_bias`
+    router_bias: Vec<f32>,
 }
 
 impl MoeLayer {
     /// A layer with weights drawn from N(0, initializer_range²) by a ChaCha8 generator seeded with `cfg.seed`.
     pub fn new(cfg: MoeConfig) -> Result<Self> {
         cfg.validate()?;
-        let mut sb = SpecBuilder::new();
-        moe_param_specs(&mut sb, &cfg, "");
-        let store = Placed::new(ParamStore::init(sb.specs, cfg.initializer_range, cfg.seed)?);
+        let layout = MoeParams::layout(&cfg);
+        let store = Placed::new(ParamStore::init(&layout.specs(), cfg.initializer_range, cfg.seed)?);
         let router_bias = vec![0.0; cfg.num_experts];
-        Ok(MoeLayer { cfg, store, acts: MoeActs::default(), stored: None, gpu: None, router_bias })
+        Ok(MoeLayer { cfg, layout, store, backend: Backend::Cpu(CpuLayer::default()), stored: None, router_bias })
     }
 
     /// Moves the layer to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -44,14 +44,20 @@ impl MoeLayer {
         let device = crate::gpu::select(requested)?;
         self.store.place(device)?;
         if device != self.device() {
-            self.gpu = (device == Device::Gpu).then(GpuLayer::default);
+            self.backend = match device {
+                Device::Gpu => Backend::Gpu(GpuLayer::default()),
+                Device::Cpu => Backend::Cpu(CpuLayer::default()),
+            };
             self.stored = None;
         }
         Ok(device)
     }
 
     pub fn device(&self) -> Device {
-        if self.gpu.is_some() { Device::Gpu } else { Device::Cpu }
+        match self.backend {
+            Backend::Cpu(_) => Device::Cpu,
+            Backend::Gpu(_) => Device::Gpu,
+        }
     }
 
     /// The router's selection bias (E), zero by default.
@@ -68,6 +74,7 @@ impl MoeLayer {
     /// (all valid when absent). With `store` the activations are kept for `backward`; without, the
     /// stored ones are left exactly as they were (statistics-only / evaluation forwards).
     pub fn forward(&mut self, x: &[f32], mask: Option<&[u8]>, num_seqs: usize, store: bool) -> Result<ForwardOutput> {
+        fail::fail_point!("layer.forward");
         let c = self.cfg.hidden_size;
         if num_seqs == 0 || x.is_empty() || !x.len().is_multiple_of(num_seqs * c) {
             return Err(MoeError::ShapeMismatch(format!(
@@ -89,29 +96,15 @@ impl MoeLayer {
         };
         check_finite("input", x)?;
         let s = t / num_seqs;
-        if let (Some(gl), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
-            let r = gl.forward(dev, &self.cfg, &self.router_bias, x, mask, num_seqs, s, store);
-            if store {
-                self.stored = r.is_ok().then_some((num_seqs, s));
-            }
-            return r;
-        }
-        let mut out = ForwardOutput { out: vec![0.0; t * c], stats: RoutingStats::default() };
-        let wt = MoeWeights::split(&self.store.host.params, &self.cfg);
-        let mut scratch;
-        let acts = if store {
-            &mut self.acts
-        } else {
-            scratch = MoeActs::default();
-            &mut scratch
+        let (cfg, bias) = (&self.cfg, &self.router_bias);
+        let r = match &mut self.backend {
+            Backend::Cpu(l) => Ok(l.forward(&self.layout.views(&self.store.host.params), cfg, bias, x, mask, num_seqs, s, store)),
+            Backend::Gpu(l) => l.forward(self.store.device_copy()?, &self.layout, cfg, bias, x, mask, num_seqs, s, store),
         };
-        crate::cpu::pool().install(|| {
-            moe_forward(&mut out.out, &mut out.stats, acts, x, mask, &self.router_bias, &wt, &self.cfg, num_seqs, s)
-        });
         if store {
-            self.stored = Some((num_seqs, s));
+            self.stored = r.is_ok().then_some((num_seqs, s));
         }
-        Ok(out)
+        r
     }
 
     /// Backward of the last stored forward. dout (T, C); pressure (B, E) per sequence and expert;
@@ -128,18 +121,17 @@ impl MoeLayer {
         if !z_scale.is_finite() {
             return Err(MoeError::NonFinite(format!("z_scale = {z_scale}")));
         }
-        if let (Some(gl), Some(dev)) = (&mut self.gpu, self.store.on_device()?) {
-            let dx = gl.backward(dev, &self.cfg, dout, pressure, z_scale)?;
-            self.store.device_wrote_grads();
-            return Ok(dx);
-        }
-        let mut dx = vec![0.0; t * c];
-        let host = &mut self.store.host;
-        let wt = MoeWeights::split(&host.params, &self.cfg);
-        let mut grads = MoeGrads::split(&mut host.grads, &self.cfg);
-        let acts = &mut self.acts;
         let cfg = &self.cfg;
-        crate::cpu::pool().install(|| moe_backward(&mut dx, &mut grads, acts, dout, pressure, z_scale, &wt, cfg));
-        Ok(dx)
+        match &mut self.backend {
+            Backend::Cpu(l) => {
+                let host = &mut self.store.host;
+                Ok(l.backward(&mut self.layout.views_mut(&mut host.grads), &self.layout.views(&host.params), cfg, dout, pressure, z_scale))
+            }
+            Backend::Gpu(l) => {
+                let dx = l.backward(self.store.device_copy()?, &self.layout, cfg, dout, pressure, z_scale)?;
+                self.store.device_wrote_grads();
+                Ok(dx)
+            }
+        }
     }
 }

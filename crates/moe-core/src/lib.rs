@@ -1,7 +1,10 @@
 //! moe-core: the Rust core of moe-trainer. CPU kernels (the reference), WGSL kernels on wgpu, the
-//! MoE block, AdamW.
+//! MoE block, the Qwen3-MoE model, AdamW and checkpoints.
 //! Knows nothing about balance scopes, ranks or domains: per-sequence routing statistics go out,
 //! per-sequence router pressure comes in (DESIGN §3).
+//!
+//! Layout: `layout` names every parameter tensor; `model` and `layer` are facades over the CPU
+//! (`cpu/`) and GPU (`gpu/`) implementations; `placed` keeps parameters on the host and the device.
 
 pub mod adamw;
 pub mod checkpoint;
@@ -11,16 +14,17 @@ pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod layer;
+pub mod layout;
 pub mod model;
-pub mod moe;
 pub mod params;
 pub mod placed;
+pub mod stats;
 #[cfg(test)]
 mod testutil;
 
 pub use adamw::AdamWConfig;
+pub use config::{ModelConfig, MoeConfig};
 pub use error::{MoeError, Result};
-pub use layer::{ForwardOutput, MoeLayer};
-pub use config::ModelConfig;
-pub use model::{Model, ModelStats};
-pub use moe::{MoeConfig, RoutingStats};
+pub use layer::MoeLayer;
+pub use model::Model;
+pub use stats::{ForwardOutput, ModelStats, RoutingStats};

@@ -1,69 +1,15 @@
-//! One flat buffer per role — params, grads, AdamW moments — addressed through a list of named
-//! views (`ParamSpec`) whose names are the Hugging Face Qwen3-MoE keys. Shared by the standalone
-//! MoE layer and the model: lookup by name, whole-buffer gradient I/O, and the optimiser step.
+//! One flat buffer per role — params, grads, AdamW moments — addressed through the Hugging Face
+//! tensors of a layout (`crate::layout`). Shared by the standalone MoE layer and the model: lookup by
+//! name, whole-buffer gradient I/O, and the optimiser step.
 
 use crate::adamw::{adamw_update, clip_scale, grad_norm, AdamWConfig, AdamWState};
 use crate::error::{set_checked, MoeError, Result};
+use crate::layout::{hf_tensors, ParamSpec};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-/// One named parameter: Hugging Face name, shape, offset into the flat buffer.
-#[derive(Debug, Clone)]
-pub struct ParamSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-}
-
-impl ParamSpec {
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-    pub fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len()
-    }
-}
-
-/// Appends specs at consecutive offsets.
-pub struct SpecBuilder {
-    pub specs: Vec<ParamSpec>,
-    pub at: usize,
-}
-
-impl SpecBuilder {
-    pub fn new() -> Self {
-        SpecBuilder { specs: Vec::new(), at: 0 }
-    }
-    pub fn push(&mut self, name: String, shape: Vec<usize>) {
-        let n: usize = shape.iter().product();
-        self.specs.push(ParamSpec { name, shape, offset: self.at });
-        self.at += n;
-    }
-}
-
-/// Splits `buf` into consecutive pieces of the given lengths.
-pub fn split_many<'a>(mut buf: &'a [f32], lens: &[usize]) -> Vec<&'a [f32]> {
-    lens.iter()
-        .map(|&n| {
-            let (a, b) = buf.split_at(n);
-            buf = b;
-            a
-        })
-        .collect()
-}
-
-/// Splits `buf` into consecutive mutable pieces of the given lengths.
-pub fn split_many_mut<'a>(mut buf: &'a mut [f32], lens: &[usize]) -> Vec<&'a mut [f32]> {
-    lens.iter()
-        .map(|&n| {
-            let (a, b) = std::mem::take(&mut buf).split_at_mut(n);
-            buf = b;
-            a
-        })
-        .collect()
-}
-
 pub struct ParamStore {
+    /// The Hugging Face tensors in buffer order (expert banks expanded per expert).
     pub specs: Vec<ParamSpec>,
     pub params: Vec<f32>,
     pub grads: Vec<f32>,
@@ -71,9 +17,10 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
-    /// Matrices (2-D specs) drawn from N(0, std²) by ChaCha8 seeded with `seed`, in spec order;
-    /// vectors (norm weights) set to 1.
-    pub fn init(specs: Vec<ParamSpec>, std: f64, seed: u64) -> Result<Self> {
+    /// The buffers of a layout (`specs` in buffer order). Matrices (2-D Hugging Face tensors) drawn
+    /// from N(0, std²) by ChaCha8 seeded with `seed`, in tensor order; vectors (norm weights) set to 1.
+    pub fn init(specs: &[ParamSpec], std: f64, seed: u64) -> Result<Self> {
+        let specs = hf_tensors(specs);
         let n = specs.last().map_or(0, |s| s.offset + s.len());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, std as f32).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;

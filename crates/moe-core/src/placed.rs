@@ -94,8 +94,13 @@ impl Placed {
         Ok(())
     }
 
-    /// The device copy brought up to date, for a device op; None on the CPU.
-    pub(crate) fn on_device(&mut self) -> Result<Option<&DeviceStore>> {
+    /// The device copy brought up to date, for a device op of a model or layer on the GPU.
+    pub(crate) fn device_copy(&mut self) -> Result<&DeviceStore> {
+        self.on_device()?.ok_or_else(|| MoeError::Internal("a GPU op on state that lives on the host".into()))
+    }
+
+    /// The device copy brought up to date; None on the CPU.
+    fn on_device(&mut self) -> Result<Option<&DeviceStore>> {
         if let (Some(d), true) = (&mut self.dev, self.host_newer != Roles::NONE) {
             d.upload(&self.host, self.host_newer)?;
             self.host_newer = Roles::NONE;

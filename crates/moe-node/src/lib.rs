@@ -18,8 +18,10 @@ pub(crate) fn js_error(env: &Env, e: MoeError) -> napi::Error {
     napi::Error::from(JsError::from(napi::Error::new(e.code(), e.to_string())).into_unknown(*env))
 }
 
-/// Runs a core call, turning a panic into `MoeError::Internal`.
+/// Runs a core call, turning a panic into `MoeError::Internal`. The core's test failpoints
+/// (`MOE_FAILPOINTS`) are configured before the first call.
 pub(crate) fn guard<T>(f: impl FnOnce() -> moe_core::Result<T>) -> moe_core::Result<T> {
+    moe_core::error::failpoints_from_env()?;
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
         Err(MoeError::Internal(format!("panic in native code: {}", msg.unwrap_or_default())))
@@ -192,8 +194,13 @@ pub fn lr_at(env: Env, options: serde_json::Value, step: u32) -> Result<f64> {
     guard(|| moe_core::AdamWConfig::from_json(options).map(|o| o.lr_at(step as u64) as f64)).map_err(|e| js_error(&env, e))
 }
 
-/// Panics inside native code on purpose, to prove that a panic reaches JS as an `INTERNAL` error.
+/// Valid positions per sequence (B) of `numSequences` sequences packed in `numTokens` tokens, with
+/// an optional mask (B, S): exactly what `MoeModel.forward` reports as `validTokens` (position t
+/// predicts token t + 1 and counts when t < S - 1 and the target's mask entry is 1). The trainer
+/// sums it into T_glob before a step's first forward.
 #[napi]
-pub fn internal_test_panic(env: Env) -> Result<()> {
-    guard(|| -> moe_core::Result<()> { panic!("deliberate test panic (expected in test logs)") }).map_err(|e| js_error(&env, e))
+pub fn valid_tokens(env: Env, num_tokens: u32, num_sequences: u32, mask: Option<Uint8Array>) -> Result<Float32Array> {
+    guard(|| moe_core::model::valid_tokens(num_tokens as usize, num_sequences as usize, mask.as_deref()))
+        .map(Float32Array::new)
+        .map_err(|e| js_error(&env, e))
 }

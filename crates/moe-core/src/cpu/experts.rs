@@ -3,6 +3,7 @@
 //! Sorted position `p` holds the pair (token t, slot k) = (rows[p] / K, rows[p] % K).
 
 use super::matmul::{matmul_backward, matmul_forward};
+use crate::layout::ExpertParams;
 use rayon::prelude::*;
 
 /// Counting sort of the T*K (token, slot) pairs by expert, stable in token order.
@@ -63,32 +64,18 @@ pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], dh: &[f32], g: &[f32], u:
     );
 }
 
-/// Weights of all experts, each kind one contiguous block:
-/// gate_proj, up_proj (E, F, C); down_proj (E, C, F).
-pub struct ExpertWeights<'a> {
-    pub gate_proj: &'a [f32],
-    pub up_proj: &'a [f32],
-    pub down_proj: &'a [f32],
-}
-
-/// Gradients of the same layout as `ExpertWeights`; backward accumulates into them.
-pub struct ExpertGrads<'a> {
-    pub gate_proj: &'a mut [f32],
-    pub up_proj: &'a mut [f32],
-    pub down_proj: &'a mut [f32],
-}
-
 /// Grouped SwiGLU experts over the sorted rows. For expert e and its rows R_e = offsets[e]..offsets[e+1]:
 ///   g = xs[R_e] · gate_proj_e^T,  u = xs[R_e] · up_proj_e^T   (n_e, F)
 ///   h = silu(g) * u,              ys[R_e] = h · down_proj_e^T (n_e, C)
 /// Overwrites g, u, h (T*K, F) and ys (T*K, C). Experts with no rows are skipped.
+/// wt: gate_proj, up_proj (E, F, C); down_proj (E, C, F).
 pub fn experts_forward(
     g: &mut [f32],
     u: &mut [f32],
     h: &mut [f32],
     ys: &mut [f32],
     xs: &[f32],
-    wt: &ExpertWeights,
+    wt: &ExpertParams<&[f32]>,
     offsets: &[usize],
     c: usize,
     f: usize,
@@ -112,7 +99,7 @@ pub fn experts_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(
     dxs: &mut [f32],
-    grads: &mut ExpertGrads,
+    grads: &mut ExpertParams<&mut [f32]>,
     dh: &mut [f32],
     dg: &mut [f32],
     du: &mut [f32],
@@ -121,7 +108,7 @@ pub fn experts_backward(
     g: &[f32],
     u: &[f32],
     h: &[f32],
-    wt: &ExpertWeights,
+    wt: &ExpertParams<&[f32]>,
     offsets: &[usize],
     c: usize,
     f: usize,

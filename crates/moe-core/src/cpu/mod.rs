@@ -1,11 +1,15 @@
 //! CPU kernels, one op family per file, each `<op>_forward` beside its `<op>_backward`.
-//! They are the reference every faster path (and, later, every WGSL kernel) is tested against.
+//! They are the reference every faster path (and every WGSL kernel) is tested against. `moe`,
+//! `layer` and `model` compose them into the MoE block, the standalone layer and the whole model.
 
 pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
 pub mod experts;
+pub mod layer;
 pub mod matmul;
+pub mod model;
+pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
@@ -63,4 +67,17 @@ pub fn sum_row_blocks(dst: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) +
     for p in partial {
         dst.iter_mut().zip(&p).for_each(|(d, v)| *d += v);
     }
+}
+
+/// `v` resized to n (contents unspecified: callers overwrite), its allocation kept across calls.
+pub(crate) fn sized<T: Default + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.resize(n, T::default());
+    v
+}
+
+/// `v` resized to n and set to zero, for outputs that ops accumulate into.
+pub(crate) fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
 }

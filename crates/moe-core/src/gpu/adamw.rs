@@ -7,7 +7,7 @@
 use super::matmul::View;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::adamw::AdamWConfig;
-use crate::params::ParamSpec;
+use crate::layout::ParamSpec;
 
 const SRC: &str = include_str!("shaders/adamw.wgsl");
 const NORM_PARTIALS: Kernel = Kernel { src: SRC, entry: "grad_norm_partials" };
@@ -147,18 +147,21 @@ mod tests {
     use super::*;
     use crate::adamw::{adamw_update as cpu_update, clip_scale, grad_norm as cpu_grad_norm, AdamWState, LrSchedule};
     use crate::gpu::tests::{f32s, test_gpu};
-    use crate::params::{ParamStore, SpecBuilder};
+    use crate::params::ParamStore;
     use crate::testutil::{assert_close, randn};
 
     fn specs() -> Vec<ParamSpec> {
         // Mixed kinds, adjacent vectors and matrices to merge, 4602 elements: 5 norm chunks, the
         // last one partial.
-        let mut b = SpecBuilder::new();
         let shapes = [("a.w", vec![13, 7]), ("a.n", vec![7]), ("b.n", vec![5]), ("b.w", vec![31, 40])];
+        let mut offset = 0;
+        let mut specs = Vec::new();
         for (name, shape) in shapes.into_iter().chain([("c.w", vec![17, 50]), ("c.n", vec![9]), ("d.w", vec![60, 40])]) {
-            b.push(name.to_string(), shape);
+            let spec = ParamSpec { name: name.to_string(), shape, offset };
+            offset += spec.len();
+            specs.push(spec);
         }
-        b.specs
+        specs
     }
 
     fn opt() -> AdamWConfig {
@@ -182,7 +185,7 @@ mod tests {
     fn adamw_step_matches_param_store_step() {
         let Some(g) = test_gpu("adamw_step_matches_param_store_step") else { return };
         let opt = opt();
-        let mut store = ParamStore::init(specs(), 0.5, 1).unwrap();
+        let mut store = ParamStore::init(&specs(), 0.5, 1).unwrap();
         let n = store.params.len();
         let ranges = decay_ranges(&store.specs);
         let (gp, gg, gm, gv) = (g.upload(&store.params).unwrap(), g.zeros(n).unwrap(), g.zeros(n).unwrap(), g.zeros(n).unwrap());
@@ -240,7 +243,7 @@ mod tests {
     fn non_finite_gradient_leaves_everything_untouched() {
         let Some(g) = test_gpu("non_finite_gradient_leaves_everything_untouched") else { return };
         let opt = opt();
-        let store = ParamStore::init(specs(), 0.5, 1).unwrap();
+        let store = ParamStore::init(&specs(), 0.5, 1).unwrap();
         let n = store.params.len();
         let ranges = decay_ranges(&store.specs);
         let (gp, gm, gv) = (g.upload(&store.params).unwrap(), g.upload(&randn(n, 3)).unwrap(), g.upload(&vec![0.5f32; n]).unwrap());

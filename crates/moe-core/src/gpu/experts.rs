@@ -4,6 +4,7 @@
 //! `g, enc` first, device buffers where the CPU takes slices, and explicit dims; nothing reads back.
 
 use super::matmul::View;
+use crate::layout::ExpertParams;
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/experts.wgsl");
@@ -173,8 +174,8 @@ fn experts_wgrad(g: &Gpu, enc: &mut Encoder, dw: View, a: View, b: View, sorted:
 }
 
 /// `cpu::experts::experts_forward` over the sorted rows: guh (3, N, F) = g | u | h and ys (N, C) from
-/// xs (N, C). wt: the experts' weights, gate_proj and up_proj (E, F, C) then down_proj (E, C, F)
-/// contiguous (as in `MoeWeights`). Experts without rows own no tiles.
+/// xs (N, C). wt: the experts' weights, gate_proj and up_proj (E, F, C), down_proj (E, C, F), views
+/// of one buffer. Experts without rows own no tiles.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_forward(
     g: &Gpu,
@@ -182,22 +183,23 @@ pub fn experts_forward(
     guh: &Buf,
     ys: &Buf,
     xs: &Buf,
-    wt: View,
+    wt: &ExpertParams<View>,
     sorted: &Sorted,
     c: usize,
     f: usize,
 ) {
-    let efc = sorted.e * f * c;
-    // g = xs · gate_proj_e^T, u = xs · up_proj_e^T, h = silu(g) * u, one pass
-    let swiglu = Epilogue::SwiGlu { up_off: wt.off + efc };
-    experts_gemm(g, enc, guh, xs.into(), wt, xs, sorted, f, c, true, swiglu);
+    // g = xs · gate_proj_e^T, u = xs · up_proj_e^T, h = silu(g) * u, one pass (up_proj read from
+    // gate_proj's buffer at its own offset)
+    assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf), "gate_proj and up_proj must be views of one buffer");
+    let swiglu = Epilogue::SwiGlu { up_off: wt.up_proj.off };
+    experts_gemm(g, enc, guh, xs.into(), wt.gate_proj, xs, sorted, f, c, true, swiglu);
     // ys = h · down_proj_e^T
     let h = View { buf: guh, off: 2 * sorted.n * f };
-    experts_gemm(g, enc, ys, h, wt.at(2 * efc), guh, sorted, c, f, true, Epilogue::Store);
+    experts_gemm(g, enc, ys, h, wt.down_proj, guh, sorted, c, f, true, Epilogue::Store);
 }
 
 /// `cpu::experts::experts_backward`: overwrites dxs (N, C) and dgu (2, N, F) = dg | du; accumulates
-/// the experts' weight gradients into `grads` (laid out as `wt`: (E, F, C), (E, F, C), (E, C, F)).
+/// the experts' weight gradients into `grads` (shaped as `wt`: (E, F, C), (E, F, C), (E, C, F)).
 /// dys (N, C), xs (N, C), guh (3, N, F) as saved by the forward. dys may be the same buffer as dxs:
 /// it is dead before dxs is written.
 #[allow(clippy::too_many_arguments)]
@@ -205,27 +207,27 @@ pub fn experts_backward(
     g: &Gpu,
     enc: &mut Encoder,
     dxs: &Buf,
-    grads: View,
+    grads: &ExpertParams<View>,
     dgu: &Buf,
     dys: &Buf,
     xs: &Buf,
     guh: &Buf,
-    wt: View,
+    wt: &ExpertParams<View>,
     sorted: &Sorted,
     c: usize,
     f: usize,
 ) {
-    let (efc, nf) = (sorted.e * f * c, sorted.n * f);
+    let nf = sorted.n * f;
     let (dg, du) = (View { buf: dgu, off: 0 }, View { buf: dgu, off: nf });
     // dh = dys · down_proj_e, then dg, du through the SwiGLU; down_proj_e += dys^T · h
-    experts_gemm(g, enc, dgu, dys.into(), wt.at(2 * efc), guh, sorted, f, c, false, Epilogue::SwiGluBackward);
-    experts_wgrad(g, enc, grads.at(2 * efc), dys.into(), View { buf: guh, off: 2 * nf }, sorted, c, f);
+    experts_gemm(g, enc, dgu, dys.into(), wt.down_proj, guh, sorted, f, c, false, Epilogue::SwiGluBackward);
+    experts_wgrad(g, enc, grads.down_proj, dys.into(), View { buf: guh, off: 2 * nf }, sorted, c, f);
     // dxs = dg · gate_proj_e + du · up_proj_e
-    experts_gemm(g, enc, dxs, dg, wt, dgu, sorted, c, f, false, Epilogue::Store);
-    experts_gemm(g, enc, dxs, du, wt.at(efc), dgu, sorted, c, f, false, Epilogue::Add);
+    experts_gemm(g, enc, dxs, dg, wt.gate_proj, dgu, sorted, c, f, false, Epilogue::Store);
+    experts_gemm(g, enc, dxs, du, wt.up_proj, dgu, sorted, c, f, false, Epilogue::Add);
     // gate_proj_e += dg^T · xs;  up_proj_e += du^T · xs
-    experts_wgrad(g, enc, grads, dg, xs.into(), sorted, f, c);
-    experts_wgrad(g, enc, grads.at(efc), du, xs.into(), sorted, f, c);
+    experts_wgrad(g, enc, grads.gate_proj, dg, xs.into(), sorted, f, c);
+    experts_wgrad(g, enc, grads.up_proj, du, xs.into(), sorted, f, c);
 }
 
 /// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]], from ys (N, C), w (T, K) and pos (N) u32. Overwrites out.

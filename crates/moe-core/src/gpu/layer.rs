@@ -1,13 +1,15 @@
-//! The standalone MoE layer on the GPU: `layer::MoeLayer` with the block of `gpu::moe`, laid out as
+//! The standalone MoE layer on the GPU: the block of `gpu::moe` behind `layer::MoeLayer`, laid out as
 //! `GpuModel` is, its parameters in a `DeviceStore`. A forward uploads x and the mask and reads back
 //! the output and the statistics at once; a backward uploads dout and pressure and reads back dx.
 
 use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
 use super::store::DeviceStore;
 use super::{Buf, Gpu};
+use super::matmul::View;
+use crate::config::MoeConfig;
 use crate::error::{MoeError, Result};
-use crate::layer::ForwardOutput;
-use crate::moe::MoeConfig;
+use crate::layout::{MoeParams, ParamSpec};
+use crate::stats::ForwardOutput;
 
 /// Inputs, outputs and saved activations of one forward of B sequences of S tokens.
 struct Acts {
@@ -61,7 +63,7 @@ impl GpuLayer {
     /// Forward on B sequences of S tokens, x (T, C) and mask (T) already validated; see
     /// `MoeLayer::forward`. With `store` the activations are kept for `backward`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, dev: &DeviceStore, cfg: &MoeConfig, bias: &[f32], x: &[f32], mask: &[u8], b: usize, s: usize, store: bool) -> Result<ForwardOutput> {
+    pub fn forward(&mut self, dev: &DeviceStore, layout: &MoeParams<ParamSpec>, cfg: &MoeConfig, bias: &[f32], x: &[f32], mask: &[u8], b: usize, s: usize, store: bool) -> Result<ForwardOutput> {
         let g = dev.g;
         let slot = if store { &mut self.acts } else { &mut self.scratch };
         if !matches!(slot, Some(a) if a.b == b && a.s == s) {
@@ -74,7 +76,8 @@ impl GpuLayer {
         g.write(&a.mask, 0, &mask);
         g.write(&a.bias, 0, bias);
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), (&dev.params).into(), cfg, b, s)?;
+        let wt = layout.map(&mut |t| View { buf: &dev.params, off: t.offset });
+        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), &wt, cfg, b, s)?;
         let r = g.finish(enc, &[&a.out, &a.stats])?;
         let stats = unpack_stats(bytemuck::cast_slice(&r[1]), b, cfg.num_experts);
         Ok(ForwardOutput { out: bytemuck::cast_slice(&r[0]).to_vec(), stats })
@@ -82,7 +85,7 @@ impl GpuLayer {
 
     /// Backward of the stored forward; accumulates into the gradient buffer and returns dx (T, C).
     /// See `MoeLayer::backward`.
-    pub fn backward(&mut self, dev: &DeviceStore, cfg: &MoeConfig, dout: &[f32], pressure: &[f32], z_scale: f32) -> Result<Vec<f32>> {
+    pub fn backward(&mut self, dev: &DeviceStore, layout: &MoeParams<ParamSpec>, cfg: &MoeConfig, dout: &[f32], pressure: &[f32], z_scale: f32) -> Result<Vec<f32>> {
         let g = dev.g;
         let a = self.acts.as_mut().ok_or_else(|| MoeError::InvalidState("backward needs a stored forward".into()))?;
         let (b, s) = (a.b, a.s);
@@ -96,8 +99,8 @@ impl GpuLayer {
         g.write(&gs.dout, 0, dout);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
-        let (p, gr) = ((&dev.params).into(), (&dev.grads).into());
-        moe_backward(g, &mut enc, (&gs.dx).into(), gr, &mut a.moe, (&gs.dout).into(), (&gs.pressure).into(), z_scale, p, cfg)?;
+        let (wt, gr) = (layout.map(&mut |t| View { buf: &dev.params, off: t.offset }), layout.map(&mut |t| View { buf: &dev.grads, off: t.offset }));
+        moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&gs.pressure).into(), z_scale, &wt, cfg)?;
         let r = g.finish(enc, &[&gs.dx])?;
         Ok(bytemuck::cast_slice(&r[0]).to_vec())
     }

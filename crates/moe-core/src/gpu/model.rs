@@ -1,4 +1,4 @@
-//! The Qwen3-MoE model on the GPU: `model_forward` and `model_backward` of `crate::model` with every
+//! The Qwen3-MoE model on the GPU: `model_forward` and `model_backward` of `cpu::model` with every
 //! op call replaced by its GPU twin, in the same order. Parameters, gradients and AdamW moments live
 //! in four device buffers laid out exactly like `ParamStore`'s flat buffers, so a host copy is one
 //! buffer read and views are the same offsets. A forward records every kernel in one command
@@ -16,7 +16,8 @@ use super::store::DeviceStore;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::model::{layer_lens, model_lens, ModelStats};
+use crate::layout::{ModelParams, MoeParams, ParamSpec};
+use crate::stats::ModelStats;
 
 const ADD: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "add_inplace" };
 const FINITE: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "finite_flags" };
@@ -40,38 +41,7 @@ fn finite_flags(g: &Gpu, enc: &mut Encoder, flags: &Buf, slot: usize, x: &Buf) {
     g.dispatch(enc, &FINITE, &[x, flags], &p, groups_1d(x.len, 256));
 }
 
-/// Offsets of every parameter in the flat buffer, by role (the same split as `model::views`).
-struct Offsets {
-    embed: usize,
-    /// per layer: input_layernorm, q, k, v, o, q_norm, k_norm, post_attention_layernorm, mlp
-    layers: Vec<[usize; 9]>,
-    norm: usize,
-    lm_head: usize,
-}
-
-impl Offsets {
-    fn new(cfg: &ModelConfig) -> Self {
-        let lens = model_lens(cfg);
-        let mut at = lens[0];
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| {
-                let mut o = [0; 9];
-                let mut p = at;
-                for (slot, len) in o.iter_mut().zip(layer_lens(cfg)) {
-                    *slot = p;
-                    p += len;
-                }
-                at += lens[1 + l];
-                o
-            })
-            .collect();
-        let norm = at;
-        let lm_head = if cfg.tie_word_embeddings { 0 } else { norm + cfg.hidden_size };
-        Offsets { embed: 0, layers, norm, lm_head }
-    }
-}
-
-/// Activations of one decoder layer, named as in `model::LayerActs`.
+/// Activations of one decoder layer, named as in `cpu::model::LayerActs`.
 struct LayerActs {
     x: Buf,
     xn: Buf,
@@ -169,7 +139,7 @@ impl Acts {
     }
 }
 
-/// Gradient scratch of the backward, named as in `model::model_backward`.
+/// Gradient scratch of the backward, named as in `cpu::model::model_backward`.
 struct Grads {
     b: usize,
     s: usize,
@@ -221,7 +191,8 @@ impl Grads {
 
 /// The device activations of a `Model` on the GPU; its parameters are the `DeviceStore` passed in.
 pub struct GpuModel {
-    off: Offsets,
+    /// every parameter's offset in the flat device buffers, by name
+    off: ModelParams<usize>,
     /// the stored forward (for `backward`) and the scratch of `store = false` forwards
     acts: Option<Acts>,
     scratch: Option<Acts>,
@@ -232,12 +203,17 @@ fn v(buf: &Buf, off: usize) -> View<'_> {
     View { buf, off }
 }
 
+/// A block's tensors as views of a flat device buffer (params or grads).
+fn views<'a>(buf: &'a Buf, off: &MoeParams<usize>) -> MoeParams<View<'a>> {
+    off.map(&mut |&o| View { buf, off: o })
+}
+
 impl GpuModel {
-    pub fn new(cfg: &ModelConfig) -> Self {
-        GpuModel { off: Offsets::new(cfg), acts: None, scratch: None, grad_scratch: None }
+    pub fn new(layout: &ModelParams<ParamSpec>) -> Self {
+        GpuModel { off: layout.offsets(), acts: None, scratch: None, grad_scratch: None }
     }
 
-    /// Forward over tokens (B, S) with validity `valid` (T); see `model::model_forward`. With `store`
+    /// Forward over tokens (B, S) with validity `valid` (T); see `cpu::model::model_forward`. With `store`
     /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
     /// logits (T, V).
     #[allow(clippy::too_many_arguments)]
@@ -264,32 +240,31 @@ impl GpuModel {
         let (p, off) = (&dev.params, &self.off);
         let mut enc = g.encoder();
         g.clear(&mut enc, &a.flags);
-        embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed), t, d);
+        embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed_tokens), t, d);
         let stat_len = stats_len(b, e);
-        for l in 0..nl {
-            let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = off.layers[l];
+        for (l, w) in off.layers.iter().enumerate() {
             let (cur, rest) = a.layers.split_at_mut(l + 1);
             let la = &mut cur[l];
-            rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, ln1), t, d, eps);
-            matmul_forward(g, &mut enc, (&la.q).into(), (&la.xn).into(), v(p, wq), t, d, h * hd);
-            matmul_forward(g, &mut enc, (&la.k).into(), (&la.xn).into(), v(p, wk), t, d, kv * hd);
-            matmul_forward(g, &mut enc, (&la.v).into(), (&la.xn).into(), v(p, wv), t, d, kv * hd);
-            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), (&la.q).into(), v(p, qn), t * h, hd, eps);
-            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), (&la.k).into(), v(p, kn), t * kv, hd, eps);
+            rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, w.input_layernorm), t, d, eps);
+            matmul_forward(g, &mut enc, (&la.q).into(), (&la.xn).into(), v(p, w.q_proj), t, d, h * hd);
+            matmul_forward(g, &mut enc, (&la.k).into(), (&la.xn).into(), v(p, w.k_proj), t, d, kv * hd);
+            matmul_forward(g, &mut enc, (&la.v).into(), (&la.xn).into(), v(p, w.v_proj), t, d, kv * hd);
+            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), (&la.q).into(), v(p, w.q_norm), t * h, hd, eps);
+            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), (&la.k).into(), v(p, w.k_norm), t * kv, hd, eps);
             rope_forward(g, &mut enc, (&la.qr).into(), (&la.qn).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
             rope_forward(g, &mut enc, (&la.kr).into(), (&la.kn).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
             attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
             // h = x + att · o_proj^T: the copy, then an accumulating GEMM.
             g.copy(&mut enc, &la.x, 0, &la.h, 0, t * d);
-            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, wo), Gemm { trans_b: true, acc: true, ..Gemm::new(t, d, h * hd) });
-            rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, ln2), t, d, eps);
+            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, acc: true, ..Gemm::new(t, d, h * hd) });
+            rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, w.post_attention_layernorm), t, d, eps);
             let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
-            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, l * e), v(p, mlp), &moe_cfg, b, s)?;
+            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, l * e), &views(p, &w.mlp), &moe_cfg, b, s)?;
             add_inplace(g, &mut enc, out, (&la.h).into(), t * d);
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
         rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, eps);
-        matmul_forward(g, &mut enc, (&a.logits).into(), (&a.xf).into(), v(p, off.lm_head), t, d, vs);
+        matmul_forward(g, &mut enc, (&a.logits).into(), (&a.xf).into(), v(p, *off.head()), t, d, vs);
         crossentropy_forward(g, &mut enc, (&a.losses).into(), (&a.logits).into(), &a.targets, &a.valid, t, vs);
         finite_flags(g, &mut enc, &a.flags, nl, &a.losses);
         let mut reads = vec![&a.stats, &a.losses, &a.flags];
@@ -304,22 +279,16 @@ impl GpuModel {
         }
         let st: &[f32] = bytemuck::cast_slice(&r[0]);
         let losses: &[f32] = bytemuck::cast_slice(&r[1]);
-        let mut stats = ModelStats::default();
+        let mut stats = ModelStats::zeros(nl, b, e);
         for l in 0..nl {
-            let rs = unpack_stats(&st[l * stat_len..][..stat_len], b, e);
-            stats.counts.extend(rs.counts);
-            stats.score_sums.extend(rs.score_sums);
-            stats.topk_score_sums.extend(rs.topk_score_sums);
-            stats.z_sums.extend(rs.z_sums);
-            stats.valid_tokens = rs.valid_tokens;
+            stats.set_layer(l, &unpack_stats(&st[l * stat_len..][..stat_len], b, e));
         }
-        stats.loss_sums = losses.chunks(s).map(|c| c.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
-        stats.loss = losses.iter().map(|&x| x as f64).sum();
+        stats.set_losses(losses, s);
         let logits = want_logits.then(|| bytemuck::cast_slice(&r[3]).to_vec());
         Ok((stats, logits))
     }
 
-    /// Backward of the stored forward; accumulates into the gradient buffer. See `model::model_backward`.
+    /// Backward of the stored forward; accumulates into the gradient buffer. See `cpu::model::model_backward`.
     pub fn backward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
         let g = dev.g;
         let a = self.acts.as_mut().ok_or_else(|| MoeError::InvalidState("backward needs a stored forward".into()))?;
@@ -338,20 +307,19 @@ impl GpuModel {
         g.clear(&mut enc, &gs.dlogits);
         crossentropy_backward(g, &mut enc, (&gs.dlogits).into(), (&a.logits).into(), &a.targets, &a.valid, lm_scale, t, vs);
         g.clear(&mut enc, &gs.dxf);
-        matmul_backward(g, &mut enc, (&gs.dxf).into(), v(gr, off.lm_head), (&gs.dlogits).into(), (&a.xf).into(), v(p, off.lm_head), t, d, vs);
+        matmul_backward(g, &mut enc, (&gs.dxf).into(), v(gr, *off.head()), (&gs.dlogits).into(), (&a.xf).into(), v(p, *off.head()), t, d, vs);
         g.clear(&mut enc, &gs.dx);
         rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, off.norm), (&gs.dxf).into(), (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
-        for l in (0..cfg.num_hidden_layers).rev() {
-            let [ln1, wq, wk, wv, wo, qn, kn, ln2, mlp] = off.layers[l];
+        for (l, w) in off.layers.iter().enumerate().rev() {
             let la = &mut a.layers[l];
             // out = h + MoE(hn)
             g.copy(&mut enc, &gs.dx, 0, &gs.dh, 0, t * d);
-            moe_backward(g, &mut enc, (&gs.dhn).into(), v(gr, mlp), &mut la.moe, (&gs.dx).into(), v(&gs.pressure, l * b * e), z_scale, v(p, mlp), &moe_cfg)?;
-            rmsnorm_backward(g, &mut enc, (&gs.dh).into(), v(gr, ln2), (&gs.dhn).into(), (&la.h).into(), v(p, ln2), (&la.rstd2).into(), t, d);
+            moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, &w.mlp), &mut la.moe, (&gs.dx).into(), v(&gs.pressure, l * b * e), z_scale, &views(p, &w.mlp), &moe_cfg)?;
+            rmsnorm_backward(g, &mut enc, (&gs.dh).into(), v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
             // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)); dx becomes dxin.
             g.copy(&mut enc, &gs.dh, 0, &gs.dx, 0, t * d);
             g.clear(&mut enc, &gs.datt);
-            matmul_backward(g, &mut enc, (&gs.datt).into(), v(gr, wo), (&gs.dh).into(), (&la.att).into(), v(p, wo), t, h * hd, d);
+            matmul_backward(g, &mut enc, (&gs.datt).into(), v(gr, w.o_proj), (&gs.dh).into(), (&la.att).into(), v(p, w.o_proj), t, h * hd, d);
             for buf in [&gs.dqr, &gs.dkr, &gs.dv, &gs.dqn, &gs.dkn] {
                 g.clear(&mut enc, buf);
             }
@@ -360,15 +328,15 @@ impl GpuModel {
             rope_backward(g, &mut enc, (&gs.dkn).into(), (&gs.dkr).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
             g.clear(&mut enc, &gs.dq);
             g.clear(&mut enc, &gs.dk);
-            rmsnorm_backward(g, &mut enc, (&gs.dq).into(), v(gr, qn), (&gs.dqn).into(), (&la.q).into(), v(p, qn), (&la.rstd_q).into(), t * h, hd);
-            rmsnorm_backward(g, &mut enc, (&gs.dk).into(), v(gr, kn), (&gs.dkn).into(), (&la.k).into(), v(p, kn), (&la.rstd_k).into(), t * kv, hd);
+            rmsnorm_backward(g, &mut enc, (&gs.dq).into(), v(gr, w.q_norm), (&gs.dqn).into(), (&la.q).into(), v(p, w.q_norm), (&la.rstd_q).into(), t * h, hd);
+            rmsnorm_backward(g, &mut enc, (&gs.dk).into(), v(gr, w.k_norm), (&gs.dkn).into(), (&la.k).into(), v(p, w.k_norm), (&la.rstd_k).into(), t * kv, hd);
             g.clear(&mut enc, &gs.dxn);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wq), (&gs.dq).into(), (&la.xn).into(), v(p, wq), t, d, h * hd);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wk), (&gs.dk).into(), (&la.xn).into(), v(p, wk), t, d, kv * hd);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, wv), (&gs.dv).into(), (&la.xn).into(), v(p, wv), t, d, kv * hd);
-            rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, ln1), (&gs.dxn).into(), (&la.x).into(), v(p, ln1), (&la.rstd1).into(), t, d);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.q_proj), (&gs.dq).into(), (&la.xn).into(), v(p, w.q_proj), t, d, h * hd);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.k_proj), (&gs.dk).into(), (&la.xn).into(), v(p, w.k_proj), t, d, kv * hd);
+            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.v_proj), (&gs.dv).into(), (&la.xn).into(), v(p, w.v_proj), t, d, kv * hd);
+            rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, w.input_layernorm), (&gs.dxn).into(), (&la.x).into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
         }
-        embedding_backward(g, &mut enc, v(gr, off.embed), (&gs.dx).into(), &a.index, d);
+        embedding_backward(g, &mut enc, v(gr, off.embed_tokens), (&gs.dx).into(), &a.index, d);
         g.finish(enc, &[])?;
         Ok(())
     }

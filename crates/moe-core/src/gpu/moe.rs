@@ -1,4 +1,4 @@
-//! The MoE block on the GPU, op for op `crate::moe::moe_forward` / `moe_backward`: the router linear,
+//! The MoE block on the GPU, op for op `cpu::moe::moe_forward` / `moe_backward`: the router linear,
 //! `router` (mirroring `cpu::router`) and the dropless `experts` (mirroring `cpu::experts`), composed
 //! in one encoder; nothing reads back. A block's routing statistics land in one f32 view of
 //! `stats_len(B, E)` laid out as in `router`'s module doc, so a model packs every layer's into one
@@ -11,8 +11,10 @@ use super::experts::{
 use super::matmul::{matmul_backward, matmul_forward, View};
 use super::router::{router_backward, router_forward, router_stats};
 use super::{Buf, Encoder, Gpu};
+use crate::config::MoeConfig;
 use crate::error::{MoeError, Result};
-use crate::moe::{MoeConfig, RoutingStats};
+use crate::layout::MoeParams;
+use crate::stats::RoutingStats;
 
 /// Length of one block's statistics view: 2 B E + 3 B.
 pub fn stats_len(b: usize, e: usize) -> usize {
@@ -102,11 +104,10 @@ impl Saved {
     }
 }
 
-/// Forward of the block on B sequences of S tokens (GPU `moe::moe_forward`). Overwrites out (T, C)
+/// Forward of the block on B sequences of S tokens (GPU `cpu::moe::moe_forward`). Overwrites out (T, C)
 /// and stats (`stats_len(B, E)` floats, laid out as in the module doc); `acts` receives what the
 /// backward needs. x (T, C); mask (T) u32, 1 = valid token; bias (E) the router's selection bias;
-/// wt: the block's weights laid out as
-/// `MoeWeights::split` (gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F)).
+/// wt: the block's weights, gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     g: &Gpu,
@@ -117,7 +118,7 @@ pub fn moe_forward(
     x: View,
     mask: &Buf,
     bias: View,
-    wt: View,
+    wt: &MoeParams<View>,
     cfg: &MoeConfig,
     b: usize,
     s: usize,
@@ -135,29 +136,29 @@ pub fn moe_forward(
     let a = acts.saved.as_ref().expect("allocated above");
     g.copy(enc, x.buf, x.off, &a.x, 0, t * c);
     g.copy(enc, mask, 0, &a.mask, 0, t);
-    matmul_forward(g, enc, (&a.logits).into(), x, wt, t, c, e);
+    matmul_forward(g, enc, (&a.logits).into(), x, wt.gate, t, c, e);
     router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, bias, t, e, k, cfg.norm_topk_prob);
     router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, &a.mask, b, s, e, k);
     permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
-    experts_forward(g, enc, &a.guh, &a.ys, &a.xs, wt.at(e * c), &a.sorted(), c, f);
+    experts_forward(g, enc, &a.guh, &a.ys, &a.xs, &wt.experts, &a.sorted(), c, f);
     combine_forward(g, enc, out, &a.ys, &a.w, &a.pos, t, c, k);
     Ok(())
 }
 
-/// Backward of the block (GPU `moe::moe_backward`). Overwrites dx (T, C); accumulates into `grads`
-/// (laid out as `wt`). dout (T, C); pressure (B, E) and z_scale: see `cpu::router::router_backward`.
+/// Backward of the block (GPU `cpu::moe::moe_backward`). Overwrites dx (T, C); accumulates into `grads`
+/// (shaped as `wt`). dout (T, C); pressure (B, E) and z_scale: see `cpu::router::router_backward`.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward(
     g: &Gpu,
     enc: &mut Encoder,
     dx: View,
-    grads: View,
+    grads: &MoeParams<View>,
     acts: &mut GpuMoeActs,
     dout: View,
     pressure: View,
     z_scale: f32,
-    wt: View,
+    wt: &MoeParams<View>,
     cfg: &MoeConfig,
 ) -> Result<()> {
     let (c, f, e, k) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok);
@@ -172,12 +173,11 @@ pub fn moe_backward(
     }
     let sc = acts.scratch.as_ref().expect("allocated above");
     combine_backward(g, enc, &sc.drows, &sc.dw, dout, &a.ys, &a.w, &a.pos, t, c, k);
-    let (wx, gx) = (wt.at(e * c), grads.at(e * c));
-    experts_backward(g, enc, &sc.drows, gx, &sc.dgu, &sc.drows, &a.xs, &a.guh, wx, &a.sorted(), c, f);
+    experts_backward(g, enc, &sc.drows, &grads.experts, &sc.dgu, &sc.drows, &a.xs, &a.guh, &wt.experts, &a.sorted(), c, f);
     gather_backward(g, enc, dx, &sc.drows, &a.pos, t, c, k);
     let (dlogits, norm) = (&a.logits, cfg.norm_topk_prob);
     router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, &a.mask, pressure, z_scale, b, s, e, k, norm);
-    matmul_backward(g, enc, dx, grads, dlogits.into(), (&a.x).into(), wt, t, c, e);
+    matmul_backward(g, enc, dx, grads.gate, dlogits.into(), (&a.x).into(), wt.gate, t, c, e);
     Ok(())
 }
 
@@ -186,10 +186,10 @@ mod tests {
     use super::*;
     use crate::gpu::experts::TILE;
     use crate::gpu::tests::{check_stats, f32s, mask_of, padded, test_gpu, upload_mask};
-    use crate::moe::{moe_param_count, MoeActs, MoeGrads, MoeWeights, RoutingStats};
+    use crate::cpu::moe::MoeActs;
     use crate::testutil::{assert_close, randn};
 
-    /// The whole block against `crate::moe` on B sequences of S tokens: output, statistics, dx and
+    /// The whole block against `cpu::moe` on B sequences of S tokens: output, statistics, dx and
     /// every gradient. Experts 2 and E-1 receive no tokens. Returns the most rows an expert received.
     fn check_block(g: &Gpu, acts: &mut GpuMoeActs, [b, s, c, f, e, k]: [usize; 6], norm: bool) -> u32 {
         eprintln!("block B={b} S={s} C={c} F={f} E={e} K={k} norm_topk={norm}");
@@ -203,7 +203,8 @@ mod tests {
             seed: 0,
         };
         let t = b * s;
-        let np = moe_param_count(&cfg);
+        let layout = MoeParams::layout(&cfg);
+        let np = layout.len();
         // Weights ~ N(0, 1/C): activations and gradients of order one.
         let mut params: Vec<f32> = randn(np, 6).iter().map(|v| v / (c as f32).sqrt()).collect();
         let mut x = randn(t * c, 7);
@@ -221,11 +222,11 @@ mod tests {
         (bias[2], bias[e - 1]) = (-1.0, -1.0);
 
         let (mut out, mut stats, mut cacts) = (vec![0.0; t * c], RoutingStats::default(), MoeActs::default());
-        let wt = MoeWeights::split(&params, &cfg);
-        crate::moe::moe_forward(&mut out, &mut stats, &mut cacts, &x, &mask, &bias, &wt, &cfg, b, s);
+        let wt = layout.views(&params);
+        crate::cpu::moe::moe_forward(&mut out, &mut stats, &mut cacts, &x, &mask, &bias, &wt, &cfg, b, s);
         let (mut dx, mut grads) = (vec![0.0; t * c], grads0.clone());
-        let mut cgrads = MoeGrads::split(&mut grads, &cfg);
-        crate::moe::moe_backward(&mut dx, &mut cgrads, &mut cacts, &dout, &pressure, z_scale, &wt, &cfg);
+        let mut cgrads = layout.views_mut(&mut grads);
+        crate::cpu::moe::moe_backward(&mut dx, &mut cgrads, &mut cacts, &dout, &pressure, z_scale, &wt, &cfg);
         for i in [2, e - 1] {
             assert!((0..b).all(|bi| stats.counts[bi * e + i] == 0.0), "expert {i} should receive no tokens");
         }
@@ -236,16 +237,18 @@ mod tests {
         let (gdout, gpress, ggrads) = (padded(g, 1, &dout), padded(g, 2, &pressure), padded(g, 7, &grads0));
         let gdx = g.alloc(6 + t * c).unwrap();
         let v = |buf, off| View { buf, off };
+        // The block's tensors at their layout offsets behind 5 (params) and 7 (grads) filler values.
+        let (wv, gv) = (layout.map(&mut |s| v(&gparams, 5 + s.offset)), layout.map(&mut |s| v(&ggrads, 7 + s.offset)));
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gbias, 1), v(&gparams, 5), &cfg, b, s).unwrap();
-        let (dx_v, grads_v, dout_v, press_v) = (v(&gdx, 6), v(&ggrads, 7), v(&gdout, 1), v(&gpress, 2));
-        moe_backward(g, &mut enc, dx_v, grads_v, acts, dout_v, press_v, z_scale, v(&gparams, 5), &cfg).unwrap();
+        moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gbias, 1), &wv, &cfg, b, s).unwrap();
+        let (dx_v, dout_v, press_v) = (v(&gdx, 6), v(&gdout, 1), v(&gpress, 2));
+        moe_backward(g, &mut enc, dx_v, &gv, acts, dout_v, press_v, z_scale, &wv, &cfg).unwrap();
         let r = g.finish(enc, &[&gout, &gstats, &gdx, &ggrads]).unwrap();
         assert_close("block out", &f32s(&r[0])[2..], &out, 1e-5, 1e-4);
         check_stats(&f32s(&r[1])[4..], &stats, b, e);
         assert_close("block dx", &f32s(&r[2])[6..], &dx, 1e-5, 1e-4);
         let ggr = f32s(&r[3]);
-        let (gw, cw) = (MoeWeights::split(&ggr[7..], &cfg), MoeWeights::split(&grads, &cfg));
+        let (gw, cw) = (layout.views(&ggr[7..]), layout.views(&grads));
         assert_close("block d gate", gw.gate, cw.gate, 1e-5, 1e-4);
         assert_close("block d gate_proj", gw.experts.gate_proj, cw.experts.gate_proj, 1e-5, 1e-4);
         assert_close("block d up_proj", gw.experts.up_proj, cw.experts.up_proj, 1e-5, 1e-4);

@@ -111,7 +111,7 @@ mod tests {
     use crate::cpu::router as cpu;
     use crate::gpu::moe::stats_len;
     use crate::gpu::tests::{check_stats, f32s, mask_of, padded, test_gpu, upload_mask};
-    use crate::moe::RoutingStats;
+    use crate::stats::RoutingStats;
     use crate::testutil::{assert_close, randn};
 
     #[test]

@@ -38,7 +38,7 @@ pub(crate) fn upload_mask(g: &Gpu, mask: &[u8]) -> Buf {
 }
 
 /// A block's statistics view (`moe::stats_len(B, E)`, laid out as in `router`) against the CPU's.
-pub(crate) fn check_stats(got: &[f32], want: &crate::moe::RoutingStats, b: usize, e: usize) {
+pub(crate) fn check_stats(got: &[f32], want: &crate::stats::RoutingStats, b: usize, e: usize) {
     let be = b * e;
     assert_eq!(&got[..be], &want.counts[..], "stats counts");
     assert_close("stats score_sums", &got[be..2 * be], &want.score_sums, 1e-5, 1e-5);

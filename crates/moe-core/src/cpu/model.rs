@@ -1,0 +1,245 @@
+//! The Qwen3-MoE language model on the CPU. Per layer: h = x + Attn(RMSNorm(x)),
+//! out = h + MoE(RMSNorm(h)); then final RMSNorm, lm_head (optionally tied), cross-entropy.
+//! A decoder layer is three steps, each forward beside its backward: `attention_inputs` (norm,
+//! q/k/v, q/k norm, rotary), the attention core, and `layer_output` (o_proj, residual, norm, MoE,
+//! residual). `model_forward` is the per-layer loop of those steps; `model_backward` the same list
+//! reversed. Generation (`crate::generate`) runs the same steps on one position with a cache.
+//! Position t of a sequence predicts token t + 1; it counts ("valid") when t < S - 1 and the
+//! target token's mask is 1 — the same validity for the loss and every routing statistic.
+
+use super::attention::{attention_backward, attention_forward};
+use super::crossentropy::{crossentropy_backward, crossentropy_forward};
+use super::embedding::{embedding_backward, embedding_forward};
+use super::matmul::{matmul_backward, matmul_forward};
+use super::moe::{moe_backward, moe_forward, MoeActs};
+use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use super::rope::{rope_backward, rope_forward, rope_tables};
+use super::{sized, zeroed};
+use crate::config::ModelConfig;
+use crate::error::{check_finite, Result};
+use crate::layout::{LayerParams, ModelParams};
+use crate::stats::{ModelStats, RoutingStats};
+
+/// Activations of one decoder layer (T = B * S tokens).
+#[derive(Default)]
+pub(crate) struct LayerActs {
+    pub x: Vec<f32>,  // (T, C) layer input
+    xn: Vec<f32>,     // (T, C) input_layernorm(x)
+    rstd1: Vec<f32>,  // (T)
+    q: Vec<f32>,      // (T, H*D) before q_norm
+    k: Vec<f32>,      // (T, KV*D) before k_norm
+    pub v: Vec<f32>,  // (T, KV*D)
+    rstd_q: Vec<f32>, // (T*H)
+    rstd_k: Vec<f32>, // (T*KV)
+    pub qr: Vec<f32>, // (T, H*D) normed and rotated
+    pub kr: Vec<f32>, // (T, KV*D)
+    probs: Vec<f32>,  // (B, H, S, S)
+    pub att: Vec<f32>, // (T, H*D) attention output
+    h: Vec<f32>,      // (T, C) x + attention
+    hn: Vec<f32>,     // (T, C) post_attention_layernorm(h)
+    rstd2: Vec<f32>,  // (T)
+    moe: MoeActs,
+}
+
+/// q and k after their norms, before rotary: scratch shared by all layers.
+#[derive(Default)]
+pub(crate) struct NormedQk {
+    q: Vec<f32>, // (T, H*D)
+    k: Vec<f32>, // (T, KV*D)
+}
+
+/// Everything the backward needs from a stored forward, and the backward's scratch.
+#[derive(Default)]
+pub struct ModelActs {
+    b: usize,
+    s: usize,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    valid: Vec<u8>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    layers: Vec<LayerActs>,
+    qk: NormedQk,
+    xlast: Vec<f32>,  // (T, C) output of the last layer
+    xf: Vec<f32>,     // (T, C) after the final norm
+    rstd_f: Vec<f32>, // (T)
+    logits: Vec<f32>, // (T, V)
+    grads: Grads,
+}
+
+/// The backward's activation gradients, named after the activations.
+#[derive(Default)]
+struct Grads {
+    dlogits: Vec<f32>,
+    dxf: Vec<f32>,
+    dx: Vec<f32>,
+    dh: Vec<f32>,
+    dhn: Vec<f32>,
+    datt: Vec<f32>,
+    dqr: Vec<f32>,
+    dkr: Vec<f32>,
+    dv: Vec<f32>,
+    dqn: Vec<f32>,
+    dkn: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dxn: Vec<f32>,
+}
+
+/// The attention core's inputs from the layer input `la.x`: xn = input_layernorm(x); q, k, v
+/// projections; per-head q_norm, k_norm; rotary embedding at positions pos0..pos0+S of every
+/// sequence. Writes la.{xn, rstd1, q, k, v, rstd_q, rstd_k, qr, kr}; T = la.x.len() / C tokens.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize, pos0: usize) {
+    let (d, h, kv, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
+    let t = la.x.len() / d;
+    rmsnorm_forward(sized(&mut la.xn, t * d), sized(&mut la.rstd1, t), &la.x, w.input_layernorm, d, eps);
+    matmul_forward(sized(&mut la.q, t * h * hd), &la.xn, w.q_proj, t, d, h * hd);
+    matmul_forward(sized(&mut la.k, t * kv * hd), &la.xn, w.k_proj, t, d, kv * hd);
+    matmul_forward(sized(&mut la.v, t * kv * hd), &la.xn, w.v_proj, t, d, kv * hd);
+    let (qn, kn) = (sized(&mut qk.q, t * h * hd), sized(&mut qk.k, t * kv * hd));
+    rmsnorm_forward(qn, sized(&mut la.rstd_q, t * h), &la.q, w.q_norm, hd, eps);
+    rmsnorm_forward(kn, sized(&mut la.rstd_k, t * kv), &la.k, w.k_norm, hd, eps);
+    rope_forward(sized(&mut la.qr, t * h * hd), qn, cos, sin, s, h, hd, pos0);
+    rope_forward(sized(&mut la.kr, t * kv * hd), kn, cos, sin, s, kv, hd, pos0);
+}
+
+/// Backward of `attention_inputs`: from d qr, d kr, d v to the layer input, added into dx (T, C);
+/// accumulates the gradients of the norms and projections. Uses gs.{dqn, dkn, dq, dk, dxn} as scratch.
+#[allow(clippy::too_many_arguments)]
+fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize) {
+    let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let t = la.x.len() / d;
+    rope_backward(sized(&mut gs.dqn, t * h * hd), &gs.dqr, cos, sin, s, h, hd);
+    rope_backward(sized(&mut gs.dkn, t * kv * hd), &gs.dkr, cos, sin, s, kv, hd);
+    let (dq, dk) = (zeroed(&mut gs.dq, t * h * hd), zeroed(&mut gs.dk, t * kv * hd));
+    rmsnorm_backward(dq, g.q_norm, &gs.dqn, &la.q, w.q_norm, &la.rstd_q, hd);
+    rmsnorm_backward(dk, g.k_norm, &gs.dkn, &la.k, w.k_norm, &la.rstd_k, hd);
+    let dxn = zeroed(&mut gs.dxn, t * d);
+    matmul_backward(dxn, g.q_proj, dq, &la.xn, w.q_proj, t, d, h * hd);
+    matmul_backward(dxn, g.k_proj, dk, &la.xn, w.k_proj, t, d, kv * hd);
+    matmul_backward(dxn, g.v_proj, &gs.dv, &la.xn, w.v_proj, t, d, kv * hd);
+    rmsnorm_backward(&mut gs.dx, g.input_layernorm, dxn, &la.x, w.input_layernorm, &la.rstd1, d);
+}
+
+/// The rest of a decoder layer after the attention core: h = x + o_proj(att);
+/// hn = post_attention_layernorm(h); out (T, C) = h + MoE(hn), overwritten. `rs` receives the
+/// block's routing statistics over the valid positions (`valid`, T); bias (E) the selection bias.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, valid: &[u8], b: usize, s: usize) {
+    let (d, h, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
+    let t = b * s;
+    let hh = sized(&mut la.h, t * d);
+    matmul_forward(hh, &la.att, w.o_proj, t, h * hd, d);
+    hh.iter_mut().zip(&la.x).for_each(|(h, x)| *h += x);
+    rmsnorm_forward(sized(&mut la.hn, t * d), sized(&mut la.rstd2, t), &la.h, w.post_attention_layernorm, d, eps);
+    moe_forward(out, rs, &mut la.moe, &la.hn, valid, bias, &w.mlp, &cfg.moe(), b, s);
+    out.iter_mut().zip(&la.h).for_each(|(o, h)| *o += h);
+}
+
+/// Backward of `layer_output`: gs.dx holds d out on entry and d x through the residual on exit;
+/// overwrites gs.datt (d att). pressure (B, E) and z_scale: see `cpu::router::router_backward`.
+#[allow(clippy::too_many_arguments)]
+fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &mut LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], z_scale: f32) {
+    let (d, h, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim);
+    let t = la.x.len() / d;
+    // out = h + MoE(hn)
+    let dh = sized(&mut gs.dh, t * d);
+    dh.copy_from_slice(&gs.dx);
+    moe_backward(sized(&mut gs.dhn, t * d), &mut g.mlp, &mut la.moe, &gs.dx, pressure, z_scale, &w.mlp, &cfg.moe());
+    rmsnorm_backward(dh, g.post_attention_layernorm, &gs.dhn, &la.h, w.post_attention_layernorm, &la.rstd2, d);
+    // h = x + o_proj(att)
+    gs.dx.copy_from_slice(&gs.dh);
+    matmul_backward(zeroed(&mut gs.datt, t * h * hd), g.o_proj, &gs.dh, &la.att, w.o_proj, t, h * hd, d);
+}
+
+/// Forward over tokens (B, S) with per-position validity `valid` (B*S). Fills `a` and returns the
+/// statistics; the logits are in `a.logits`. Fails with `NON_FINITE` naming the first layer whose
+/// output is not finite. bias (L, E): the routers' selection biases.
+#[allow(clippy::too_many_arguments)]
+fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize) -> Result<ModelStats> {
+    let (d, h, kv, hd, v, e, nl) =
+        (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+    let t = b * s;
+    let mut stats = ModelStats::zeros(nl, b, e);
+    // Every buffer of the previous forward is reused (each op overwrites its outputs): fresh
+    // allocations of this size cost page faults on every step.
+    (a.b, a.s) = (b, s);
+    a.valid.clear();
+    a.valid.extend_from_slice(valid);
+    (a.cos, a.sin) = rope_tables(s, hd, cfg.rope_theta);
+    a.tokens.clear();
+    a.tokens.extend_from_slice(tokens);
+    a.targets.clear();
+    a.targets.extend((0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }));
+    a.layers.resize_with(nl, LayerActs::default);
+    embedding_forward(sized(&mut a.layers[0].x, t * d), tokens, w.embed_tokens, d);
+    let mut rs = RoutingStats::default();
+    for (l, lw) in w.layers.iter().enumerate() {
+        let (cur, next) = a.layers.split_at_mut(l + 1);
+        let la = &mut cur[l];
+        attention_inputs(la, &mut a.qk, lw, cfg, &a.cos, &a.sin, s, 0);
+        attention_forward(sized(&mut la.att, t * h * hd), sized(&mut la.probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd);
+        let out = sized(next.first_mut().map_or(&mut a.xlast, |n| &mut n.x), t * d);
+        layer_output(out, &mut rs, la, lw, &bias[l * e..][..e], cfg, &a.valid, b, s);
+        check_finite(&format!("output of layer {l}"), out)?;
+        stats.set_layer(l, &rs);
+    }
+    rmsnorm_forward(sized(&mut a.xf, t * d), sized(&mut a.rstd_f, t), &a.xlast, w.norm, d, cfg.rms_norm_eps as f32);
+    matmul_forward(sized(&mut a.logits, t * v), &a.xf, w.head(), t, d, v);
+    let mut losses = vec![0.0; t];
+    crossentropy_forward(&mut losses, &a.logits, &a.targets, &a.valid, v);
+    check_finite("loss", &losses)?;
+    stats.set_losses(&losses, s);
+    Ok(stats)
+}
+
+/// Backward of `model_forward`: accumulates all parameter gradients. pressure (L, B, E);
+/// lm_scale multiplies the summed cross-entropy (1/T_glob); z_scale = beta / T_glob.
+fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) {
+    let (d, h, kv, hd, v, e) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts);
+    let (b, s) = (a.b, a.s);
+    let t = b * s;
+    // Gradient buffers are kept across steps like the activations; `zeroed` where an op accumulates.
+    let gs = &mut a.grads;
+    crossentropy_backward(sized(&mut gs.dlogits, t * v), &a.logits, &a.targets, &a.valid, lm_scale, v);
+    let dhead: &mut [f32] = match g.lm_head.as_deref_mut() {
+        Some(lm) => lm,
+        None => g.embed_tokens,
+    };
+    matmul_backward(zeroed(&mut gs.dxf, t * d), dhead, &gs.dlogits, &a.xf, w.head(), t, d, v);
+    rmsnorm_backward(zeroed(&mut gs.dx, t * d), g.norm, &gs.dxf, &a.xlast, w.norm, &a.rstd_f, d);
+    for (l, la) in a.layers.iter_mut().enumerate().rev() {
+        let (lw, lg) = (&w.layers[l], &mut g.layers[l]);
+        layer_output_backward(gs, lg, la, lw, cfg, &pressure[l * b * e..][..b * e], z_scale);
+        let (dqr, dkr, dv) = (sized(&mut gs.dqr, t * h * hd), sized(&mut gs.dkr, t * kv * hd), sized(&mut gs.dv, t * kv * hd));
+        attention_backward(dqr, dkr, dv, &gs.datt, &la.probs, &la.qr, &la.kr, &la.v, s, h, kv, hd);
+        attention_inputs_backward(gs, lg, la, lw, cfg, &a.cos, &a.sin, s);
+    }
+    embedding_backward(g.embed_tokens, &gs.dx, &a.tokens, d);
+}
+
+/// The CPU side of a `Model`: the stored forward's activations, reused from step to step.
+#[derive(Default)]
+pub struct CpuModel {
+    acts: ModelActs,
+}
+
+impl CpuModel {
+    /// Forward over tokens (B, S) with validity `valid` (B*S). With `store` the activations are
+    /// kept for `backward`; without, the stored ones are untouched. Returns the statistics and,
+    /// with `want_logits`, the logits (B*S, V).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&mut self, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+        let mut scratch = ModelActs::default();
+        let a = if store { &mut self.acts } else { &mut scratch };
+        let stats = super::pool().install(|| model_forward(a, w, bias, cfg, tokens, valid, b, s))?;
+        Ok((stats, want_logits.then(|| a.logits.clone())))
+    }
+
+    /// Backward of the stored forward; accumulates into `g`. See `model_backward`.
+    pub fn backward(&mut self, g: &mut ModelParams<&mut [f32]>, w: &ModelParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) {
+        let a = &mut self.acts;
+        super::pool().install(|| model_backward(g, a, w, cfg, pressure, lm_scale, z_scale));
+    }
+}

@@ -1,0 +1,325 @@
+//! The parameter layout: one list of named tensors per decoder layer, with the Hugging Face names
+//! and shapes, from which everything else is derived — the offsets into the flat host buffers
+//! (params, grads, AdamW moments), the slices the CPU ops read, the offsets the GPU kernels bind and
+//! the tensor names of checkpoints. Code reads a tensor through its field (`layer.attn.q_proj`),
+//! never by position.
+//!
+//! The same structs hold any per-tensor value `T`: the layout itself (`ParamSpec`), weights
+//! (`&[f32]`), gradients (`&mut [f32]`) or device offsets (`usize`). `map` visits the fields in
+//! layout order, which is also the order of the flat buffer (tested: the views tile it exactly).
+
+use crate::config::{ModelConfig, MoeConfig};
+
+/// One tensor of the flat buffer: Hugging Face name, shape, offset. An expert bank is one tensor of
+/// shape (E, ..) whose name holds `{e}`: checkpoints store it as E tensors, one per expert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+    /// The Hugging Face tensors this entry stands for: itself, or one per expert of a bank.
+    pub fn hf_tensors(&self) -> Vec<ParamSpec> {
+        if !self.name.contains("{e}") {
+            return vec![self.clone()];
+        }
+        let per: usize = self.shape[1..].iter().product();
+        (0..self.shape[0])
+            .map(|e| ParamSpec { name: self.name.replace("{e}", &e.to_string()), shape: self.shape[1..].to_vec(), offset: self.offset + e * per })
+            .collect()
+    }
+}
+
+/// A SwiGLU expert bank of E experts, each kind stacked over experts so that the grouped GEMMs read
+/// one block per kind: gate_proj, up_proj (E, F, C); down_proj (E, C, F).
+#[derive(Debug, Clone)]
+pub struct ExpertParams<T> {
+    pub gate_proj: T,
+    pub up_proj: T,
+    pub down_proj: T,
+}
+
+/// One MoE block: the router `gate` (E, C) and its experts.
+#[derive(Debug, Clone)]
+pub struct MoeParams<T> {
+    pub gate: T,
+    pub experts: ExpertParams<T>,
+}
+
+/// One decoder layer (Qwen3-MoE): attention with per-head q/k RMSNorm, then the MoE block.
+#[derive(Debug, Clone)]
+pub struct LayerParams<T> {
+    /// (C)
+    pub input_layernorm: T,
+    /// (H*D, C)
+    pub q_proj: T,
+    /// (KV*D, C)
+    pub k_proj: T,
+    /// (KV*D, C)
+    pub v_proj: T,
+    /// (C, H*D)
+    pub o_proj: T,
+    /// (D)
+    pub q_norm: T,
+    /// (D)
+    pub k_norm: T,
+    /// (C)
+    pub post_attention_layernorm: T,
+    pub mlp: MoeParams<T>,
+}
+
+/// The whole model. `lm_head` is None when tied to `embed_tokens`.
+#[derive(Debug, Clone)]
+pub struct ModelParams<T> {
+    /// (V, C)
+    pub embed_tokens: T,
+    pub layers: Vec<LayerParams<T>>,
+    /// (C)
+    pub norm: T,
+    /// (V, C)
+    pub lm_head: Option<T>,
+}
+
+impl<T> ExpertParams<T> {
+    pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> ExpertParams<U> {
+        ExpertParams { gate_proj: f(&self.gate_proj), up_proj: f(&self.up_proj), down_proj: f(&self.down_proj) }
+    }
+}
+
+impl<T> MoeParams<T> {
+    pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> MoeParams<U> {
+        MoeParams { gate: f(&self.gate), experts: self.experts.map(f) }
+    }
+}
+
+impl<T> LayerParams<T> {
+    pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> LayerParams<U> {
+        LayerParams {
+            input_layernorm: f(&self.input_layernorm),
+            q_proj: f(&self.q_proj),
+            k_proj: f(&self.k_proj),
+            v_proj: f(&self.v_proj),
+            o_proj: f(&self.o_proj),
+            q_norm: f(&self.q_norm),
+            k_norm: f(&self.k_norm),
+            post_attention_layernorm: f(&self.post_attention_layernorm),
+            mlp: self.mlp.map(f),
+        }
+    }
+}
+
+impl<T> ModelParams<T> {
+    pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> ModelParams<U> {
+        ModelParams {
+            embed_tokens: f(&self.embed_tokens),
+            layers: self.layers.iter().map(|l| l.map(f)).collect(),
+            norm: f(&self.norm),
+            lm_head: self.lm_head.as_ref().map(f),
+        }
+    }
+
+    /// The output projection: `lm_head`, or the embedding when tied.
+    pub fn head(&self) -> &T {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+}
+
+/// Hands out consecutive specs from offset 0: the order of `add` calls is the buffer's order.
+struct Builder {
+    at: usize,
+}
+
+impl Builder {
+    fn add(&mut self, name: String, shape: &[usize]) -> ParamSpec {
+        let spec = ParamSpec { name, shape: shape.to_vec(), offset: self.at };
+        self.at += spec.len();
+        spec
+    }
+
+    fn moe(&mut self, cfg: &MoeConfig, prefix: &str) -> MoeParams<ParamSpec> {
+        let (c, f, e) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
+        MoeParams {
+            gate: self.add(format!("{prefix}gate.weight"), &[e, c]),
+            experts: ExpertParams {
+                gate_proj: self.add(format!("{prefix}experts.{{e}}.gate_proj.weight"), &[e, f, c]),
+                up_proj: self.add(format!("{prefix}experts.{{e}}.up_proj.weight"), &[e, f, c]),
+                down_proj: self.add(format!("{prefix}experts.{{e}}.down_proj.weight"), &[e, c, f]),
+            },
+        }
+    }
+}
+
+/// Views of `flat` for every spec of a layout, in layout order. Panics if the specs do not tile
+/// the buffer from offset 0 in that order (a layout bug, caught by the tiling tests).
+fn slicer<'a>(flat: &'a [f32]) -> impl FnMut(&ParamSpec) -> &'a [f32] {
+    let mut at = 0;
+    move |s: &ParamSpec| {
+        assert_eq!(s.offset, at, "layout order: {} is not at the next offset", s.name);
+        at += s.len();
+        &flat[s.range()]
+    }
+}
+
+/// Mutable views, as `slicer`.
+fn slicer_mut<'a>(flat: &'a mut [f32]) -> impl FnMut(&ParamSpec) -> &'a mut [f32] {
+    let mut rest = flat;
+    let mut at = 0;
+    move |s: &ParamSpec| {
+        assert_eq!(s.offset, at, "layout order: {} is not at the next offset", s.name);
+        at += s.len();
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(s.len());
+        rest = tail;
+        mine
+    }
+}
+
+impl MoeParams<ParamSpec> {
+    /// The standalone MoE layer: names without a prefix (`gate.weight`, `experts.{e}.up_proj.weight`).
+    pub fn layout(cfg: &MoeConfig) -> Self {
+        Builder { at: 0 }.moe(cfg, "")
+    }
+
+    pub fn len(&self) -> usize {
+        let d = &self.experts.down_proj;
+        d.offset + d.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every spec in buffer order.
+    pub fn specs(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        self.map(&mut |s| out.push(s.clone()));
+        out
+    }
+
+    pub fn views<'a>(&self, flat: &'a [f32]) -> MoeParams<&'a [f32]> {
+        self.map(&mut slicer(flat))
+    }
+
+    pub fn views_mut<'a>(&self, flat: &'a mut [f32]) -> MoeParams<&'a mut [f32]> {
+        self.map(&mut slicer_mut(flat))
+    }
+}
+
+impl ModelParams<ParamSpec> {
+    /// The Qwen3-MoE model's layout (Hugging Face `Qwen3MoeForCausalLM` names).
+    pub fn layout(cfg: &ModelConfig) -> Self {
+        let (v, d, h, kv, hd) = (cfg.vocab_size, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let moe = cfg.moe();
+        let mut b = Builder { at: 0 };
+        let embed_tokens = b.add("model.embed_tokens.weight".into(), &[v, d]);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}.");
+                LayerParams {
+                    input_layernorm: b.add(format!("{p}input_layernorm.weight"), &[d]),
+                    q_proj: b.add(format!("{p}self_attn.q_proj.weight"), &[h * hd, d]),
+                    k_proj: b.add(format!("{p}self_attn.k_proj.weight"), &[kv * hd, d]),
+                    v_proj: b.add(format!("{p}self_attn.v_proj.weight"), &[kv * hd, d]),
+                    o_proj: b.add(format!("{p}self_attn.o_proj.weight"), &[d, h * hd]),
+                    q_norm: b.add(format!("{p}self_attn.q_norm.weight"), &[hd]),
+                    k_norm: b.add(format!("{p}self_attn.k_norm.weight"), &[hd]),
+                    post_attention_layernorm: b.add(format!("{p}post_attention_layernorm.weight"), &[d]),
+                    mlp: b.moe(&moe, &format!("{p}mlp.")),
+                }
+            })
+            .collect();
+        let norm = b.add("model.norm.weight".into(), &[d]);
+        let lm_head = (!cfg.tie_word_embeddings).then(|| b.add("lm_head.weight".into(), &[v, d]));
+        ModelParams { embed_tokens, layers, norm, lm_head }
+    }
+
+    /// Elements of the flat buffer.
+    pub fn len(&self) -> usize {
+        let last = self.lm_head.as_ref().unwrap_or(&self.norm);
+        last.offset + last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every spec in buffer order.
+    pub fn specs(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        self.map(&mut |s| out.push(s.clone()));
+        out
+    }
+
+    pub fn views<'a>(&self, flat: &'a [f32]) -> ModelParams<&'a [f32]> {
+        self.map(&mut slicer(flat))
+    }
+
+    pub fn views_mut<'a>(&self, flat: &'a mut [f32]) -> ModelParams<&'a mut [f32]> {
+        self.map(&mut slicer_mut(flat))
+    }
+
+    /// The offsets of every tensor, for the GPU kernels.
+    pub fn offsets(&self) -> ModelParams<usize> {
+        self.map(&mut |s| s.offset)
+    }
+}
+
+/// The Hugging Face tensors of a layout, in buffer order (expert banks expanded per expert).
+pub fn hf_tensors(specs: &[ParamSpec]) -> Vec<ParamSpec> {
+    specs.iter().flat_map(ParamSpec::hf_tensors).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(tied: bool) -> ModelConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 37, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 4, "moe_intermediate_size": 10, "num_experts": 5,
+            "num_experts_per_tok": 2, "tie_word_embeddings": tied
+        }))
+        .unwrap()
+    }
+
+    /// The named views cover the flat buffer exactly once, in order, for the layout and its
+    /// Hugging Face expansion, and a view by field is the buffer at that field's offset.
+    #[test]
+    fn named_views_tile_the_flat_buffer() {
+        for tied in [false, true] {
+            let layout = ModelParams::layout(&cfg(tied));
+            for specs in [layout.specs(), hf_tensors(&layout.specs())] {
+                let mut at = 0;
+                for s in &specs {
+                    assert_eq!(s.offset, at, "{} does not follow its predecessor", s.name);
+                    at += s.len();
+                }
+                assert_eq!(at, layout.len());
+            }
+            let flat: Vec<f32> = (0..layout.len()).map(|i| i as f32).collect();
+            let w = layout.views(&flat);
+            let l1 = &layout.layers[1];
+            assert_eq!(w.layers[1].q_proj[0], flat[l1.q_proj.offset]);
+            assert_eq!(w.layers[2].mlp.experts.down_proj.len(), 5 * 16 * 10);
+            assert_eq!(w.head()[0], flat[layout.head().offset]);
+            let mut g = flat.clone();
+            let gv = layout.views_mut(&mut g);
+            assert_eq!(gv.norm.len(), 16);
+            let n = hf_tensors(&layout.specs()).len();
+            assert_eq!(n, 1 + 3 * (8 + 1 + 3 * 5) + 1 + usize::from(!tied));
+        }
+        let moe = MoeParams::layout(&cfg(false).moe());
+        assert_eq!(hf_tensors(&moe.specs())[1].name, "experts.0.gate_proj.weight");
+        assert_eq!(moe.views(&vec![0.0; moe.len()]).experts.up_proj.len(), 5 * 10 * 16);
+    }
+}
