@@ -21,32 +21,6 @@ export declare class MoeLayer {
    * The layer runs on `options.device`.
    */
   constructor(config: MoeLayerConfig, options?: DeviceOptions)
-  /** Where the layer runs: "gpu" or "cpu". */
-  get device(): 'gpu' | 'cpu'
-  /** The validated configuration, defaults filled in. */
-  get config(): Required<MoeLayerConfig>
-  /**
-   * The router's selection bias (E): added to the scores to choose the top-k experts, never
-   * to their weights (auxiliary-loss-free balancing); zero unless set.
-   */
-  get routerBias(): Float32Array
-  setRouterBias(bias: Float32Array): void
-  get numParameters(): number
-  /** Every parameter, in the order of the flat buffer. */
-  parameters(): Array<ParameterInfo>
-  /** A copy of parameter `name`, row-major. */
-  getParameter(name: string): Float32Array
-  setParameter(name: string, data: Float32Array): void
-  /** A copy of the accumulated gradient of parameter `name`. */
-  getGrad(name: string): Float32Array
-  /**
-   * All gradients as one flat array in parameter order (read, all-reduce, write back); copied
-   * into `out` when given, a buffer reused from step to step (no fresh allocation per step).
-   */
-  getGrads(out?: Float32Array | undefined | null): Float32Array
-  /** Replaces all gradients (e.g. with their all-reduced sum). */
-  setGrads(data: Float32Array): void
-  zeroGrad(): void
   /**
    * Forward on `numSequences` equal-length sequences packed in x (T, hidden_size). Resolves to the
    * output and per-sequence routing statistics. With `store: false` it keeps no activations.
@@ -57,12 +31,43 @@ export declare class MoeLayer {
    * Accumulates parameter gradients; resolves to dx (T, hidden_size).
    */
   backward(dOut: Float32Array, pressure: Float32Array, zScale: number): Promise<Float32Array>
+  /** Where it runs: "gpu" or "cpu". */
+  get device(): 'gpu' | 'cpu'
+  /** The validated configuration, defaults filled in. */
+  get config(): Required<MoeLayerConfig>
   /**
-   * One AdamW step: { lr, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0, maxGradNorm?,
-   * schedule? }. Resolves to the gradient norm before clipping.
+   * The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+   * scores to choose the top-k experts, never to their weights (auxiliary-loss-free
+   * balancing); zero unless set.
+   */
+  get routerBias(): Float32Array
+  setRouterBias(bias: Float32Array): void
+  /** Number of parameters (elements of the flat buffer). */
+  get numParameters(): number
+  /** Every parameter by its Hugging Face name, in the order of the flat buffer. */
+  parameters(): Array<ParameterInfo>
+  /** A copy of parameter `name`, row-major. */
+  getParameter(name: string): Float32Array
+  setParameter(name: string, data: Float32Array): void
+  /** A copy of the accumulated gradient of parameter `name`. */
+  getGrad(name: string): Float32Array
+  /** All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy). */
+  getParams(): Float32Array
+  setParams(data: Float32Array): void
+  /**
+   * All gradients as one flat array in parameter order (read, all-reduce, write back);
+   * copied into `out` when given, a buffer reused from step to step.
+   */
+  getGrads(out?: Float32Array | undefined | null): Float32Array
+  /** Replaces all gradients (e.g. with their all-reduced sum). */
+  setGrads(data: Float32Array): void
+  zeroGrad(): void
+  /**
+   * One AdamW step on the accumulated gradients (see AdamWOptions); resolves to the
+   * gradient norm before clipping.
    */
   step(options: AdamWOptions): Promise<number>
-  /** Frees the layer's memory now; any later call fails with INVALID_STATE. */
+  /** Frees the memory now; any later call fails with INVALID_STATE. */
   dispose(): void
 }
 
@@ -75,35 +80,10 @@ export declare class MoeModel {
   constructor(config: ModelConfig, options?: DeviceOptions)
   /** A model read from a checkpoint folder (config.json + model.safetensors [+ training state]). */
   static fromCheckpoint(dir: string, options?: DeviceOptions): Promise<MoeModel>
-  /** Where the model runs: "gpu" or "cpu". */
-  get device(): 'gpu' | 'cpu'
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
-  /** The validated configuration, defaults filled in. */
-  get config(): Required<ModelConfig>
   /** Optimiser steps taken (restored by checkpoints). */
   get optimizerStep(): number
-  /**
-   * The router's selection bias (L, E): added to the scores to choose the top-k experts, never
-   * to their weights (auxiliary-loss-free balancing); zero unless set.
-   */
-  get routerBias(): Float32Array
-  setRouterBias(bias: Float32Array): void
-  get numParameters(): number
-  parameters(): Array<ParameterInfo>
-  getParameter(name: string): Float32Array
-  setParameter(name: string, data: Float32Array): void
-  getGrad(name: string): Float32Array
-  /** All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy). */
-  getParams(): Float32Array
-  setParams(data: Float32Array): void
-  /**
-   * All gradients as one flat array in parameter order (read, all-reduce, write back); copied
-   * into `out` when given, a buffer reused from step to step (no fresh allocation per step).
-   */
-  getGrads(out?: Float32Array | undefined | null): Float32Array
-  setGrads(data: Float32Array): void
-  zeroGrad(): void
   /**
    * Forward on tokens (B, S) with B = numSequences: the loss and the per-layer, per-sequence
    * routing statistics. `store: false` keeps no activations (evaluation, statistics pre-pass).
@@ -113,8 +93,6 @@ export declare class MoeModel {
   logits(tokens: Uint32Array, numSequences: number): Promise<Float32Array>
   /** Backward of the last stored forward with router pressure (L, B, E); accumulates gradients. */
   backward(pressure: Float32Array, scales: BackwardScales): Promise<void>
-  /** One AdamW step (see AdamWOptions); resolves to the gradient norm before clipping. */
-  step(options: AdamWOptions): Promise<number>
   /**
    * Writes config.json + model.safetensors into `dir`; with `trainerState` (JSON) also the
    * optimiser state: a training checkpoint. Every file is replaced atomically.
@@ -127,7 +105,43 @@ export declare class MoeModel {
   loadCheckpoint(dir: string): Promise<string | null>
   /** Continues `prompt` by up to `maxNewTokens` tokens with a key/value cache. */
   generate(prompt: Uint32Array, maxNewTokens: number, options?: GenerateOptions): Promise<Uint32Array>
-  /** Frees the model's memory now; any later call fails with INVALID_STATE. */
+  /** Where it runs: "gpu" or "cpu". */
+  get device(): 'gpu' | 'cpu'
+  /** The validated configuration, defaults filled in. */
+  get config(): Required<ModelConfig>
+  /**
+   * The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+   * scores to choose the top-k experts, never to their weights (auxiliary-loss-free
+   * balancing); zero unless set.
+   */
+  get routerBias(): Float32Array
+  setRouterBias(bias: Float32Array): void
+  /** Number of parameters (elements of the flat buffer). */
+  get numParameters(): number
+  /** Every parameter by its Hugging Face name, in the order of the flat buffer. */
+  parameters(): Array<ParameterInfo>
+  /** A copy of parameter `name`, row-major. */
+  getParameter(name: string): Float32Array
+  setParameter(name: string, data: Float32Array): void
+  /** A copy of the accumulated gradient of parameter `name`. */
+  getGrad(name: string): Float32Array
+  /** All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy). */
+  getParams(): Float32Array
+  setParams(data: Float32Array): void
+  /**
+   * All gradients as one flat array in parameter order (read, all-reduce, write back);
+   * copied into `out` when given, a buffer reused from step to step.
+   */
+  getGrads(out?: Float32Array | undefined | null): Float32Array
+  /** Replaces all gradients (e.g. with their all-reduced sum). */
+  setGrads(data: Float32Array): void
+  zeroGrad(): void
+  /**
+   * One AdamW step on the accumulated gradients (see AdamWOptions); resolves to the
+   * gradient norm before clipping.
+   */
+  step(options: AdamWOptions): Promise<number>
+  /** Frees the memory now; any later call fails with INVALID_STATE. */
   dispose(): void
 }
 

@@ -160,7 +160,7 @@ fn model_step(cfg: &ModelConfig, b: usize, s: usize, iters: usize) {
     };
     let (gpu_s, gl) = run("gpu");
     let (cpu_s, cl) = run("cpu");
-    let params = moe_core::layout::ModelParams::layout(cfg).len() as f64;
+    let params = moe_core::layout::Layout::len(&moe_core::layout::ModelParams::layout(cfg)) as f64;
     // 6 FLOPs per parameter and token is the dense estimate; experts are sparse, so this is an
     // upper bound used only to put both devices on one scale.
     let flops = 6.0 * params * (b * s) as f64;

@@ -9,7 +9,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::layout::{hf_tensors, ModelParams};
+use crate::layout::{hf_tensors, Layout, ModelParams};
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;

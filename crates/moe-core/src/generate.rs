@@ -8,6 +8,7 @@ use crate::cpu::model::{attention_inputs, layer_output, LayerActs, NormedQk};
 use crate::cpu::rmsnorm::rmsnorm_forward;
 use crate::cpu::rope::rope_tables;
 use crate::error::{MoeError, Result};
+use crate::layout::Layout;
 use crate::model::Model;
 use crate::stats::RoutingStats;
 use rand::{Rng, SeedableRng};

@@ -7,22 +7,16 @@ use crate::cpu::layer::CpuLayer;
 use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::Device;
-use crate::layout::{MoeParams, ParamSpec};
+use crate::layout::{Layout, MoeParams, ParamSpec};
 use crate::params::ParamStore;
-use crate::placed::Placed;
+use crate::placed::{Backend, Placed};
 use crate::stats::ForwardOutput;
-
-/// The implementation that holds the activations.
-enum Backend {
-    Cpu(CpuLayer),
-    Gpu(GpuLayer),
-}
 
 pub struct MoeLayer {
     pub cfg: MoeConfig,
     pub layout: MoeParams<ParamSpec>,
     pub store: Placed,
-    backend: Backend,
+    backend: Backend<CpuLayer, GpuLayer>,
     /// (B, S) of the stored forward, once one succeeded
     stored: Option<(usize, usize)>,
     /// (E) the router's selection bias; see `set_router_bias`
@@ -43,21 +37,14 @@ impl MoeLayer {
     pub fn to_device(&mut self, requested: Option<&str>) -> Result<Device> {
         let device = crate::gpu::select(requested)?;
         self.store.place(device)?;
-        if device != self.device() {
-            self.backend = match device {
-                Device::Gpu => Backend::Gpu(GpuLayer::default()),
-                Device::Cpu => Backend::Cpu(CpuLayer::default()),
-            };
+        if self.backend.switch(device, || GpuLayer::default()) {
             self.stored = None;
         }
         Ok(device)
     }
 
     pub fn device(&self) -> Device {
-        match self.backend {
-            Backend::Cpu(_) => Device::Cpu,
-            Backend::Gpu(_) => Device::Gpu,
-        }
+        self.backend.device()
     }
 
     /// The router's selection bias (E), zero by default.

@@ -184,34 +184,64 @@ fn slicer_mut<'a>(flat: &'a mut [f32]) -> impl FnMut(&ParamSpec) -> &'a mut [f32
     }
 }
 
+/// What every layout offers, derived from its `map` over specs in buffer order.
+pub trait Layout {
+    /// The same structure holding a `U` per tensor.
+    type Of<U>;
+
+    /// Visits every spec in buffer order.
+    fn map_specs<U>(&self, f: &mut impl FnMut(&ParamSpec) -> U) -> Self::Of<U>;
+
+    /// Every spec in buffer order.
+    fn specs(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        self.map_specs(&mut |s| out.push(s.clone()));
+        out
+    }
+
+    /// Elements of the flat buffer.
+    fn len(&self) -> usize {
+        self.specs().last().map_or(0, |s| s.offset + s.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Views of a flat buffer (params, grads) by name.
+    fn views<'a>(&self, flat: &'a [f32]) -> Self::Of<&'a [f32]> {
+        self.map_specs(&mut slicer(flat))
+    }
+
+    /// Mutable views of a flat buffer by name.
+    fn views_mut<'a>(&self, flat: &'a mut [f32]) -> Self::Of<&'a mut [f32]> {
+        self.map_specs(&mut slicer_mut(flat))
+    }
+
+    /// The offset of every tensor, for the GPU kernels.
+    fn offsets(&self) -> Self::Of<usize> {
+        self.map_specs(&mut |s| s.offset)
+    }
+}
+
+impl Layout for MoeParams<ParamSpec> {
+    type Of<U> = MoeParams<U>;
+    fn map_specs<U>(&self, f: &mut impl FnMut(&ParamSpec) -> U) -> MoeParams<U> {
+        self.map(f)
+    }
+}
+
+impl Layout for ModelParams<ParamSpec> {
+    type Of<U> = ModelParams<U>;
+    fn map_specs<U>(&self, f: &mut impl FnMut(&ParamSpec) -> U) -> ModelParams<U> {
+        self.map(f)
+    }
+}
+
 impl MoeParams<ParamSpec> {
     /// The standalone MoE layer: names without a prefix (`gate.weight`, `experts.{e}.up_proj.weight`).
     pub fn layout(cfg: &MoeConfig) -> Self {
         Builder { at: 0 }.moe(cfg, "")
-    }
-
-    pub fn len(&self) -> usize {
-        let d = &self.experts.down_proj;
-        d.offset + d.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every spec in buffer order.
-    pub fn specs(&self) -> Vec<ParamSpec> {
-        let mut out = Vec::new();
-        self.map(&mut |s| out.push(s.clone()));
-        out
-    }
-
-    pub fn views<'a>(&self, flat: &'a [f32]) -> MoeParams<&'a [f32]> {
-        self.map(&mut slicer(flat))
-    }
-
-    pub fn views_mut<'a>(&self, flat: &'a mut [f32]) -> MoeParams<&'a mut [f32]> {
-        self.map(&mut slicer_mut(flat))
     }
 }
 
@@ -241,36 +271,6 @@ impl ModelParams<ParamSpec> {
         let norm = b.add("model.norm.weight".into(), &[d]);
         let lm_head = (!cfg.tie_word_embeddings).then(|| b.add("lm_head.weight".into(), &[v, d]));
         ModelParams { embed_tokens, layers, norm, lm_head }
-    }
-
-    /// Elements of the flat buffer.
-    pub fn len(&self) -> usize {
-        let last = self.lm_head.as_ref().unwrap_or(&self.norm);
-        last.offset + last.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every spec in buffer order.
-    pub fn specs(&self) -> Vec<ParamSpec> {
-        let mut out = Vec::new();
-        self.map(&mut |s| out.push(s.clone()));
-        out
-    }
-
-    pub fn views<'a>(&self, flat: &'a [f32]) -> ModelParams<&'a [f32]> {
-        self.map(&mut slicer(flat))
-    }
-
-    pub fn views_mut<'a>(&self, flat: &'a mut [f32]) -> ModelParams<&'a mut [f32]> {
-        self.map(&mut slicer_mut(flat))
-    }
-
-    /// The offsets of every tensor, for the GPU kernels.
-    pub fn offsets(&self) -> ModelParams<usize> {
-        self.map(&mut |s| s.offset)
     }
 }
 

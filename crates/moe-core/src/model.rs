@@ -9,16 +9,10 @@ use crate::cpu::model::CpuModel;
 use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::model::GpuModel;
 use crate::gpu::Device;
-use crate::layout::{ModelParams, ParamSpec};
+use crate::layout::{Layout, ModelParams, ParamSpec};
 use crate::params::ParamStore;
-use crate::placed::Placed;
+use crate::placed::{Backend, Placed};
 use crate::stats::ModelStats;
-
-/// The implementation that holds the activations.
-enum Backend {
-    Cpu(CpuModel),
-    Gpu(GpuModel),
-}
 
 pub struct Model {
     pub cfg: ModelConfig,
@@ -26,7 +20,7 @@ pub struct Model {
     pub layout: ModelParams<ParamSpec>,
     /// Parameters, gradients and AdamW moments, on the host and (on the GPU) the device.
     pub store: Placed,
-    backend: Backend,
+    backend: Backend<CpuModel, GpuModel>,
     /// B of the stored forward, once one succeeded
     stored: Option<usize>,
     /// (L, E) the routers' selection biases; see `set_router_bias`
@@ -46,21 +40,14 @@ impl Model {
     pub fn to_device(&mut self, requested: Option<&str>) -> Result<Device> {
         let device = crate::gpu::select(requested)?;
         self.store.place(device)?;
-        if device != self.device() {
-            self.backend = match device {
-                Device::Gpu => Backend::Gpu(GpuModel::new(&self.layout)),
-                Device::Cpu => Backend::Cpu(CpuModel::default()),
-            };
+        if self.backend.switch(device, || GpuModel::new(&self.layout)) {
             self.stored = None;
         }
         Ok(device)
     }
 
     pub fn device(&self) -> Device {
-        match self.backend {
-            Backend::Cpu(_) => Device::Cpu,
-            Backend::Gpu(_) => Device::Gpu,
-        }
+        self.backend.device()
     }
 
     /// The routers' selection biases (L, E), zero by default.

@@ -138,3 +138,31 @@ impl Placed {
         Ok(())
     }
 }
+
+/// The implementation that holds a model's or layer's activations: the CPU one or the GPU one.
+pub enum Backend<C, G> {
+    Cpu(C),
+    Gpu(G),
+}
+
+impl<C: Default, G> Backend<C, G> {
+    pub fn device(&self) -> Device {
+        match self {
+            Backend::Cpu(_) => Device::Cpu,
+            Backend::Gpu(_) => Device::Gpu,
+        }
+    }
+
+    /// Replaces the implementation by a fresh one on `device` unless it is already there; true when
+    /// it changed (the stored forward is then gone).
+    pub fn switch(&mut self, device: Device, gpu: impl FnOnce() -> G) -> bool {
+        if device == self.device() {
+            return false;
+        }
+        *self = match device {
+            Device::Gpu => Backend::Gpu(gpu()),
+            Device::Cpu => Backend::Cpu(C::default()),
+        };
+        true
+    }
+}

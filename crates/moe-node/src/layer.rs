@@ -1,6 +1,6 @@
 //! `MoeLayer`: the standalone MoE block.
 
-use crate::{device_name, dispose, guard, js_error, params, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
+use crate::{guard, js_error, shared_methods, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
 use moe_core::{MoeConfig, MoeError};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -96,76 +96,6 @@ impl MoeLayer {
         Ok(MoeLayer { inner: Arc::new(Mutex::new(Some(layer))) })
     }
 
-    /// Where the layer runs: "gpu" or "cpu".
-    #[napi(getter, ts_return_type = "'gpu' | 'cpu'")]
-    pub fn device(&self, env: Env) -> Result<String> {
-        with(&self.inner, |l| Ok(device_name(l.device()).to_string())).map_err(|e| js_error(&env, e))
-    }
-
-    /// The validated configuration, defaults filled in.
-    #[napi(getter, ts_return_type = "Required<MoeLayerConfig>")]
-    pub fn config(&self, env: Env) -> Result<serde_json::Value> {
-        with(&self.inner, |l| serde_json::to_value(&l.cfg).map_err(|e| MoeError::Internal(e.to_string()))).map_err(|e| js_error(&env, e))
-    }
-
-    /// The router's selection bias (E): added to the scores to choose the top-k experts, never
-    /// to their weights (auxiliary-loss-free balancing); zero unless set.
-    #[napi(getter)]
-    pub fn router_bias(&self, env: Env) -> Result<Float32Array> {
-        with(&self.inner, |m| Ok(Float32Array::new(m.router_bias().to_vec()))).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_router_bias(&self, env: Env, bias: Float32Array) -> Result<()> {
-        with(&self.inner, |m| m.set_router_bias(&bias)).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi(getter)]
-    pub fn num_parameters(&self, env: Env) -> Result<f64> {
-        params::count(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
-    /// Every parameter, in the order of the flat buffer.
-    #[napi]
-    pub fn parameters(&self, env: Env) -> Result<Vec<ParameterInfo>> {
-        params::list(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
-    /// A copy of parameter `name`, row-major.
-    #[napi]
-    pub fn get_parameter(&self, env: Env, name: String) -> Result<Float32Array> {
-        params::get(&self.inner, &name).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_parameter(&self, env: Env, name: String, data: Float32Array) -> Result<()> {
-        params::set(&self.inner, &name, &data).map_err(|e| js_error(&env, e))
-    }
-
-    /// A copy of the accumulated gradient of parameter `name`.
-    #[napi]
-    pub fn get_grad(&self, env: Env, name: String) -> Result<Float32Array> {
-        params::grad(&self.inner, &name).map_err(|e| js_error(&env, e))
-    }
-
-    /// All gradients as one flat array in parameter order (read, all-reduce, write back); copied
-    /// into `out` when given, a buffer reused from step to step (no fresh allocation per step).
-    #[napi]
-    pub fn get_grads(&self, env: Env, out: Option<Float32Array>) -> Result<Float32Array> {
-        params::grads(&self.inner, out).map_err(|e| js_error(&env, e))
-    }
-
-    /// Replaces all gradients (e.g. with their all-reduced sum).
-    #[napi]
-    pub fn set_grads(&self, env: Env, data: Float32Array) -> Result<()> {
-        params::set_grads(&self.inner, &data).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn zero_grad(&self, env: Env) -> Result<()> {
-        params::zero_grad(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
     /// Forward on `numSequences` equal-length sequences packed in x (T, hidden_size). Resolves to the
     /// output and per-sequence routing statistics. With `store: false` it keeps no activations.
     #[napi(ts_return_type = "Promise<ForwardResult>")]
@@ -183,16 +113,6 @@ impl MoeLayer {
         task(&self.inner, Float32Array::new, move |l| l.backward(&dout, &pressure, z_scale as f32))
     }
 
-    /// One AdamW step: { lr, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0, maxGradNorm?,
-    /// schedule? }. Resolves to the gradient norm before clipping.
-    #[napi(ts_args_type = "options: AdamWOptions", ts_return_type = "Promise<number>")]
-    pub fn step(&self, env: Env, options: serde_json::Value) -> Result<AsyncTask<CoreTask<Core, f64, f64>>> {
-        params::step(&env, &self.inner, options)
-    }
-
-    /// Frees the layer's memory now; any later call fails with INVALID_STATE.
-    #[napi]
-    pub fn dispose(&self) {
-        dispose(&self.inner)
-    }
 }
+
+shared_methods!(MoeLayer, "Required<MoeLayerConfig>");

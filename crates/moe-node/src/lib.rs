@@ -5,7 +5,6 @@
 pub mod layer;
 pub mod model;
 
-use moe_core::placed::Placed;
 use moe_core::MoeError;
 use napi::bindgen_prelude::*;
 use napi::{Env, JsError};
@@ -80,23 +79,6 @@ impl<M: Send, T: Send + 'static, J: ToNapiValue + TypeName> Task for CoreTask<M,
     }
 }
 
-/// The parameters, gradients and optimiser of both classes, wherever they live (host or GPU).
-pub(crate) trait HasStore {
-    fn store(&mut self) -> &mut Placed;
-}
-
-impl HasStore for moe_core::MoeLayer {
-    fn store(&mut self) -> &mut Placed {
-        &mut self.store
-    }
-}
-
-impl HasStore for moe_core::Model {
-    fn store(&mut self) -> &mut Placed {
-        &mut self.store
-    }
-}
-
 /// Where a model or layer runs.
 #[napi(object)]
 pub struct DeviceOptions {
@@ -138,54 +120,125 @@ pub struct LrSchedule {
     pub min_lr: Option<f64>,
 }
 
-/// The parameter methods of both classes, each one core call.
-pub(crate) mod params {
-    use super::*;
+/// The methods `MoeModel` and `MoeLayer` share — device, configuration, router bias, parameters
+/// by name and as one flat buffer, gradients, the optimiser step, disposal — written once and
+/// generated for each class (napi classes cannot inherit). Each is one core call on the object's
+/// `Placed` store or the core object itself.
+macro_rules! shared_methods {
+    ($class:ident, $config:literal) => {
+        #[napi]
+        impl $class {
+            /// Where it runs: "gpu" or "cpu".
+            #[napi(getter, ts_return_type = "'gpu' | 'cpu'")]
+            pub fn device(&self, env: Env) -> Result<String> {
+                with(&self.inner, |m| Ok($crate::device_name(m.device()).to_string())).map_err(|e| js_error(&env, e))
+            }
 
-    pub fn list<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Vec<ParameterInfo>> {
-        with(s, |m| {
-            Ok(m.store().host()?.specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
-        })
-    }
-    pub fn count<M: HasStore>(s: &Shared<M>) -> moe_core::Result<f64> {
-        with(s, |m| Ok(m.store().host()?.params.len() as f64))
-    }
-    pub fn get<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store().host()?.param(name).map(|p| Float32Array::new(p.to_vec())))
-    }
-    pub fn set<M: HasStore>(s: &Shared<M>, name: &str, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().host_mut()?.set_param(name, data))
-    }
-    pub fn grad<M: HasStore>(s: &Shared<M>, name: &str) -> moe_core::Result<Float32Array> {
-        with(s, |m| m.store().host()?.grad(name).map(|g| Float32Array::new(g.to_vec())))
-    }
-    pub fn all<M: HasStore>(s: &Shared<M>) -> moe_core::Result<Float32Array> {
-        with(s, |m| Ok(Float32Array::new(m.store().host()?.params.clone())))
-    }
-    pub fn set_all<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().host_mut()?.set_params(data))
-    }
-    pub fn grads<M: HasStore>(s: &Shared<M>, out: Option<Float32Array>) -> moe_core::Result<Float32Array> {
-        with(s, |m| {
-            let g = m.store().grads()?;
-            let Some(mut out) = out else { return Ok(Float32Array::new(g.to_vec())) };
-            moe_core::error::check_len("out", out.len(), g.len())?;
-            // SAFETY: a synchronous call on the JS thread: nothing else touches the buffer meanwhile.
-            unsafe { out.as_mut() }.copy_from_slice(g);
-            Ok(out)
-        })
-    }
-    pub fn set_grads<M: HasStore>(s: &Shared<M>, data: &[f32]) -> moe_core::Result<()> {
-        with(s, |m| m.store().set_grads(data))
-    }
-    pub fn zero_grad<M: HasStore>(s: &Shared<M>) -> moe_core::Result<()> {
-        with(s, |m| m.store().zero_grad())
-    }
-    pub fn step<M: HasStore + Send + 'static>(env: &Env, s: &Shared<M>, options: serde_json::Value) -> Result<AsyncTask<CoreTask<M, f64, f64>>> {
-        let opt = guard(|| moe_core::AdamWConfig::from_json(options)).map_err(|e| js_error(env, e))?;
-        Ok(task(s, |n| n, move |m| m.store().step(&opt)))
-    }
+            /// The validated configuration, defaults filled in.
+            #[napi(getter, ts_return_type = $config)]
+            pub fn config(&self, env: Env) -> Result<serde_json::Value> {
+                with(&self.inner, |m| serde_json::to_value(&m.cfg).map_err(|e| MoeError::Internal(e.to_string()))).map_err(|e| js_error(&env, e))
+            }
+
+            /// The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+            /// scores to choose the top-k experts, never to their weights (auxiliary-loss-free
+            /// balancing); zero unless set.
+            #[napi(getter)]
+            pub fn router_bias(&self, env: Env) -> Result<Float32Array> {
+                with(&self.inner, |m| Ok(Float32Array::new(m.router_bias().to_vec()))).map_err(|e| js_error(&env, e))
+            }
+
+            #[napi]
+            pub fn set_router_bias(&self, env: Env, bias: Float32Array) -> Result<()> {
+                with(&self.inner, |m| m.set_router_bias(&bias)).map_err(|e| js_error(&env, e))
+            }
+
+            /// Number of parameters (elements of the flat buffer).
+            #[napi(getter)]
+            pub fn num_parameters(&self, env: Env) -> Result<f64> {
+                with(&self.inner, |m| Ok(m.store.host()?.params.len() as f64)).map_err(|e| js_error(&env, e))
+            }
+
+            /// Every parameter by its Hugging Face name, in the order of the flat buffer.
+            #[napi]
+            pub fn parameters(&self, env: Env) -> Result<Vec<ParameterInfo>> {
+                with(&self.inner, |m| {
+                    Ok(m.store.host()?.specs.iter().map(|p| ParameterInfo { name: p.name.clone(), shape: p.shape.iter().map(|&d| d as u32).collect() }).collect())
+                })
+                .map_err(|e| js_error(&env, e))
+            }
+
+            /// A copy of parameter `name`, row-major.
+            #[napi]
+            pub fn get_parameter(&self, env: Env, name: String) -> Result<Float32Array> {
+                with(&self.inner, |m| m.store.host()?.param(&name).map(|p| Float32Array::new(p.to_vec()))).map_err(|e| js_error(&env, e))
+            }
+
+            #[napi]
+            pub fn set_parameter(&self, env: Env, name: String, data: Float32Array) -> Result<()> {
+                with(&self.inner, |m| m.store.host_mut()?.set_param(&name, &data)).map_err(|e| js_error(&env, e))
+            }
+
+            /// A copy of the accumulated gradient of parameter `name`.
+            #[napi]
+            pub fn get_grad(&self, env: Env, name: String) -> Result<Float32Array> {
+                with(&self.inner, |m| m.store.host()?.grad(&name).map(|g| Float32Array::new(g.to_vec()))).map_err(|e| js_error(&env, e))
+            }
+
+            /// All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy).
+            #[napi]
+            pub fn get_params(&self, env: Env) -> Result<Float32Array> {
+                with(&self.inner, |m| Ok(Float32Array::new(m.store.host()?.params.clone()))).map_err(|e| js_error(&env, e))
+            }
+
+            #[napi]
+            pub fn set_params(&self, env: Env, data: Float32Array) -> Result<()> {
+                with(&self.inner, |m| m.store.host_mut()?.set_params(&data)).map_err(|e| js_error(&env, e))
+            }
+
+            /// All gradients as one flat array in parameter order (read, all-reduce, write back);
+            /// copied into `out` when given, a buffer reused from step to step.
+            #[napi]
+            pub fn get_grads(&self, env: Env, out: Option<Float32Array>) -> Result<Float32Array> {
+                with(&self.inner, |m| {
+                    let g = m.store.grads()?;
+                    let Some(mut out) = out else { return Ok(Float32Array::new(g.to_vec())) };
+                    moe_core::error::check_len("out", out.len(), g.len())?;
+                    // SAFETY: a synchronous call on the JS thread: nothing else touches the buffer meanwhile.
+                    unsafe { out.as_mut() }.copy_from_slice(g);
+                    Ok(out)
+                })
+                .map_err(|e| js_error(&env, e))
+            }
+
+            /// Replaces all gradients (e.g. with their all-reduced sum).
+            #[napi]
+            pub fn set_grads(&self, env: Env, data: Float32Array) -> Result<()> {
+                with(&self.inner, |m| m.store.set_grads(&data)).map_err(|e| js_error(&env, e))
+            }
+
+            #[napi]
+            pub fn zero_grad(&self, env: Env) -> Result<()> {
+                with(&self.inner, |m| m.store.zero_grad()).map_err(|e| js_error(&env, e))
+            }
+
+            /// One AdamW step on the accumulated gradients (see AdamWOptions); resolves to the
+            /// gradient norm before clipping.
+            #[napi(ts_args_type = "options: AdamWOptions", ts_return_type = "Promise<number>")]
+            pub fn step(&self, env: Env, options: serde_json::Value) -> Result<AsyncTask<CoreTask<Core, f64, f64>>> {
+                let opt = guard(|| moe_core::AdamWConfig::from_json(options)).map_err(|e| js_error(&env, e))?;
+                Ok(task(&self.inner, |n| n, move |m| m.store.step(&opt)))
+            }
+
+            /// Frees the memory now; any later call fails with INVALID_STATE.
+            #[napi]
+            pub fn dispose(&self) {
+                $crate::dispose(&self.inner)
+            }
+        }
+    };
 }
+pub(crate) use shared_methods;
 
 /// The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
 /// own warm-up + cosine schedule, so that logs never re-derive it.

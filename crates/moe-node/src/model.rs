@@ -1,6 +1,6 @@
 //! `MoeModel`: the Qwen3-MoE language model.
 
-use crate::{device_name, dispose, guard, js_error, params, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
+use crate::{guard, js_error, shared_methods, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
 use moe_core::generate::{generate, GenerateOptions};
 use moe_core::{MoeError, ModelConfig, ModelStats};
 use napi::bindgen_prelude::*;
@@ -153,93 +153,16 @@ impl MoeModel {
         AsyncTask::new(LoadTask { dir: dir.into(), device: options.and_then(|o| o.device) })
     }
 
-    /// Where the model runs: "gpu" or "cpu".
-    #[napi(getter, ts_return_type = "'gpu' | 'cpu'")]
-    pub fn device(&self, env: Env) -> Result<String> {
-        with(&self.inner, |m| Ok(device_name(m.device()).to_string())).map_err(|e| js_error(&env, e))
-    }
-
     /// The trainer state (JSON) saved with the checkpoint this model was made from, if any.
     #[napi(getter)]
     pub fn trainer_state(&self) -> Option<String> {
         self.trainer_state.clone()
     }
 
-    /// The validated configuration, defaults filled in.
-    #[napi(getter, ts_return_type = "Required<ModelConfig>")]
-    pub fn config(&self, env: Env) -> Result<serde_json::Value> {
-        with(&self.inner, |m| serde_json::to_value(&m.cfg).map_err(|e| MoeError::Internal(e.to_string()))).map_err(|e| js_error(&env, e))
-    }
-
     /// Optimiser steps taken (restored by checkpoints).
     #[napi(getter)]
     pub fn optimizer_step(&self, env: Env) -> Result<f64> {
         with(&self.inner, |m| Ok(m.store.steps() as f64)).map_err(|e| js_error(&env, e))
-    }
-
-    /// The router's selection bias (L, E): added to the scores to choose the top-k experts, never
-    /// to their weights (auxiliary-loss-free balancing); zero unless set.
-    #[napi(getter)]
-    pub fn router_bias(&self, env: Env) -> Result<Float32Array> {
-        with(&self.inner, |m| Ok(Float32Array::new(m.router_bias().to_vec()))).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_router_bias(&self, env: Env, bias: Float32Array) -> Result<()> {
-        with(&self.inner, |m| m.set_router_bias(&bias)).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi(getter)]
-    pub fn num_parameters(&self, env: Env) -> Result<f64> {
-        params::count(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn parameters(&self, env: Env) -> Result<Vec<ParameterInfo>> {
-        params::list(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn get_parameter(&self, env: Env, name: String) -> Result<Float32Array> {
-        params::get(&self.inner, &name).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_parameter(&self, env: Env, name: String, data: Float32Array) -> Result<()> {
-        params::set(&self.inner, &name, &data).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn get_grad(&self, env: Env, name: String) -> Result<Float32Array> {
-        params::grad(&self.inner, &name).map_err(|e| js_error(&env, e))
-    }
-
-    /// All parameters as one flat array in parameter order (e.g. to broadcast rank 0's copy).
-    #[napi]
-    pub fn get_params(&self, env: Env) -> Result<Float32Array> {
-        params::all(&self.inner).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_params(&self, env: Env, data: Float32Array) -> Result<()> {
-        params::set_all(&self.inner, &data).map_err(|e| js_error(&env, e))
-    }
-
-    /// All gradients as one flat array in parameter order (read, all-reduce, write back); copied
-    /// into `out` when given, a buffer reused from step to step (no fresh allocation per step).
-    #[napi]
-    pub fn get_grads(&self, env: Env, out: Option<Float32Array>) -> Result<Float32Array> {
-        params::grads(&self.inner, out).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn set_grads(&self, env: Env, data: Float32Array) -> Result<()> {
-        params::set_grads(&self.inner, &data).map_err(|e| js_error(&env, e))
-    }
-
-    #[napi]
-    pub fn zero_grad(&self, env: Env) -> Result<()> {
-        params::zero_grad(&self.inner).map_err(|e| js_error(&env, e))
     }
 
     /// Forward on tokens (B, S) with B = numSequences: the loss and the per-layer, per-sequence
@@ -266,12 +189,6 @@ impl MoeModel {
         task(&self.inner, |()| (), move |m| m.backward(&pressure, lm, z))
     }
 
-    /// One AdamW step (see AdamWOptions); resolves to the gradient norm before clipping.
-    #[napi(ts_args_type = "options: AdamWOptions", ts_return_type = "Promise<number>")]
-    pub fn step(&self, env: Env, options: serde_json::Value) -> Result<AsyncTask<CoreTask<Core, f64, f64>>> {
-        params::step(&env, &self.inner, options)
-    }
-
     /// Writes config.json + model.safetensors into `dir`; with `trainerState` (JSON) also the
     /// optimiser state: a training checkpoint. Every file is replaced atomically.
     #[napi(ts_return_type = "Promise<void>")]
@@ -295,9 +212,6 @@ impl MoeModel {
         Ok(task(&self.inner, Uint32Array::new, move |m| generate(m, &prompt, max_new_tokens as usize, &opts)))
     }
 
-    /// Frees the model's memory now; any later call fails with INVALID_STATE.
-    #[napi]
-    pub fn dispose(&self) {
-        dispose(&self.inner)
-    }
 }
+
+shared_methods!(MoeModel, "Required<ModelConfig>");

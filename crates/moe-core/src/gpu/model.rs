@@ -16,7 +16,7 @@ use super::store::DeviceStore;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::layout::{ModelParams, MoeParams, ParamSpec};
+use crate::layout::{Layout, ModelParams, MoeParams, ParamSpec};
 use crate::stats::ModelStats;
 
 const ADD: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "add_inplace" };

@@ -187,6 +187,7 @@ mod tests {
     use crate::gpu::experts::TILE;
     use crate::gpu::tests::{check_stats, f32s, mask_of, padded, test_gpu, upload_mask};
     use crate::cpu::moe::MoeActs;
+    use crate::layout::Layout;
     use crate::testutil::{assert_close, randn};
 
     /// The whole block against `cpu::moe` on B sequences of S tokens: output, statistics, dx and
