@@ -9,6 +9,32 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A prepared dataset, its token files memory-mapped. */
+export declare class Dataset {
+  /** Opens a dataset folder (manifest schema and file sizes checked; see `verify`). */
+  static open(dir: string): Dataset
+  get manifest(): DatasetManifest
+  /** Tokens of a domain's split. */
+  tokens(domain: string, split: string): number
+  /** (starts.length, n) tokens: the window of n tokens at each start of a domain's split. */
+  gather(domain: string, split: string, starts: Float64Array, n: number): Uint32Array
+  /** Recomputes every file's sha256 against the manifest (CORPUS_CHECKSUM naming a file that differs). */
+  verify(): void
+}
+export type JsDataset = Dataset
+
+/**
+ * A prepare job: `run()` tokenises the inputs into a dataset folder; `progress` can be read while
+ * it runs; `cancel()` stops it, leaving no dataset behind.
+ */
+export declare class DatasetPrep {
+  constructor(options: PrepareOptions)
+  /** Resolves to the manifest written and warnings. A job runs once. */
+  run(): Promise<PrepareResult>
+  get progress(): PrepareProgress
+  cancel(): void
+}
+
 /**
  * A standalone MoE layer (router + dropless SwiGLU experts) on the CPU or the GPU. Parameters and gradients
  * are addressed by their Hugging Face names: `gate.weight` [E, d],
@@ -145,6 +171,35 @@ export declare class MoeModel {
   dispose(): void
 }
 
+/** A Hugging Face tokenizer (`tokenizer.json`). */
+export declare class Tokenizer {
+  /** One token per byte: `<|endoftext|>` (id 0) and the 256 byte symbols. */
+  static bytes(): Tokenizer
+  /**
+   * A `tokenizer.json`, or a folder holding one (GPT-2's, Qwen's, a dataset's, a checkpoint's).
+   * `eosToken`: its end-of-text token; absent, the first of <|endoftext|>, </s>,
+   * <|end_of_text|>, <eos>, <|im_end|> it has.
+   */
+  static fromFile(path: string, eosToken?: string | undefined | null): Tokenizer
+  /** Token ids of `text` (no special tokens added). */
+  encode(text: string): Uint32Array
+  decode(ids: Uint32Array): string
+  /** Tokens, special tokens included: the model's `vocab_size`. */
+  get vocabSize(): number
+  /** The end-of-text token, which separates documents. */
+  get eosId(): number
+  /**
+   * (V) bytes of text behind each token (end-of-text counts 1, other special tokens 0): what
+   * bits per byte divide by.
+   */
+  byteLengths(): Uint32Array
+  /** The standard `tokenizer.json` text. */
+  toJson(): string
+  /** `tokenizer_config.json` for transformers' AutoTokenizer. */
+  configJson(): string
+}
+export type JsTokenizer = Tokenizer
+
 /** Type-only mirror of `moe_core::AdamWConfig` (the step takes it as JSON for the core to validate). */
 export interface AdamWOptions {
   lr: number
@@ -162,6 +217,18 @@ export interface BackwardScales {
   lmScale: number
   /** beta / T_glob of the router z-loss (default 0) */
   zScale?: number
+}
+
+/** Type-only mirror of `moe_data::Manifest` (manifest.json of a dataset). */
+export interface DatasetManifest {
+  format: string
+  tokenizer: { file: string; kind: 'byte' | 'bpe' | 'file'; vocabSize: number; eosId: number; source?: string }
+  dtype: 'uint16' | 'uint32'
+  splits: { validation: number; test: number }
+  fields: { text: string; domain: string; id: string; split: string }
+  domains: Array<{ name: string } & Record<'train' | 'validation' | 'test', { bin: string; idx: string; tokens: number; documents: number; bytes: number; sha256Bin: string; sha256Idx: string }>>
+  sources: Array<{ path: string; documents: number; bytes: number; skipped: number }>
+  skipped: { binary: number; nonUtf8: number; examples: string[] }
 }
 
 /** Where a model or layer runs. */
@@ -265,6 +332,46 @@ export interface MoeLayerConfig {
 export interface ParameterInfo {
   name: string
   shape: Array<number>
+}
+
+/** Options of a prepare job (see `moe data prepare`). */
+export interface PrepareOptions {
+  /**
+   * `PATH` or `DOMAIN=PATH`: folders of domain folders, .jsonl / .jsonl.gz / .parquet files,
+   * corpus folders (MANIFEST.json)
+   */
+  inputs: Array<string>
+  /** the dataset folder to write */
+  out: string
+  /** "byte" (default), "bpe" (with vocabSize), or a tokenizer.json path */
+  tokenizer?: string
+  vocabSize?: number
+  textField?: string
+  domainField?: string
+  idField?: string
+  splitField?: string
+  /** fraction of documents held out for validation (default 0.05) */
+  validation?: number
+  /** fraction held out for test (default 0.05) */
+  test?: number
+  /** replace a dataset already at `out` */
+  force?: boolean
+  /** BPE: train on at most this many megabytes of training text */
+  bpeSampleMb?: number
+}
+
+/** Where a prepare job is: phase "scan" | "train" | "encode" | "done", bytes done and total. */
+export interface PrepareProgress {
+  phase: string
+  done: number
+  total: number
+}
+
+/** What a prepare job resolves to. */
+export interface PrepareResult {
+  manifest: DatasetManifest
+  /** one line each: small domains, skipped files */
+  warnings: Array<string>
 }
 
 export interface RoutingStats {

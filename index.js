@@ -773,9 +773,14 @@ if (
   }
 }
 
-const { MoeLayer, MoeModel, lrAt, validTokens } = nativeBinding
+const { Dataset, JsDataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, JsTokenizer, lrAt, validTokens } = nativeBinding
+export { Dataset }
+export { JsDataset }
+export { DatasetPrep }
 export { MoeLayer }
 export { MoeModel }
+export { Tokenizer }
+export { JsTokenizer }
 export { lrAt }
 export { validTokens }
 export const __napiBindingTarget = __napiLoadedBindingTarget

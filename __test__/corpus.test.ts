@@ -1,12 +1,14 @@
 // The committed corpus slice under data/ (DATA.md), read back without network: manifest checks,
-// the fixed FNV-1a split, and refusal of corrupted or missing files with stable codes.
+// the fixed FNV-1a split, and refusal of corrupted or missing files with stable codes when a run
+// prepares it.
 
 import test from 'ava';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCorpus } from '../src/corpus/build.js';
-import { bySplit, readCorpus, readManifest } from '../src/corpus/format.js';
+import { DatasetPrep } from '../index.js';
+import type { CorpusManifest, Doc } from '../src/corpus/format.js';
 import { PACKAGES } from '../src/corpus/packages.js';
 import { fnv1a32, splitOf, SPLITS } from '../src/corpus/split.js';
 import { osisToText } from '../src/corpus/sword.js';
@@ -15,6 +17,21 @@ import { normalise } from '../src/corpus/text.js';
 const DATA = 'data';
 const DOMAINS = ['en', 'es', 'tex', 'legal', 'code'];
 
+const readManifest = (dir: string): CorpusManifest => JSON.parse(readFileSync(join(dir, 'MANIFEST.json'), 'utf8'));
+
+/** Every domain's documents, read straight from the slice's files. */
+function readCorpus(dir: string): Map<string, Doc[]> {
+  return new Map(
+    Object.entries(readManifest(dir).domains).map(([domain, dm]) => [
+      domain,
+      readFileSync(join(dir, dm.file), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Doc),
+    ]),
+  );
+}
+
+/** Prepares a corpus folder into a scratch dataset (the way every run reads a corpus). */
+const prepare = (dir: string) => new DatasetPrep({ inputs: [dir], out: join(dir, '..', `ds-${Math.random()}`), tokenizer: 'byte' }).run();
+
 /** A scratch copy of data/ that a test may damage. */
 function copyOfData(): string {
   const dir = mkdtempSync(join(tmpdir(), 'moe-corpus-'));
@@ -22,13 +39,13 @@ function copyOfData(): string {
   return dir;
 }
 
-test('readCorpus reads five domains, each with every split non-empty', (t) => {
+test('the slice has five domains, each with every split non-empty', (t) => {
   const corpus = readCorpus(DATA);
   t.deepEqual([...corpus.keys()].sort(), [...DOMAINS].sort());
   const manifest = readManifest(DATA);
   t.is(manifest.kind, 'slice');
   for (const [domain, docs] of corpus) {
-    const splits = bySplit(domain, docs);
+    const splits = Object.fromEntries(SPLITS.map((s) => [s, docs.filter((d) => splitOf(domain, d.id) === s)]));
     for (const s of SPLITS) {
       t.true(splits[s].length > 0, `${domain} ${s} is empty`);
       // The manifest's membership and byte counts agree with the hash and the texts.
@@ -81,27 +98,25 @@ test('every licence file the manifest names is shipped', (t) => {
   }
 });
 
-test('a corrupted corpus file is refused with CORPUS_CHECKSUM', (t) => {
+test('a corrupted corpus file is refused with CORPUS_CHECKSUM', async (t) => {
   const dir = copyOfData();
   try {
     const path = join(dir, 'es.jsonl');
     const bytes = readFileSync(path);
     bytes[100] ^= 0x01;
     writeFileSync(path, bytes);
-    const err = t.throws(() => readCorpus(dir), { code: 'CORPUS_CHECKSUM' });
+    const err = await t.throwsAsync(prepare(dir), { code: 'CORPUS_CHECKSUM' });
     t.regex(err!.message, /es\.jsonl/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('a missing corpus file or manifest is refused with CORPUS_MISSING', (t) => {
+test('a missing corpus file is refused with CORPUS_MISSING', async (t) => {
   const dir = copyOfData();
   try {
     rmSync(join(dir, 'code.jsonl'));
-    t.throws(() => readCorpus(dir), { code: 'CORPUS_MISSING', message: /code\.jsonl/ });
-    rmSync(join(dir, 'MANIFEST.json'));
-    t.throws(() => readCorpus(dir), { code: 'CORPUS_MISSING' });
+    await t.throwsAsync(prepare(dir), { code: 'CORPUS_MISSING', message: /code\.jsonl/ });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

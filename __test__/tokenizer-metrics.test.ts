@@ -2,32 +2,46 @@
 
 import test from 'ava';
 import { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from '../src/metrics.js';
-import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON } from '../src/tokenizer/index.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatasetPrep, Tokenizer } from '../index.js';
+
+/** A folder holding `tok`'s tokenizer.json. */
+function writeTokenizer(tok: Tokenizer): string {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-tok-'));
+  writeFileSync(join(dir, 'tokenizer.json'), tok.toJson());
+  return dir;
+}
 
 test('byte tokenizer round-trips UTF-8 and counts bytes', (t) => {
-  const tok = new ByteTokenizer();
+  const tok = Tokenizer.bytes();
+  t.is(tok.vocabSize, 257);
+  t.is(tok.eosId, 0);
   const text = 'Señor, π ≈ 3.14\n';
   const ids = tok.encode(text);
   t.is(ids.length, Buffer.byteLength(text));
-  t.is(tok.decode([tok.bos, ...ids, tok.eos]), text);
-  t.is(tok.byteLength(65), 1);
-  t.is(tok.byteLength(tok.eos), 1);
-  t.is(tok.byteLength(tok.pad), 0);
+  t.is(tok.decode(Uint32Array.from([...ids, tok.eosId])), text + '<|endoftext|>');
+  const lens = tok.byteLengths();
+  t.true(Array.from(ids).every((id) => lens[id] === 1));
+  t.is(lens[tok.eosId], 1, 'end-of-text counts as the one separator byte');
+  t.deepEqual(Tokenizer.fromFile(writeTokenizer(tok)).encode(text), ids, 'reloaded from tokenizer.json');
+  t.throws(() => tok.decode(Uint32Array.of(999)), { code: 'INVALID_CONFIG' });
 });
 
-test('BPE learns frequent pairs first, round-trips, and reloads from JSON', (t) => {
+test('BPE trained by prepare learns frequent pairs, round-trips, and counts bytes', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-bpe-'));
   const texts = ['the cat the hat the bat', 'the theme', 'función de la función'];
-  const bpe = BpeTokenizer.train(texts, 280);
-  t.true(bpe.vocabSize > 259 && bpe.vocabSize <= 280);
-  // "th" and "he" both occur 5 times; the tie goes to the lower pair, "he".
-  t.deepEqual(bpe.merges[0], ['h'.charCodeAt(0), 'e'.charCodeAt(0)]);
+  writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 30 }, (_, i) => JSON.stringify({ text: texts[i % 3] })).join('\n'));
+  await new DatasetPrep({ inputs: [join(dir, 'd.jsonl')], out: join(dir, 'ds'), tokenizer: 'bpe', vocabSize: 280 }).run();
+  const bpe = Tokenizer.fromFile(join(dir, 'ds'));
+  t.true(bpe.vocabSize > 257 && bpe.vocabSize <= 280);
   for (const s of [...texts, 'unseen words: théâtre!']) t.is(bpe.decode(bpe.encode(s)), s);
-  t.true(bpe.encode('the the the').length < new ByteTokenizer().encode('the the the').length);
-  const again = tokenizerFromJSON(JSON.parse(JSON.stringify(bpe.toJSON())));
-  t.deepEqual(again.encode('the cat'), bpe.encode('the cat'));
-  const ids = bpe.encode(' the');
-  t.is(ids.reduce((a, id) => a + bpe.byteLength(id), 0), 4);
-  t.throws(() => BpeTokenizer.train(texts, 100), { code: 'INVALID_CONFIG' });
+  t.true(bpe.encode('the the the').length < Tokenizer.bytes().encode('the the the').length);
+  const lens = bpe.byteLengths();
+  t.is(Array.from(bpe.encode(' the')).reduce((a, id) => a + lens[id], 0), 4);
+  await t.throwsAsync(new DatasetPrep({ inputs: [join(dir, 'd.jsonl')], out: join(dir, 'ds2'), tokenizer: 'bpe', vocabSize: 100 }).run(), { code: 'INVALID_CONFIG' });
+  rmSync(dir, { recursive: true });
 });
 
 test('specialisation metrics on hand-built routing tables', (t) => {

@@ -6,24 +6,35 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readCorpus } from '../src/corpus/format.js';
-import { splitOf } from '../src/corpus/split.js';
+import { EMBEDDED_CORPUS, resolveDataset } from '../src/data/dataset.js';
 import { DataPipeline } from '../src/data/pipeline.js';
 import type { StepMetrics } from '../src/results.js';
-import { ByteTokenizer } from '../src/tokenizer/index.js';
 import { train } from '../src/trainer/train.js';
 
-const corpus = readCorpus('data');
-const weights = Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
-const pipeCfg = { seqLen: 32, microBatch: 3, ranks: 2, accumSteps: 2, weights, mixedMicroBatches: false, seed: 1 };
+/** The committed slice's documents per domain and split, read from its files and manifest. */
+function sliceDocs(): Map<string, Record<'train' | 'held', string[]>> {
+  const manifest = JSON.parse(readFileSync(join('data', 'MANIFEST.json'), 'utf8'));
+  const out = new Map<string, Record<'train' | 'held', string[]>>();
+  for (const [domain, dm] of Object.entries<{ file: string; docs: Record<string, string[]> }>(manifest.domains)) {
+    const docs = readFileSync(join('data', dm.file), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { id: string; text: string });
+    const train = new Set(dm.docs.train);
+    out.set(domain, { train: docs.filter((d) => train.has(d.id)).map((d) => d.text), held: docs.filter((d) => !train.has(d.id)).map((d) => d.text) });
+  }
+  return out;
+}
 
-test('the pipeline is deterministic, one domain per micro-batch, and draws from train documents only', (t) => {
-  const a = new DataPipeline(corpus, new ByteTokenizer(), pipeCfg);
-  const b = new DataPipeline(corpus, new ByteTokenizer(), pipeCfg);
+const corpus = sliceDocs();
+
+test('the pipeline is deterministic, one domain per micro-batch, and draws from train documents only', async (t) => {
+  const { dataset, tokenizer } = await resolveDataset(EMBEDDED_CORPUS, { tokenizer: 'byte' });
+  const weights = Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
+  const pipeCfg = { seqLen: 32, microBatch: 3, ranks: 2, accumSteps: 2, weights, mixedMicroBatches: false, seed: 1 };
+  const a = new DataPipeline(dataset, tokenizer, pipeCfg);
+  const b = new DataPipeline(dataset, tokenizer, pipeCfg);
   t.deepEqual(a.batch(7, 1), b.batch(7, 1));
   t.notDeepEqual(a.batch(7, 1), a.batch(8, 1));
   t.notDeepEqual(a.batch(7, 0), a.batch(7, 1), 'ranks read different shares');
-  const c = new DataPipeline(corpus, new ByteTokenizer(), { ...pipeCfg, seed: 2 });
+  const c = new DataPipeline(dataset, tokenizer, { ...pipeCfg, seed: 2 });
   t.notDeepEqual(a.batch(7, 1), c.batch(7, 1));
   const seen = new Set<string>();
   for (let step = 0; step < 40; step++) {
@@ -33,17 +44,14 @@ test('the pipeline is deterministic, one domain per micro-batch, and draws from 
     }
   }
   t.is(seen.size, corpus.size, 'every domain is drawn');
-  const mixed = new DataPipeline(corpus, new ByteTokenizer(), { ...pipeCfg, microBatch: 16, mixedMicroBatches: true });
+  const mixed = new DataPipeline(dataset, tokenizer, { ...pipeCfg, microBatch: 16, mixedMicroBatches: true });
   t.true(new Set(mixed.microBatch(0, 0, 0).domains).size > 1, 'the mixed control mixes');
   // Training windows come from the train stream: each lies inside the text of a train document.
-  const tok = new ByteTokenizer();
-  for (const [domain, docs] of corpus) {
-    const held = docs.filter((d) => splitOf(domain, d.id) !== 'train').map((d) => d.text);
-    const train = docs.filter((d) => splitOf(domain, d.id) === 'train').map((d) => d.text);
+  for (const [domain, { train, held }] of corpus) {
     t.true(held.length > 0 && train.length > 0, `${domain} has train and held-out documents`);
     const mb = a.batch(0, 0).find((m) => m.domains[0] === domain);
     if (!mb) continue;
-    const text = tok.decode(mb.tokens.subarray(0, 32).filter((x) => x < 256).slice(2, 20));
+    const text = tokenizer.decode(mb.tokens.subarray(0, 32).filter((x) => x !== tokenizer.eosId).slice(2, 20));
     if (text.length > 12) t.true(train.some((d) => d.includes(text.slice(1, -1))), `${domain}: "${text}" from a train document`);
   }
   for (const d of corpus.keys()) t.true(a.evalSequences('validation', d, 1e9).length > 0, `${d} has validation windows`);

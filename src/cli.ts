@@ -5,17 +5,16 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { MoeModel } from '../index.js';
+import { Dataset, MoeModel, Tokenizer, type DatasetManifest } from '../index.js';
 import { MoeTrainerError } from './errors.js';
 import { MpiCommunicator } from './balance/mpi.js';
 import { comparisonTable, compare } from './compare.js';
 import { buildCorpus } from './corpus/build.js';
-import { readCorpus } from './corpus/format.js';
+import { prepareDataset } from './data/dataset.js';
 import { DataPipeline } from './data/pipeline.js';
 import { writeReport } from './report/write.js';
 import type { RunResult } from './results.js';
-import { tokenizerFromJSON } from './tokenizer/index.js';
-import { parseTrainConfig } from './trainer/config.js';
+import { datasetOf, parseTrainConfig } from './trainer/config.js';
 import { evaluate } from './trainer/evaluate.js';
 import { train } from './trainer/train.js';
 
@@ -91,6 +90,15 @@ function stopSignal(): AbortSignal {
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
+/** A dataset as a table: documents and tokens per domain and split. */
+function datasetSummary(dir: string, m: DatasetManifest): string {
+  const t = m.tokenizer;
+  const lines = [`${dir}: ${m.domains.length} domain(s), tokenizer ${t.kind} (${t.vocabSize} tokens, ${m.dtype})`];
+  lines.push(['domain'.padEnd(16), ...['train', 'validation', 'test'].map((s) => `${s} docs / tokens`.padStart(26))].join(''));
+  for (const d of m.domains) lines.push([d.name.padEnd(16), ...(['train', 'validation', 'test'] as const).map((s) => `${d[s].documents} / ${d[s].tokens}`.padStart(26))].join(''));
+  return lines.join('\n');
+}
+
 function readResult(dir: string): RunResult {
   const p = join(dir, 'result.json');
   if (!existsSync(p)) throw new MoeTrainerError('RUN_NOT_FOUND', `${dir}: no result.json (not a finished run folder)`);
@@ -140,10 +148,9 @@ program
     const state = JSON.parse(model.trainerState ?? 'null');
     if (!state) throw new MoeTrainerError('CHECKPOINT_CORRUPT', `${ckpt}: no trainer state`);
     const cfg = parseTrainConfig(state.config);
-    const tokenizer = tokenizerFromJSON(JSON.parse(readFileSync(join(ckpt, 'tokenizer.json'), 'utf8')));
-    const corpus = readCorpus(cfg.data.corpus);
-    const weights = cfg.data.weights ?? Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
-    const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: cfg.batch.microBatch, ranks: 1, accumSteps: 1, weights, mixedMicroBatches: false, seed: cfg.train.seed });
+    const { dataset, tokenizer } = await datasetOf(cfg, { log });
+    const weights = cfg.data.weights ?? Object.fromEntries(dataset.manifest.domains.map((d) => [d.name, 1]));
+    const data = new DataPipeline(dataset, tokenizer, { seqLen: cfg.data.seqLen, microBatch: cfg.batch.microBatch, ranks: 1, accumSteps: 1, weights, mixedMicroBatches: false, seed: cfg.train.seed });
     const e = await evaluate(model, data, o.split, Number(o.tokens), state.step);
     const runLike: RunResult = { name: run, config: cfg, domains: data.domains, numExperts: model.config.num_experts, topK: model.config.num_experts_per_tok, evals: [e], seconds: state.seconds, stepsDone: state.step, machine: '' };
     console.log(`${o.split} split:`);
@@ -188,12 +195,63 @@ program
   .action(async (run: string, o: { prompt: string; tokens: string; temperature: string; topK: string; seed: string }) => {
     const ckpt = existsSync(join(run, 'checkpoint')) ? join(run, 'checkpoint') : run;
     const model = await MoeModel.fromCheckpoint(ckpt);
-    const tokenizer = tokenizerFromJSON(JSON.parse(readFileSync(join(ckpt, 'tokenizer.json'), 'utf8')));
-    const prompt = Uint32Array.from(tokenizer.encode(o.prompt));
+    const tokenizer = Tokenizer.fromFile(ckpt);
+    const prompt = tokenizer.encode(o.prompt);
     const room = model.config.max_position_embeddings - prompt.length;
     const out = await model.generate(prompt, Math.min(Number(o.tokens), room), { temperature: Number(o.temperature), topK: Number(o.topK), seed: Number(o.seed) });
     console.log(o.prompt + tokenizer.decode(out));
     model.dispose();
+  });
+
+const data = program.command('data').description('datasets: your documents tokenised once into memory-mapped token files');
+
+data
+  .command('prepare')
+  .description('tokenise documents into a dataset folder: folders of domain folders, .jsonl / .jsonl.gz / .parquet files, corpus folders')
+  .argument('<inputs...>', 'PATH or DOMAIN=PATH (DOMAIN names every document of that input)')
+  .requiredOption('-o, --out <dir>', 'the dataset folder to write')
+  .option('--tokenizer <t>', 'byte (one token per byte), bpe (trained on the training split, with --vocab-size), or a tokenizer.json (or its folder)', 'byte')
+  .option('--vocab-size <n>', 'BPE vocabulary, end-of-text included')
+  .option('--bpe-sample-mb <mb>', 'BPE: train on at most this many MB of training text')
+  .option('--text-field <name>', 'JSONL key / Parquet column of the text', 'text')
+  .option('--domain-field <name>', "JSONL key / Parquet column of the domain (absent: the file's name)", 'domain')
+  .option('--id-field <name>', 'JSONL key / Parquet column of the document id (absent: file and line)', 'id')
+  .option('--split-field <name>', 'JSONL key / Parquet column fixing the split (train, validation, test)', 'split')
+  .option('--validation <f>', 'fraction of documents held out for validation', '0.05')
+  .option('--test <f>', 'fraction of documents held out for test', '0.05')
+  .option('--force', 'replace a dataset already at --out')
+  .option('--no-progress', 'no progress bar')
+  .action(async (inputs: string[], o: { out: string; tokenizer: string; vocabSize?: string; bpeSampleMb?: string; textField: string; domainField: string; idField: string; splitField: string; validation: string; test: string; force?: boolean; progress: boolean }) => {
+    const num = (flag: string, v: string | undefined) => {
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n)) throw new MoeTrainerError('INVALID_CONFIG', `${flag} expects a number, got "${v}"`);
+      return n;
+    };
+    const manifest = await prepareDataset(
+      {
+        inputs, out: o.out, tokenizer: o.tokenizer, vocabSize: num('--vocab-size', o.vocabSize), bpeSampleMb: num('--bpe-sample-mb', o.bpeSampleMb),
+        textField: o.textField, domainField: o.domainField, idField: o.idField, splitField: o.splitField,
+        validation: num('--validation', o.validation), test: num('--test', o.test), force: o.force,
+      },
+      { log, progress: o.progress && process.stderr.isTTY },
+    );
+    console.log(datasetSummary(o.out, manifest));
+  });
+
+data
+  .command('info')
+  .description("a dataset's domains, splits, tokens and tokenizer")
+  .argument('<dir>', 'dataset folder')
+  .action((dir: string) => console.log(datasetSummary(dir, Dataset.open(dir).manifest)));
+
+data
+  .command('verify')
+  .description("recompute every file's sha256 against the dataset manifest")
+  .argument('<dir>', 'dataset folder')
+  .action((dir: string) => {
+    Dataset.open(dir).verify();
+    console.log(`${dir}: every file matches its manifest checksum`);
   });
 
 program

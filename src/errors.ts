@@ -2,7 +2,7 @@
 // JS Error with `code`) and the TypeScript side's (`MoeTrainerError`). This file is the one list of
 // codes; the README's "Errors" table documents each. Callers match on `err.code`, never on messages.
 
-/** Codes of the native core (`MoeError` in crates/moe-core/src/error.rs). */
+/** Codes of the native crates (`MoeError` in crates/moe-core/src/error.rs, `DataError` in crates/moe-data/src/error.rs). */
 export const NATIVE_ERROR_CODES = [
   'INVALID_CONFIG',
   'SHAPE_MISMATCH',
@@ -16,14 +16,17 @@ export const NATIVE_ERROR_CODES = [
   'OUT_OF_MEMORY',
   'NO_DEVICE',
   'INTERNAL',
+  'CORPUS_MISSING',
+  'CORPUS_FORMAT',
+  'CORPUS_EMPTY',
+  'CORPUS_CHECKSUM',
+  'DATASET_EXISTS',
+  'CANCELLED',
 ] as const;
 
 /** Codes thrown by the TypeScript side only. */
 export const TS_ERROR_CODES = [
   'BALANCE_STATE',
-  'CORPUS_MISSING',
-  'CORPUS_FORMAT',
-  'CORPUS_CHECKSUM',
   'CORPUS_FETCH',
   'RUN_NOT_FOUND',
   'RUN_INCOMPLETE',

@@ -2,24 +2,24 @@
 // here as functions: models and layers (native), the balance engine, the trainer loop (a Promise,
 // a callback per step, or an async iterator), evaluation, metrics, data, tokenizers, reports.
 
-export { MoeLayer, MoeModel } from '../index.js';
+export { Dataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, validTokens } from '../index.js';
 export type {
-  AdamWOptions, BackwardScales, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule, ModelConfig,
-  ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, RoutingStats,
+  AdamWOptions, BackwardScales, DatasetManifest, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule,
+  ModelConfig, ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, PrepareOptions, PrepareProgress,
+  PrepareResult, RoutingStats,
 } from '../index.js';
 export * from './balance/index.js';
 export { compare, comparisonTable, variant } from './compare.js';
-export { readCorpus, type Doc } from './corpus/format.js';
+export { absoluteInput, cacheDir, EMBEDDED_CORPUS, openDataset, prepareDataset, resolveDataset, type OpenDataset, type PrepareRun, type PrepareSettings } from './data/dataset.js';
 export { errorCode, MoeTrainerError, NATIVE_ERROR_CODES, TS_ERROR_CODES, type ErrorCode } from './errors.js';
-export { splitOf, type Split } from './corpus/split.js';
+export { SPLITS, type Split } from './corpus/split.js';
 export { DataPipeline, type MicroBatch, type PipelineConfig } from './data/pipeline.js';
 export { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFrequency } from './metrics.js';
 export { BYTE_VOCAB, DEMO_MODEL } from './presets.js';
 export { renderReport, type RunData } from './report/render.js';
 export { writeReport } from './report/write.js';
 export type { DomainEval, EvalResult, LayerSpecialisation, RunResult, StepMetrics } from './results.js';
-export { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer, type TokenizerJSON } from './tokenizer/index.js';
-export { parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
+export { datasetOf, parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
 export { evaluate } from './trainer/evaluate.js';
 export { trainSteps } from './trainer/steps.js';
 export { train, type RunOptions } from './trainer/train.js';

@@ -1,14 +1,18 @@
 // Specialisation metrics of DESIGN §7 from a domain x expert table of selection counts.
 
-/** Selection frequency per domain: counts[d][i] / tokens[d]; each row sums to K (uniform K/E). */
+/**
+ * Selection frequency per domain: counts[d][i] / tokens[d]; each row sums to K (uniform K/E). A
+ * domain without tokens (no held-out document) has a row of NaN.
+ */
 export function selectionFrequency(counts: number[][], tokens: number[]): number[][] {
-  return counts.map((row, d) => row.map((c) => c / tokens[d]));
+  return counts.map((row, d) => row.map((c) => (tokens[d] > 0 ? c / tokens[d] : NaN)));
 }
 
-/** Mean over domains of max_i freq[d][i] / (K/E): 1 when every domain spreads evenly. */
+/** Mean over the domains with tokens of max_i freq[d][i] / (K/E): 1 when every domain spreads evenly. */
 export function maxOverUniform(freq: number[][], topK: number): number {
   const E = freq[0].length;
-  return freq.reduce((a, row) => a + Math.max(...row) / (topK / E), 0) / freq.length;
+  const rows = freq.filter((row) => row.every(Number.isFinite));
+  return rows.reduce((a, row) => a + Math.max(...row) / (topK / E), 0) / rows.length;
 }
 
 /** Mutual information (bits) between domain and chosen expert, from the joint of selection counts. */

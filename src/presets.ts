@@ -4,8 +4,8 @@
 
 import type { ModelConfig } from '../index.js';
 
-/** 256 byte values + BOS, EOS, PAD. */
-export const BYTE_VOCAB = 259;
+/** The byte tokenizer: end-of-text + 256 byte values. */
+export const BYTE_VOCAB = 257;
 
 export const DEMO_MODEL: ModelConfig = {
   vocab_size: BYTE_VOCAB,

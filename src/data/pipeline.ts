@@ -1,13 +1,14 @@
-// The data pipeline (DESIGN §6): documents split by a fixed hash into train / validation / test,
-// each domain's documents packed into one token stream (EOS between documents), micro-batches
-// of ONE domain (or mixed, the paper's control), and global batches of R ranks x A micro-steps
-// whose domains follow the configured weights. Every batch is a pure function of (seed, step, m,
-// rank): the pipeline is deterministic and its whole state for resuming is the step number.
+// The data pipeline (DESIGN §6) over a prepared dataset: each domain's documents already tokenised
+// into one token stream per split (end-of-text between documents), read through memory maps —
+// no corpus in JavaScript memory. Micro-batches of ONE domain (or mixed, the paper's control),
+// and global batches of R ranks x A micro-steps whose domains follow the configured weights.
+// Every batch is a pure function of (seed, step, m, rank): the pipeline is deterministic and its
+// whole state for resuming is the step number.
 
+import type { Dataset, Tokenizer } from '../../index.js';
+import type { Split } from '../corpus/split.js';
 import { MoeTrainerError } from '../errors.js';
-import { splitOf, type Split } from '../corpus/split.js';
 import { rng } from '../rng.js';
-import type { Tokenizer } from '../tokenizer/index.js';
 
 export interface PipelineConfig {
   /** S: tokens per sequence */
@@ -43,37 +44,39 @@ function hashInts(...xs: number[]): number {
 }
 
 export class DataPipeline {
+  /** the domains trained on (weight > 0), in the dataset's order */
   readonly domains: string[];
-  private readonly streams: Record<Split, Map<string, Uint32Array>>;
   private readonly cumWeights: number[];
+  private readonly byteLengths: Uint32Array;
 
   constructor(
-    corpus: Map<string, { id: string; text: string }[]>,
+    readonly dataset: Dataset,
     readonly tokenizer: Tokenizer,
     readonly cfg: PipelineConfig,
   ) {
-    this.domains = [...corpus.keys()].filter((d) => (cfg.weights[d] ?? 0) > 0);
+    const all = dataset.manifest.domains.map((d) => d.name);
     for (const d of Object.keys(cfg.weights)) {
-      if (!corpus.has(d)) throw new MoeTrainerError('INVALID_CONFIG', `data.weights names domain "${d}", which the corpus does not have (it has ${[...corpus.keys()].join(', ')})`);
+      if (!all.includes(d)) throw new MoeTrainerError('INVALID_CONFIG', `data.weights names domain "${d}", which the dataset does not have (it has ${all.join(', ')})`);
     }
+    this.domains = all.filter((d) => (cfg.weights[d] ?? 0) > 0);
     if (this.domains.length === 0) throw new MoeTrainerError('INVALID_CONFIG', 'data.weights selects no domain');
-    this.streams = { train: new Map(), validation: new Map(), test: new Map() };
-    for (const [domain, docs] of corpus) {
-      const parts: Record<Split, number[][]> = { train: [], validation: [], test: [] };
-      for (const doc of docs) parts[splitOf(domain, doc.id)].push([...tokenizer.encode(doc.text), tokenizer.eos]);
-      for (const split of ['train', 'validation', 'test'] as const) this.streams[split].set(domain, Uint32Array.from(parts[split].flat()));
-    }
     for (const d of this.domains) {
-      const n = this.streams.train.get(d)!.length;
+      const n = this.tokens('train', d);
       if (n <= cfg.seqLen) throw new MoeTrainerError('INVALID_CONFIG', `domain "${d}" has ${n} training tokens, not enough for one sequence of ${cfg.seqLen}`);
     }
     let acc = 0;
     this.cumWeights = this.domains.map((d) => (acc += cfg.weights[d]));
+    this.byteLengths = tokenizer.byteLengths();
   }
 
-  /** Tokens in each domain's stream of a split. */
+  /** Tokens in a domain's stream of a split. */
+  tokens(split: Split, domain: string): number {
+    return this.dataset.tokens(domain, split);
+  }
+
+  /** Tokens in each trained domain's stream of a split. */
   sizes(split: Split): Record<string, number> {
-    return Object.fromEntries([...this.streams[split]].map(([d, s]) => [d, s.length]));
+    return Object.fromEntries(this.domains.map((d) => [d, this.tokens(split, d)]));
   }
 
   private pickDomain(r: () => number): string {
@@ -90,9 +93,8 @@ export class DataPipeline {
     const domains: string[] = [];
     for (let j = 0; j < b; j++) {
       const d = this.cfg.mixedMicroBatches ? this.pickDomain(r) : shared;
-      const stream = this.streams.train.get(d)!;
-      const at = Math.floor(r() * (stream.length - S));
-      tokens.set(stream.subarray(at, at + S), j * S);
+      const at = Math.floor(r() * (this.tokens('train', d) - S));
+      tokens.set(this.dataset.gather(d, 'train', Float64Array.of(at), S), j * S);
       domains.push(d);
     }
     return { tokens, domains };
@@ -105,21 +107,23 @@ export class DataPipeline {
 
   /**
    * Evaluation sequences of one domain: consecutive windows of S tokens with stride S - 1, so every
-   * token after the first is predicted exactly once; at most `maxTokens` predicted tokens.
+   * token after the first is predicted exactly once; at most `maxTokens` predicted tokens. None
+   * when the split holds fewer than S tokens.
    */
   evalSequences(split: Split, domain: string, maxTokens: number): Uint32Array[] {
     const S = this.cfg.seqLen;
-    const stream = this.streams[split].get(domain);
-    if (!stream) throw new MoeTrainerError('INVALID_CONFIG', `unknown domain "${domain}"`);
-    const out: Uint32Array[] = [];
-    for (let at = 0; at + S <= stream.length && out.length * (S - 1) < maxTokens; at += S - 1) out.push(stream.subarray(at, at + S));
-    return out;
+    if (!this.domains.includes(domain)) throw new MoeTrainerError('INVALID_CONFIG', `unknown domain "${domain}"`);
+    const n = this.tokens(split, domain);
+    const starts: number[] = [];
+    for (let at = 0; at + S <= n && starts.length * (S - 1) < maxTokens; at += S - 1) starts.push(at);
+    const all = this.dataset.gather(domain, split, Float64Array.from(starts), S);
+    return starts.map((_, i) => all.subarray(i * S, (i + 1) * S));
   }
 
   /** Bytes of text behind the predicted tokens of a sequence (its tokens after the first). */
   targetBytes(seq: Uint32Array): number {
     let n = 0;
-    for (let i = 1; i < seq.length; i++) n += this.tokenizer.byteLength(seq[i]);
+    for (let i = 1; i < seq.length; i++) n += this.byteLengths[seq[i]];
     return n;
   }
 }

@@ -3,6 +3,8 @@
 
 import { z } from 'zod';
 import { balanceConfigSchema } from '../balance/config.js';
+import { resolve } from 'node:path';
+import { absoluteInput, resolveDataset, type OpenDataset, type PrepareRun, type PrepareSettings } from '../data/dataset.js';
 import { MoeTrainerError } from '../errors.js';
 import { DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
 
@@ -14,14 +16,36 @@ export const trainConfigSchema = z
     model: z.record(z.string(), z.unknown()).default({}),
     data: z
       .object({
-        /** folder with <domain>.jsonl and MANIFEST.json */
-        corpus: z.string().default('data'),
+        /**
+         * Where the documents come from: "embedded" (the five-domain corpus shipped with the package),
+         * a prepared dataset folder (`moe data prepare`), or raw inputs prepared once into a cache:
+         * `PATH` or `DOMAIN=PATH` of a folder of domain folders, .jsonl / .jsonl.gz / .parquet files,
+         * or a corpus folder (MANIFEST.json). Relative paths are against the working directory.
+         */
+        corpus: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).default('embedded'),
         /** sampling weight per domain; absent = every domain of the corpus with weight 1 */
         weights: z.record(z.string(), z.number().nonnegative()).optional(),
         seqLen: int(2).default(DEMO_SEQ_LEN),
         /** the paper's control: sequences of any domain in one micro-batch */
         mixedMicroBatches: z.boolean().default(false),
-        tokenizer: z.discriminatedUnion('kind', [z.object({ kind: z.literal('byte') }).strict(), z.object({ kind: z.literal('bpe'), vocabSize: int(260) }).strict()]).default({ kind: 'bpe', vocabSize: 1024 }),
+        /** byte (one token per byte), a byte-level BPE trained on the training split, or a tokenizer.json */
+        tokenizer: z
+          .discriminatedUnion('kind', [
+            z.object({ kind: z.literal('byte') }).strict(),
+            z.object({ kind: z.literal('bpe'), vocabSize: int(258) }).strict(),
+            z.object({ kind: z.literal('file'), path: z.string().min(1) }).strict(),
+          ])
+          .default({ kind: 'bpe', vocabSize: 1024 }),
+        /** fractions of each domain's documents held out by the split hash (explicit splits are kept) */
+        splits: z
+          .object({ validation: z.number().min(0).lt(1).default(0.05), test: z.number().min(0).lt(1).default(0.05) })
+          .strict()
+          .prefault({}),
+        /** the fields (JSONL keys, Parquet columns) raw inputs are read from */
+        fields: z
+          .object({ text: z.string().default('text'), domain: z.string().default('domain'), id: z.string().default('id'), split: z.string().default('split') })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),
@@ -80,10 +104,30 @@ export function parseTrainConfig(input: unknown): TrainConfig {
     throw new MoeTrainerError('INVALID_CONFIG', `${issue.path.length ? issue.path.join('.') : 'config'}: ${issue.message}`);
   }
   const cfg = r.data;
+  // Inputs as absolute paths: a saved config resumes from any working directory.
+  cfg.data.corpus = Array.isArray(cfg.data.corpus) ? cfg.data.corpus.map(absoluteInput) : cfg.data.corpus === 'embedded' ? 'embedded' : absoluteInput(cfg.data.corpus);
+  if (cfg.data.tokenizer.kind === 'file') cfg.data.tokenizer.path = resolve(cfg.data.tokenizer.path);
+  if (cfg.data.splits.validation + cfg.data.splits.test >= 1) throw new MoeTrainerError('INVALID_CONFIG', 'data.splits: validation + test must be below 1');
   if (cfg.optim.minLr > cfg.optim.lr) throw new MoeTrainerError('INVALID_CONFIG', 'optim.minLr must not exceed optim.lr');
   // A run shorter than its warm-up warms up over the whole run.
   cfg.optim.warmupSteps = Math.min(cfg.optim.warmupSteps, cfg.train.steps);
   return cfg;
+}
+
+/** The dataset a run reads: `data.corpus` resolved, prepared once with the run's tokenizer, splits and fields. */
+export function datasetOf(cfg: TrainConfig, run: PrepareRun = {}): Promise<OpenDataset> {
+  const { tokenizer: t, splits, fields } = cfg.data;
+  const settings: PrepareSettings = {
+    tokenizer: t.kind === 'file' ? t.path : t.kind,
+    ...(t.kind === 'bpe' ? { vocabSize: t.vocabSize } : {}),
+    textField: fields.text,
+    domainField: fields.domain,
+    idField: fields.id,
+    splitField: fields.split,
+    validation: splits.validation,
+    test: splits.test,
+  };
+  return resolveDataset(cfg.data.corpus, settings, run);
 }
 
 /** The model config of a training config, for a tokenizer of `vocabSize` tokens. */

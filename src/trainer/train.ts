@@ -13,13 +13,10 @@ import cliProgress from 'cli-progress';
 import { lrAt, MoeModel, validTokens, type AdamWOptions, type ModelForwardResult } from '../../index.js';
 import { Balancer, LocalGroup, type Communicator } from '../balance/index.js';
 import { MoeTrainerError } from '../errors.js';
-import { readCorpus } from '../corpus/format.js';
-import { splitOf } from '../corpus/split.js';
 import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
 import { imbalance } from '../metrics.js';
 import type { EvalResult, RunResult, StepMetrics } from '../results.js';
-import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../tokenizer/index.js';
-import { modelConfigOf, parseTrainConfig, type TrainConfig } from './config.js';
+import { datasetOf, modelConfigOf, parseTrainConfig, type TrainConfig } from './config.js';
 import { evaluate } from './evaluate.js';
 
 export interface RunOptions {
@@ -56,13 +53,6 @@ function writeAtomic(path: string, text: string): void {
 function machine(): string {
   const cpus = os.cpus();
   return `${cpus[0]?.model ?? 'cpu'} x${cpus.length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`;
-}
-
-/** The tokenizer of a run: bytes, or a BPE trained on the training documents of the run's domains. */
-function makeTokenizer(cfg: TrainConfig, corpus: Map<string, { id: string; text: string }[]>, trainDocs: (d: string, id: string) => boolean): Tokenizer {
-  if (cfg.data.tokenizer.kind === 'byte') return new ByteTokenizer();
-  const texts = [...corpus].flatMap(([d, docs]) => docs.filter((doc) => trainDocs(d, doc.id)).map((doc) => doc.text));
-  return BpeTokenizer.train(texts, cfg.data.tokenizer.vocabSize);
 }
 
 /** The AdamW options of a config: warm-up then cosine decay over the whole run. */
@@ -132,18 +122,19 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   } else {
     cfg = parseTrainConfig(configInput);
   }
-  const corpus = readCorpus(cfg.data.corpus);
-  const weights = cfg.data.weights ?? Object.fromEntries([...corpus.keys()].map((d) => [d, 1]));
-  const tokenizer = state
-    ? tokenizerFromJSON(JSON.parse(readFileSync(join(ckptDir, 'tokenizer.json'), 'utf8')))
-    : makeTokenizer(cfg, new Map([...corpus].filter(([d]) => (weights[d] ?? 0) > 0)), (d, id) => splitOf(d, id) === 'train');
+  // The data: prepared once (cached), read memory-mapped; the tokenizer is the dataset's.
+  const { dataset, tokenizer } = await datasetOf(cfg, { log: opts.log, progress: cfg.train.progress && process.stderr.isTTY });
+  if (state && readFileSync(join(ckptDir, 'tokenizer.json'), 'utf8') !== tokenizer.toJson()) {
+    throw new MoeTrainerError('CHECKPOINT_CORRUPT', `${ckptDir}/tokenizer.json differs from the tokenizer of the run's dataset: the data changed since the checkpoint`);
+  }
+  const weights = cfg.data.weights ?? Object.fromEntries(dataset.manifest.domains.map((d) => [d.name, 1]));
   const { ranks: R, accumSteps: A, microBatch: b } = cfg.batch;
   const multi = opts.comm;
   if (multi && multi.size !== R) throw new MoeTrainerError('INVALID_CONFIG', `batch.ranks (${R}) must equal the number of processes (${multi.size})`);
   // The ranks this process runs: all R (virtual) or its own.
   const localRanks = multi ? [multi.rank] : Array.from({ length: R }, (_, r) => r);
   const isRoot = localRanks[0] === 0;
-  const data = new DataPipeline(corpus, tokenizer, { seqLen: cfg.data.seqLen, microBatch: b, ranks: R, accumSteps: A, weights, mixedMicroBatches: cfg.data.mixedMicroBatches, seed: cfg.train.seed });
+  const data = new DataPipeline(dataset, tokenizer, { seqLen: cfg.data.seqLen, microBatch: b, ranks: R, accumSteps: A, weights, mixedMicroBatches: cfg.data.mixedMicroBatches, seed: cfg.train.seed });
   const modelCfg = { ...modelConfigOf(cfg, tokenizer.vocabSize), seed: cfg.train.seed };
   const replicas = localRanks.map(() => new MoeModel(modelCfg as never, { device: cfg.train.device }));
   if (state) for (const m of replicas) await m.loadCheckpoint(ckptDir);
@@ -181,7 +172,8 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     if (!isRoot) return;
     const st: TrainerState = { step, config: cfg, evals, seconds };
     await replicas[0].save(ckptDir, JSON.stringify(st)); // rank 0 writes; replicas are identical
-    writeAtomic(join(ckptDir, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
+    writeAtomic(join(ckptDir, 'tokenizer.json'), tokenizer.toJson());
+    writeAtomic(join(ckptDir, 'tokenizer_config.json'), tokenizer.configJson());
   };
   const result = (stepsDone: number, interrupted: boolean): RunResult => ({
     name, config: cfg, domains: data.domains, numExperts: E, topK: K, evals, seconds, stepsDone, interrupted, machine: machine(),

@@ -87,7 +87,7 @@ impl MoeLayer {
     #[napi(constructor, ts_args_type = "config: MoeLayerConfig, options?: DeviceOptions")]
     pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
         let device = options.and_then(|o| o.device);
-        let layer = guard(|| {
+        let layer = guard(|| -> moe_core::Result<Core> {
             let mut l = MoeConfig::from_json(config).and_then(Core::new)?;
             l.to_device(device.as_deref())?;
             Ok(l)

@@ -1,7 +1,9 @@
-//! napi-rs binding of moe-core. Translation only: JS values in, one core call, JS values out.
-//! Real work runs as an `AsyncTask` on the libuv pool; core errors become JS `Error`s whose `code`
-//! is the stable code of the `MoeError` variant; a panic becomes an `INTERNAL` error, never a crash.
+//! napi-rs binding of moe-core and moe-data. Translation only: JS values in, one core call, JS
+//! values out. Real work runs as an `AsyncTask` on the libuv pool; core errors become JS `Error`s
+//! whose `code` is the stable code of the error variant; a panic becomes an `INTERNAL` error,
+//! never a crash.
 
+pub mod data;
 pub mod layer;
 pub mod model;
 
@@ -12,18 +14,43 @@ use napi_derive::napi;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-/// A JS `Error` with `code` = the core error's code.
-pub(crate) fn js_error(env: &Env, e: MoeError) -> napi::Error {
+/// The error types of the crates bound here: a stable code, a message, and the variant a panic
+/// becomes.
+pub(crate) trait Coded: std::fmt::Display {
+    fn code(&self) -> &'static str;
+    fn internal(msg: String) -> Self;
+}
+
+impl Coded for MoeError {
+    fn code(&self) -> &'static str {
+        MoeError::code(self)
+    }
+    fn internal(msg: String) -> Self {
+        MoeError::Internal(msg)
+    }
+}
+
+impl Coded for moe_data::DataError {
+    fn code(&self) -> &'static str {
+        moe_data::DataError::code(self)
+    }
+    fn internal(msg: String) -> Self {
+        moe_data::DataError::Internal(msg)
+    }
+}
+
+/// A JS `Error` with `code` = the error's code.
+pub(crate) fn js_error(env: &Env, e: impl Coded) -> napi::Error {
     napi::Error::from(JsError::from(napi::Error::new(e.code(), e.to_string())).into_unknown(*env))
 }
 
-/// Runs a core call, turning a panic into `MoeError::Internal`. The core's test failpoints
+/// Runs a native call, turning a panic into the `INTERNAL` variant. The core's test failpoints
 /// (`MOE_FAILPOINTS`) are configured before the first call.
-pub(crate) fn guard<T>(f: impl FnOnce() -> moe_core::Result<T>) -> moe_core::Result<T> {
-    moe_core::error::failpoints_from_env()?;
+pub(crate) fn guard<T, E: Coded>(f: impl FnOnce() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+    moe_core::error::failpoints_from_env().map_err(|e| E::internal(e.to_string()))?;
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-        Err(MoeError::Internal(format!("panic in native code: {}", msg.unwrap_or_default())))
+        Err(E::internal(format!("panic in native code: {}", msg.unwrap_or_default())))
     })
 }
 

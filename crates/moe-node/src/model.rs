@@ -138,7 +138,7 @@ impl MoeModel {
     #[napi(constructor, ts_args_type = "config: ModelConfig, options?: DeviceOptions")]
     pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
         let device = options.and_then(|o| o.device);
-        let m = guard(|| {
+        let m = guard(|| -> moe_core::Result<Core> {
             let mut m = ModelConfig::from_json(config).and_then(Core::new)?;
             m.to_device(device.as_deref())?;
             Ok(m)
