@@ -97,9 +97,47 @@ impl Drop for Buf {
     }
 }
 
+/// What this thread has asked of the device so far; tests subtract two snapshots to count what one
+/// call costs (dispatches recorded, compute passes begun, command submissions, blocking waits, buffer
+/// maps, bind groups and staging buffers created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dispatches: u64,
+    pub passes: u64,
+    pub submits: u64,
+    pub waits: u64,
+    pub readbacks: u64,
+    pub bind_groups: u64,
+    pub staging_buffers: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - o.dispatches,
+            passes: self.passes - o.passes,
+            submits: self.submits - o.submits,
+            waits: self.waits - o.waits,
+            readbacks: self.readbacks - o.readbacks,
+            bind_groups: self.bind_groups - o.bind_groups,
+            staging_buffers: self.staging_buffers - o.staging_buffers,
+        }
+    }
+}
+
 thread_local! {
-    static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    static BIND_GROUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static COUNTERS: std::cell::Cell<Counters> = const { std::cell::Cell::new(Counters {
+        dispatches: 0, passes: 0, submits: 0, waits: 0, readbacks: 0, bind_groups: 0, staging_buffers: 0,
+    }) };
+}
+
+fn count(f: impl FnOnce(&mut Counters)) {
+    COUNTERS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
 }
 
 /// (shader address, entry point, override constants as (name, f64 bits)).
@@ -234,6 +272,7 @@ impl Gpu {
         let b = self.alloc(n)?;
         let mut enc = self.encoder();
         self.clear(&mut enc, &b);
+        count(|c| c.submits += 1);
         self.queue.submit([enc.finish()]);
         Ok(b)
     }
@@ -289,6 +328,7 @@ impl Gpu {
             }
             binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, bytes))).clone()
         };
+        count(|c| c.dispatches += 1);
         let pass = enc.pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, Some(&*bind), &[]);
@@ -318,7 +358,7 @@ impl Gpu {
     }
 
     fn bind_group(&self, pipeline: &wgpu::ComputePipeline, bufs: &[&Buf], params: &[u8]) -> wgpu::BindGroup {
-        BIND_GROUPS.with(|n| n.set(n.get() + 1));
+        count(|c| c.bind_groups += 1);
         let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: params.len() as u64,
@@ -360,6 +400,7 @@ impl Gpu {
     pub fn finish(&self, mut enc: Encoder, reads: &[&Buf]) -> Result<Vec<Vec<u32>>> {
         let total: usize = reads.iter().map(|b| b.len).sum();
         let staging = (total > 0).then(|| {
+            count(|c| c.staging_buffers += 1);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size: (total * 4) as u64,
@@ -376,13 +417,15 @@ impl Gpu {
                 at += (b.len * 4) as u64;
             }
         }
+        count(|c| c.submits += 1);
         self.queue.submit([enc.finish()]);
+        count(|c| c.waits += 1);
         let Some(st) = staging else {
             self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| MoeError::DeviceLost(e.to_string()))?;
             self.check()?;
             return Ok(reads.iter().map(|_| Vec::new()).collect());
         };
-        READBACKS.with(|n| n.set(n.get() + 1));
+        count(|c| c.readbacks += 1);
         st.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| MoeError::DeviceLost(e.to_string()))?;
         self.check()?;
@@ -408,14 +451,19 @@ impl Gpu {
         Ok(self.finish(self.encoder(), &[b])?.remove(0))
     }
 
+    /// This thread's counters so far (see `Counters`).
+    pub fn counters(&self) -> Counters {
+        COUNTERS.with(|c| c.get())
+    }
+
     /// Readbacks (buffer maps) made by this thread so far: tests assert how many a step makes.
     pub fn readbacks(&self) -> u64 {
-        READBACKS.with(|n| n.get())
+        self.counters().readbacks
     }
 
     /// Bind groups this thread has created so far: a step whose buffers persist creates none.
     pub fn bind_groups_created(&self) -> u64 {
-        BIND_GROUPS.with(|n| n.get())
+        self.counters().bind_groups
     }
 
     /// Adapter name, type and driver in one line.
@@ -435,7 +483,10 @@ pub struct Encoder {
 impl Encoder {
     fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         let enc = &mut self.enc;
-        self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime())
+        self.pass.get_or_insert_with(|| {
+            count(|c| c.passes += 1);
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime()
+        })
     }
 
     /// The command encoder itself, the compute pass ended first.

@@ -419,6 +419,39 @@ mod tests {
         }
     }
 
+    /// What one training step (forward, backward, AdamW, zero_grad) asks of the device, per part,
+    /// on the device check's demo model: dispatches, compute passes, submissions and blocking waits.
+    #[test]
+    fn training_step_counts() {
+        let Some(g) = test_gpu("training_step_counts") else { return };
+        let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 1024, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32, "moe_intermediate_size": 128, "num_experts": 16,
+            "num_experts_per_tok": 2, "norm_topk_prob": true
+        }))
+        .unwrap();
+        let (b, s) = (2, 16);
+        let tokens: Vec<u32> = (0..b * s).map(|i| (i * 37 + 5) as u32 % 1024).collect();
+        let opt = AdamWConfig::from_json(serde_json::json!({ "lr": 1e-3 })).unwrap();
+        let mut m = Model::new(cfg).unwrap();
+        m.to_device(Some("gpu")).unwrap();
+        let pressure = vec![0.0; 4 * b * 16];
+        for step in 0..2 {
+            let c0 = g.counters();
+            m.forward(&tokens, None, b, true).unwrap();
+            let c1 = g.counters();
+            m.backward(&pressure, 1.0 / 32.0, 1e-4).unwrap();
+            let c2 = g.counters();
+            m.store.step(&opt).unwrap();
+            let c3 = g.counters();
+            m.store.zero_grad().unwrap();
+            let c4 = g.counters();
+            for (part, d) in [("forward", c1 - c0), ("backward", c2 - c1), ("adamw", c3 - c2), ("zero_grad", c4 - c3), ("step", c4 - c0)] {
+                eprintln!("step {step} {part:<9} {d:?}");
+            }
+        }
+    }
+
     /// The all-reduce path: read the gradients, write back a changed copy, step; as on the CPU.
     #[test]
     fn gradients_written_from_the_host_drive_the_step() {
