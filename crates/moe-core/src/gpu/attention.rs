@@ -6,13 +6,13 @@ use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/attention.wgsl");
-const SCORES: Kernel = Kernel { src: SRC, entry: "attn_scores" };
-const SOFTMAX: Kernel = Kernel { src: SRC, entry: "attn_softmax" };
-const PV: Kernel = Kernel { src: SRC, entry: "attn_pv" };
-const DELTA: Kernel = Kernel { src: SRC, entry: "attn_delta" };
-const DQ: Kernel = Kernel { src: SRC, entry: "attn_dq" };
-const DK: Kernel = Kernel { src: SRC, entry: "attn_dk" };
-const DV: Kernel = Kernel { src: SRC, entry: "attn_dv" };
+const SCORES: Kernel = Kernel::checked(SRC, "attn_scores");
+const SOFTMAX: Kernel = Kernel::checked(SRC, "attn_softmax");
+const PV: Kernel = Kernel::checked(SRC, "attn_pv");
+const DELTA: Kernel = Kernel::checked(SRC, "attn_delta");
+const DQ: Kernel = Kernel::checked(SRC, "attn_dq");
+const DK: Kernel = Kernel::checked(SRC, "attn_dk");
+const DV: Kernel = Kernel::checked(SRC, "attn_dv");
 const TILE: usize = 64;
 
 /// attention.wgsl's `Params`, which every entry point reads, one line per 16-byte row: S, H, KV,

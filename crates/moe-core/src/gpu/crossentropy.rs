@@ -5,8 +5,8 @@ use super::matmul::View;
 use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/crossentropy.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_forward" };
-const BACKWARD: Kernel = Kernel { src: SRC, entry: "crossentropy_backward" };
+const FORWARD: Kernel = Kernel::checked(SRC, "crossentropy_forward");
+const BACKWARD: Kernel = Kernel::checked(SRC, "crossentropy_backward");
 
 /// crossentropy.wgsl's `Params`, one line per 16-byte row. out_off: the losses' offset, or the
 /// dlogits'; scale (the backward's): f32 bits.

@@ -8,15 +8,15 @@ use crate::layout::ExpertParams;
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/experts.wgsl");
-const PERMUTE_COUNT: Kernel = Kernel { src: SRC, entry: "permute_count" };
-const PERMUTE_SCAN: Kernel = Kernel { src: SRC, entry: "permute_scan" };
-const PERMUTE_SCATTER: Kernel = Kernel { src: SRC, entry: "permute_scatter" };
-const GATHER_FORWARD: Kernel = Kernel { src: SRC, entry: "gather_forward" };
-const GATHER_BACKWARD: Kernel = Kernel { src: SRC, entry: "gather_backward" };
-const COMBINE_FORWARD: Kernel = Kernel { src: SRC, entry: "combine_forward" };
-const COMBINE_BACKWARD: Kernel = Kernel { src: SRC, entry: "combine_backward" };
-const EXPERTS_GEMM: Kernel = Kernel { src: SRC, entry: "experts_gemm" };
-const EXPERTS_WGRAD: Kernel = Kernel { src: SRC, entry: "experts_wgrad" };
+const PERMUTE_COUNT: Kernel = Kernel::checked(SRC, "permute_count");
+const PERMUTE_SCAN: Kernel = Kernel::checked(SRC, "permute_scan");
+const PERMUTE_SCATTER: Kernel = Kernel::checked(SRC, "permute_scatter");
+const GATHER_FORWARD: Kernel = Kernel::checked(SRC, "gather_forward");
+const GATHER_BACKWARD: Kernel = Kernel::checked(SRC, "gather_backward");
+const COMBINE_FORWARD: Kernel = Kernel::checked(SRC, "combine_forward");
+const COMBINE_BACKWARD: Kernel = Kernel::checked(SRC, "combine_backward");
+const EXPERTS_GEMM: Kernel = Kernel::checked(SRC, "experts_gemm");
+const EXPERTS_WGRAD: Kernel = Kernel::checked(SRC, "experts_wgrad");
 
 /// Output tile of the grouped GEMMs (BM = BN in experts.wgsl).
 pub(crate) const TILE: usize = 64;

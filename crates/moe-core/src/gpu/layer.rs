@@ -99,6 +99,7 @@ impl GpuLayer {
         g.write(&gs.dout, 0, dout);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
+        dev.grads_ready(&mut enc);
         let (wt, gr) = (layout.map(&mut |t| View { buf: &dev.params, off: t.offset }), layout.map(&mut |t| View { buf: &dev.grads, off: t.offset }));
         moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&gs.pressure).into(), z_scale, &wt, cfg)?;
         let r = g.finish(enc, &[&gs.dx])?;

@@ -5,7 +5,7 @@
 
 use super::{Buf, Encoder, Gpu, Kernel};
 
-const GEMM: Kernel = Kernel { src: include_str!("shaders/matmul.wgsl"), entry: "gemm" };
+const GEMM: Kernel = Kernel::checked(include_str!("shaders/matmul.wgsl"), "gemm");
 
 /// A tile configuration of `gemm`, the values of matmul.wgsl's override constants: BM x BN blocks of
 /// c per workgroup through BK-deep slices, TM x TN of them per invocation.

@@ -19,8 +19,8 @@ use crate::error::{MoeError, Result};
 use crate::layout::{Layout, ModelParams, MoeParams, ParamSpec};
 use crate::stats::ModelStats;
 
-const ADD: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "add_inplace" };
-const FINITE: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "finite_flags" };
+const ADD: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "add_inplace");
+const FINITE: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "finite_flags");
 
 /// model.wgsl's `Params`: n elements of x from x_off; slot: the flag finite_flags sets.
 #[repr(C)]
@@ -304,6 +304,7 @@ impl GpuModel {
         let (p, gr, off) = (&dev.params, &dev.grads, &self.off);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
+        dev.grads_ready(&mut enc);
         g.clear(&mut enc, &gs.dlogits);
         crossentropy_backward(g, &mut enc, (&gs.dlogits).into(), (&a.logits).into(), &a.targets, &a.valid, lm_scale, t, vs);
         g.clear(&mut enc, &gs.dxf);
@@ -337,8 +338,8 @@ impl GpuModel {
             rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, w.input_layernorm), (&gs.dxn).into(), (&la.x).into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
         }
         embedding_backward(g, &mut enc, v(gr, off.embed_tokens), (&gs.dx).into(), &a.index, d);
-        g.finish(enc, &[])?;
-        Ok(())
+        // Nothing to read back: the queue runs it before whatever reads the gradients next.
+        g.submit(enc)
     }
 }
 

@@ -4,9 +4,9 @@ use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/rmsnorm.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "rmsnorm_forward" };
-const BACKWARD_DX: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dx" };
-const BACKWARD_DW: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dw" };
+const FORWARD: Kernel = Kernel::checked(SRC, "rmsnorm_forward");
+const BACKWARD_DX: Kernel = Kernel::checked(SRC, "rmsnorm_backward_dx");
+const BACKWARD_DW: Kernel = Kernel::checked(SRC, "rmsnorm_backward_dw");
 
 // rmsnorm.wgsl's two uniforms, one line per 16-byte row: N rows of C, the views' offsets.
 
