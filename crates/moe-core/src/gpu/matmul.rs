@@ -42,7 +42,7 @@ impl Tiles {
     /// 132-SM H200); smaller grids leave SMs idle, which SMALL's fourfold count avoids. Unmeasured.
     /// A configuration forced on this thread (`force`) wins.
     pub(crate) fn pick(s: &Gemm) -> Tiles {
-        if let Some(t) = FORCED.with(Cell::get) {
+        if let Some(t) = forced() {
             return t;
         }
         let big_groups = s.m.div_ceil(BIG.bm) * s.n.div_ceil(BIG.bn) * s.batch;
@@ -56,6 +56,11 @@ impl Tiles {
 
 thread_local! {
     static FORCED: Cell<Option<Tiles>> = const { Cell::new(None) };
+}
+
+/// The configuration `force`d on this thread, if any.
+pub(crate) fn forced() -> Option<Tiles> {
+    FORCED.with(Cell::get)
 }
 
 /// Makes every GEMM this thread records (dense, grouped, attention) use `t`, or picks by size again

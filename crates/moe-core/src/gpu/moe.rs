@@ -5,10 +5,10 @@
 //! buffer and reads them back once per step.
 
 use super::experts::{
-    combine_backward, combine_forward, experts_backward, experts_forward, gather_backward, gather_forward, permute_forward,
-    permute_scratch_len, Sorted,
+    combine_backward, combine_forward, experts_backward, experts_forward, gather_backward, gather_forward, grouped_tiles,
+    permute_forward, permute_scratch_len, Sorted,
 };
-use super::matmul::{matmul_backward, matmul_forward, View};
+use super::matmul::{matmul_backward, matmul_forward, Tiles, View};
 use super::router::{router_backward, router_forward, router_stats};
 use super::{Buf, Encoder, Gpu};
 use crate::config::MoeConfig;
@@ -51,6 +51,7 @@ pub struct GpuMoeActs {
 /// T = B * S tokens, N = T * K sorted rows.
 struct Saved {
     shape: [usize; 5], // (T, C, F, E, K)
+    tile: Tiles,       // of the grouped products, whose row tiles the permutation counts
     x: Buf,            // (T, C) input
     mask: Buf,         // (T) u32
     logits: Buf,       // (T, E); dlogits in the backward
@@ -80,6 +81,7 @@ impl Saved {
         let n = t * k;
         Ok(Saved {
             shape,
+            tile: grouped_tiles(n, e),
             x: g.alloc(t * c)?,
             mask: g.alloc(t)?,
             logits: g.alloc(t * e)?,
@@ -100,7 +102,7 @@ impl Saved {
 
     fn sorted(&self) -> Sorted<'_> {
         let [t, _, _, e, k] = self.shape;
-        Sorted { offsets: &self.offsets, tiles: &self.tiles, n: t * k, e }
+        Sorted { offsets: &self.offsets, tiles: &self.tiles, tile: self.tile, n: t * k, e }
     }
 }
 
@@ -133,13 +135,15 @@ pub fn moe_forward(
         acts.saved = Some(Saved::new(g, shape)?);
     }
     (acts.b, acts.s) = (b, s);
-    let a = acts.saved.as_ref().expect("allocated above");
+    let a = acts.saved.as_mut().expect("allocated above");
+    a.tile = grouped_tiles(t * k, e);
+    let a = &*a;
     g.copy(enc, x.buf, x.off, &a.x, 0, t * c);
     g.copy(enc, mask, 0, &a.mask, 0, t);
     matmul_forward(g, enc, (&a.logits).into(), x, wt.gate, t, c, e);
     router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, bias, t, e, k, cfg.norm_topk_prob);
     router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, &a.mask, b, s, e, k);
-    permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e);
+    permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e, a.tile.bm);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
     experts_forward(g, enc, &a.guh, &a.ys, &a.xs, &wt.experts, &a.sorted(), c, f);
     combine_forward(g, enc, out, &a.ys, &a.w, &a.pos, t, c, k);
@@ -184,7 +188,7 @@ pub fn moe_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::experts::TILE;
+    use crate::gpu::matmul::{force, BIG, SMALL};
     use crate::gpu::tests::{check_stats, f32s, mask_of, padded, test_gpu, upload_mask};
     use crate::cpu::moe::MoeActs;
     use crate::layout::Layout;
@@ -263,10 +267,16 @@ mod tests {
         let Some(g) = test_gpu("moe_block_matches_cpu") else { return };
         // One GpuMoeActs throughout: reused for equal shapes, reallocated when the shape changes.
         let mut acts = GpuMoeActs::default();
+        force(Some(SMALL));
         check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], false);
         check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], true);
         // Experts with more rows than one 64-row tile, more columns than one tile.
         let most = check_block(g, &mut acts, [2, 48, 70, 20, 6, 3], true);
-        assert!(most > TILE as u32, "no expert spans two row tiles ({most} rows at most)");
+        assert!(most > SMALL.bm as u32, "no expert spans two row tiles ({most} rows at most)");
+        // The same on the large tiles: experts past one 128-row tile, channels past one 128 tile.
+        force(Some(BIG));
+        let most = check_block(g, &mut acts, [2, 96, 136, 20, 6, 3], true);
+        force(None);
+        assert!(most > BIG.bm as u32, "no expert spans two large row tiles ({most} rows at most)");
     }
 }

@@ -24,7 +24,7 @@
 //   acc = gemm_mainloop(acc, k0, k1)                acc += the product over depth k0..k1 (repeatable)
 //   gemm_store(acc)
 // The host sets BM, BN, BK, TM, TN (matmul.rs `Tiles`, checked there: TM, TN in {4, 8}, BM * BK =
-// BN * BK = 4 * WG). No bindings here: the op declares its own.
+// BN * BK = 4 * WG), and MODE where the op has one. No bindings here: the op declares its own.
 
 override BM: u32;
 override BN: u32;
@@ -37,6 +37,9 @@ override WY: u32 = BM / TM;       // invocations along M
 override WG: u32 = WX * WY;
 override SA: u32 = BM / 4u + 1u;  // row strides of the shared tiles in vec4s, one of padding
 override SB: u32 = BN / 4u + 1u;
+// The product, in a module with several (experts.wgsl, attention.wgsl give the values). Declared
+// here because naga 30 fails on a named override declared after an override-sized array.
+override MODE: u32 = 0u;
 
 var<workgroup> sa: array<vec4<f32>, BK * SA>;
 var<workgroup> sb: array<vec4<f32>, BK * SB>;
