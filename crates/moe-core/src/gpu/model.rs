@@ -152,8 +152,8 @@ struct Grads {
     dqr: Buf,
     dkr: Buf,
     dv: Buf,
-    /// (B, H, S) attention's row sums rowsum(P dP)
-    delta: Buf,
+    /// (B, H, S, S) attention's dS
+    ds: Buf,
     dqn: Buf,
     dkn: Buf,
     dq: Buf,
@@ -178,7 +178,7 @@ impl Grads {
             dqr: g.alloc(t * h * hd)?,
             dkr: g.alloc(t * kv * hd)?,
             dv: g.alloc(t * kv * hd)?,
-            delta: g.alloc(b * h * s)?,
+            ds: g.alloc(b * h * s * s)?,
             dqn: g.alloc(t * h * hd)?,
             dkn: g.alloc(t * kv * hd)?,
             dq: g.alloc(t * h * hd)?,
@@ -324,7 +324,7 @@ impl GpuModel {
             for buf in [&gs.dqr, &gs.dkr, &gs.dv, &gs.dqn, &gs.dkn] {
                 g.clear(&mut enc, buf);
             }
-            attention_backward(g, &mut enc, (&gs.dqr).into(), (&gs.dkr).into(), (&gs.dv).into(), (&gs.delta).into(), (&gs.datt).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
+            attention_backward(g, &mut enc, (&gs.dqr).into(), (&gs.dkr).into(), (&gs.dv).into(), (&gs.ds).into(), (&gs.datt).into(), (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
             rope_backward(g, &mut enc, (&gs.dqn).into(), (&gs.dqr).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
             rope_backward(g, &mut enc, (&gs.dkn).into(), (&gs.dkr).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
             g.clear(&mut enc, &gs.dq);
