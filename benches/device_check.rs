@@ -130,7 +130,7 @@ fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) {
     let gpu_s = time(iters, || {
         let mut enc = g.encoder();
         moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), &mut acts, (&gx).into(), &mask, (&bias).into(), &wv, cfg, b, s).unwrap();
-        moe_backward(g, &mut enc, (&gdx).into(), &gv, &mut acts, (&gdout).into(), (&gp).into(), 1e-4, &wv, cfg).unwrap();
+        moe_backward(g, &mut enc, (&gdx).into(), &gv, &mut acts, (&gdout).into(), (&gx).into(), &mask, (&gp).into(), 1e-4, &wv, cfg).unwrap();
         g.finish(enc, &[]).unwrap();
     });
     let (out, dx) = (g.read_f32(&gout).unwrap(), g.read_f32(&gdx).unwrap());

@@ -18,6 +18,7 @@ pub mod attention;
 pub mod crossentropy;
 pub mod embedding;
 pub mod experts;
+pub mod head;
 pub mod layer;
 pub mod matmul;
 pub mod model;
@@ -172,7 +173,7 @@ pub struct Gpu {
     /// The longest a blocking wait may take (`MOE_GPU_TIMEOUT_S`, default 120 s).
     pub timeout: std::time::Duration,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    binds: Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
+    binds: Mutex<BindCache<Arc<wgpu::BindGroup>>>,
     /// Bind groups the live models and layers hold room for, beyond BIND_CACHE_MIN.
     bind_reserved: AtomicUsize,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -185,9 +186,40 @@ pub struct Gpu {
     fault: Arc<Mutex<Option<MoeError>>>,
 }
 
-/// Bind groups the cache keeps without any reservation; beyond that and the live reservations
-/// (`BindReservation`) it starts afresh (it also keeps pooled buffers alive).
+/// Bind groups used within this many lookups, plus the live reservations (`BindReservation`), are
+/// never evicted.
 const BIND_CACHE_MIN: usize = 4096;
+
+/// The bind groups of past dispatches (they also keep pooled buffers alive). When it holds twice its
+/// window (BIND_CACHE_MIN + the reservations), it drops every entry not used within the last window
+/// of lookups: a model whose step uses n bind groups and reserves n finds them all again at its next
+/// step, however deep it is.
+struct BindCache<V> {
+    /// value and the lookup count at its last use
+    map: HashMap<BindKey, (V, u64)>,
+    lookups: u64,
+}
+
+impl<V> Default for BindCache<V> {
+    fn default() -> Self {
+        BindCache { map: HashMap::new(), lookups: 0 }
+    }
+}
+
+impl<V: Clone> BindCache<V> {
+    /// The value of `key`, made by `make` on a miss; when the cache holds 2 * window entries, it first
+    /// drops those unused within the last `window` lookups.
+    fn get(&mut self, key: BindKey, window: u64, make: impl FnOnce() -> V) -> V {
+        self.lookups += 1;
+        let now = self.lookups;
+        if self.map.len() as u64 >= 2 * window {
+            self.map.retain(|_, (_, used)| *used + window > now);
+        }
+        let entry = self.map.entry(key).or_insert_with(|| (make(), now));
+        entry.1 = now;
+        entry.0.clone()
+    }
+}
 
 fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -370,13 +402,8 @@ impl Gpu {
         let bytes = bytemuck::bytes_of(params);
         // Pipelines stay cached for the process's life, so their addresses identify them.
         let key: BindKey = (Arc::as_ptr(&pipeline) as usize, bufs.iter().map(|b| b.id).collect(), bytes.to_vec());
-        let bind = {
-            let mut binds = self.binds.lock().unwrap();
-            if binds.len() >= BIND_CACHE_MIN + self.bind_reserved.load(Ordering::Relaxed) {
-                binds.clear();
-            }
-            binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, bytes))).clone()
-        };
+        let window = (BIND_CACHE_MIN + self.bind_reserved.load(Ordering::Relaxed)) as u64;
+        let bind = self.binds.lock().unwrap().get(key, window, || Arc::new(self.bind_group(&pipeline, bufs, bytes)));
         count(|c| c.dispatches += 1);
         enc.dispatches += 1;
         let pass = enc.pass(k.entry);
@@ -583,8 +610,8 @@ fn size_class(bytes: u64) -> u64 {
 }
 
 /// Room in the bind-group cache for the dispatches of one recorded sequence that recurs (a model's
-/// forward or backward): the cache holds BIND_CACHE_MIN plus every live reservation, so a model of
-/// any depth finds all its bind groups again at its next step. Released on drop.
+/// forward or backward): the cache's window grows by every live reservation (`BindCache`), so a
+/// model of any depth finds all its bind groups again at its next step. Released on drop.
 #[derive(Default)]
 pub struct BindReservation {
     n: usize,

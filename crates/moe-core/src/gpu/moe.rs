@@ -52,8 +52,6 @@ pub struct GpuMoeActs {
 struct Saved {
     shape: [usize; 5], // (T, C, F, E, K)
     tile: Tiles,       // of the grouped products, whose row tiles the permutation counts
-    x: Buf,            // (T, C) input
-    mask: Buf,         // (T) u32
     logits: Buf,       // (T, E); dlogits in the backward
     probs: Buf,        // (T, E)
     lse: Buf,          // (T)
@@ -82,8 +80,6 @@ impl Saved {
         Ok(Saved {
             shape,
             tile: grouped_tiles(n, e),
-            x: g.alloc(t * c)?,
-            mask: g.alloc(t)?,
             logits: g.alloc(t * e)?,
             probs: g.alloc(t * e)?,
             lse: g.alloc(t)?,
@@ -108,8 +104,9 @@ impl Saved {
 
 /// Forward of the block on B sequences of S tokens (GPU `cpu::moe::moe_forward`). Overwrites out (T, C)
 /// and stats (`stats_len(B, E)` floats, laid out as in the module doc); `acts` receives what the
-/// backward needs. x (T, C); mask (T) u32, 1 = valid token; bias (E) the router's selection bias;
-/// wt: the block's weights, gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F).
+/// backward needs but x and mask, which the backward is given again (unchanged: no copies). x (T, C);
+/// mask (T) u32, 1 = valid token; bias (E) the router's selection bias; wt: the block's weights,
+/// gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     g: &Gpu,
@@ -138,11 +135,9 @@ pub fn moe_forward(
     let a = acts.saved.as_mut().expect("allocated above");
     a.tile = grouped_tiles(t * k, e);
     let a = &*a;
-    g.copy(enc, x.buf, x.off, &a.x, 0, t * c);
-    g.copy(enc, mask, 0, &a.mask, 0, t);
     matmul_forward(g, enc, (&a.logits).into(), x, wt.gate, t, c, e);
     router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, bias, t, e, k, cfg.norm_topk_prob);
-    router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, &a.mask, b, s, e, k);
+    router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, mask, b, s, e, k);
     permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e, a.tile.bm);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
     experts_forward(g, enc, &a.guh, &a.ys, &a.xs, &wt.experts, &a.sorted(), c, f);
@@ -151,7 +146,8 @@ pub fn moe_forward(
 }
 
 /// Backward of the block (GPU `cpu::moe::moe_backward`). Overwrites dx (T, C); accumulates into `grads`
-/// (shaped as `wt`). dout (T, C); pressure (B, E) and z_scale: see `cpu::router::router_backward`.
+/// (shaped as `wt`). dout (T, C); x (T, C) and mask (T) u32 as given to the forward; pressure (B, E)
+/// and z_scale: see `cpu::router::router_backward`.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward(
     g: &Gpu,
@@ -160,6 +156,8 @@ pub fn moe_backward(
     grads: &MoeParams<View>,
     acts: &mut GpuMoeActs,
     dout: View,
+    x: View,
+    mask: &Buf,
     pressure: View,
     z_scale: f32,
     wt: &MoeParams<View>,
@@ -180,8 +178,8 @@ pub fn moe_backward(
     experts_backward(g, enc, &sc.drows, &grads.experts, &sc.dgu, &sc.drows, &a.xs, &a.guh, &wt.experts, &a.sorted(), c, f);
     gather_backward(g, enc, dx, &sc.drows, &a.pos, t, c, k);
     let (dlogits, norm) = (&a.logits, cfg.norm_topk_prob);
-    router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, &a.mask, pressure, z_scale, b, s, e, k, norm);
-    matmul_backward(g, enc, dx, grads.gate, dlogits.into(), (&a.x).into(), wt.gate, t, c, e);
+    router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, mask, pressure, z_scale, b, s, e, k, norm);
+    matmul_backward(g, enc, dx, grads.gate, dlogits.into(), x, wt.gate, t, c, e);
     Ok(())
 }
 
@@ -247,7 +245,7 @@ mod tests {
         let mut enc = g.encoder();
         moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gbias, 1), &wv, &cfg, b, s).unwrap();
         let (dx_v, dout_v, press_v) = (v(&gdx, 6), v(&gdout, 1), v(&gpress, 2));
-        moe_backward(g, &mut enc, dx_v, &gv, acts, dout_v, press_v, z_scale, &wv, &cfg).unwrap();
+        moe_backward(g, &mut enc, dx_v, &gv, acts, dout_v, v(&gx, 3), &gmask, press_v, z_scale, &wv, &cfg).unwrap();
         let r = g.finish(enc, &[&gout, &gstats, &gdx, &ggrads]).unwrap();
         assert_close("block out", &f32s(&r[0])[2..], &out, 1e-5, 1e-4);
         check_stats(&f32s(&r[1])[4..], &stats, b, e);

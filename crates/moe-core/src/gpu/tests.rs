@@ -144,6 +144,36 @@ fn oversized_buffer_is_a_clear_error() {
     assert_eq!(g.read_u32(&g.upload(&[7u32, 8]).unwrap()).unwrap(), vec![7, 8]);
 }
 
+/// The bind-group cache keeps what was used within its window and drops the rest only once it holds
+/// twice the window: a reservation (a larger window) keeps a long step's entries.
+#[test]
+fn bind_cache_keeps_its_window() {
+    let mut cache = BindCache::default();
+    let key = |i: u64| (0, vec![i], Vec::new());
+    let made = std::cell::Cell::new(0);
+    let mut get = |c: &mut BindCache<u64>, i: u64, window: u64| c.get(key(i), window, || { made.set(made.get() + 1); i });
+    for i in 0..8 {
+        get(&mut cache, i, 4);
+    }
+    assert_eq!(made.get(), 8);
+    // Full (8 = 2 * 4): the entries unused in the last 4 lookups (this one included) go: 0..5.
+    get(&mut cache, 8, 4);
+    assert_eq!((cache.map.len(), made.get()), (4, 9));
+    for i in 5..9 {
+        assert_eq!(get(&mut cache, i, 4), i);
+    }
+    assert_eq!(made.get(), 9, "5..9 were kept");
+    // A window of 16 (a reservation): everything used within it is kept.
+    for i in 9..20 {
+        get(&mut cache, i, 16);
+    }
+    let before = made.get();
+    for i in 5..20 {
+        get(&mut cache, i, 16);
+    }
+    assert_eq!(made.get(), before, "nothing used within the window is made again");
+}
+
 #[test]
 fn bad_device_name_is_refused() {
     assert_eq!(select(Some("tpu")).unwrap_err().code(), "INVALID_CONFIG");
