@@ -15,6 +15,8 @@
 
 pub mod adamw;
 pub mod attention;
+mod binds;
+mod counters;
 pub mod crossentropy;
 pub mod embedding;
 pub mod experts;
@@ -29,6 +31,10 @@ pub mod rope;
 pub mod router;
 pub mod store;
 
+pub use binds::BindReservation;
+use binds::{BindCache, BIND_CACHE_MIN};
+use counters::count;
+pub use counters::Counters;
 use crate::error::{MoeError, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -115,53 +121,10 @@ impl Drop for Buf {
     }
 }
 
-/// What this thread has asked of the device so far; tests subtract two snapshots to count what one
-/// call costs (dispatches recorded, compute passes begun, command submissions, blocking waits, buffer
-/// maps, bind groups and staging buffers created).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub dispatches: u64,
-    pub passes: u64,
-    pub submits: u64,
-    pub waits: u64,
-    pub readbacks: u64,
-    pub bind_groups: u64,
-    pub staging_buffers: u64,
-}
-
-impl std::ops::Sub for Counters {
-    type Output = Counters;
-    fn sub(self, o: Counters) -> Counters {
-        Counters {
-            dispatches: self.dispatches - o.dispatches,
-            passes: self.passes - o.passes,
-            submits: self.submits - o.submits,
-            waits: self.waits - o.waits,
-            readbacks: self.readbacks - o.readbacks,
-            bind_groups: self.bind_groups - o.bind_groups,
-            staging_buffers: self.staging_buffers - o.staging_buffers,
-        }
-    }
-}
-
-thread_local! {
-    static COUNTERS: std::cell::Cell<Counters> = const { std::cell::Cell::new(Counters {
-        dispatches: 0, passes: 0, submits: 0, waits: 0, readbacks: 0, bind_groups: 0, staging_buffers: 0,
-    }) };
-}
-
-fn count(f: impl FnOnce(&mut Counters)) {
-    COUNTERS.with(|c| {
-        let mut v = c.get();
-        f(&mut v);
-        c.set(v);
-    });
-}
-
 /// (shader address, entry point, override constants as (name, f64 bits), built without runtime checks).
 type PipelineKey = (usize, &'static str, Vec<(&'static str, u64)>, bool);
 /// (pipeline address, buffer ids, parameter bytes): auto-derived layouts differ per pipeline.
-type BindKey = (usize, Vec<u64>, Vec<u8>);
+pub(crate) type BindKey = (usize, Vec<u64>, Vec<u8>);
 
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -175,7 +138,7 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     binds: Mutex<BindCache<Arc<wgpu::BindGroup>>>,
     /// Bind groups the live models and layers hold room for, beyond BIND_CACHE_MIN.
-    bind_reserved: AtomicUsize,
+    pub(crate) bind_reserved: AtomicUsize,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// MAP_READ buffers by size, reused from readback to readback.
     staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -184,41 +147,6 @@ pub struct Gpu {
     /// The first uncaptured wgpu error, or the device's loss (which replaces any other: errors of
     /// calls on a lost device are its consequences), reported by the next `finish`.
     fault: Arc<Mutex<Option<MoeError>>>,
-}
-
-/// Bind groups used within this many lookups, plus the live reservations (`BindReservation`), are
-/// never evicted.
-const BIND_CACHE_MIN: usize = 4096;
-
-/// The bind groups of past dispatches (they also keep pooled buffers alive). When it holds twice its
-/// window (BIND_CACHE_MIN + the reservations), it drops every entry not used within the last window
-/// of lookups: a model whose step uses n bind groups and reserves n finds them all again at its next
-/// step, however deep it is.
-struct BindCache<V> {
-    /// value and the lookup count at its last use
-    map: HashMap<BindKey, (V, u64)>,
-    lookups: u64,
-}
-
-impl<V> Default for BindCache<V> {
-    fn default() -> Self {
-        BindCache { map: HashMap::new(), lookups: 0 }
-    }
-}
-
-impl<V: Clone> BindCache<V> {
-    /// The value of `key`, made by `make` on a miss; when the cache holds 2 * window entries, it first
-    /// drops those unused within the last `window` lookups.
-    fn get(&mut self, key: BindKey, window: u64, make: impl FnOnce() -> V) -> V {
-        self.lookups += 1;
-        let now = self.lookups;
-        if self.map.len() as u64 >= 2 * window {
-            self.map.retain(|_, (_, used)| *used + window > now);
-        }
-        let entry = self.map.entry(key).or_insert_with(|| (make(), now));
-        entry.1 = now;
-        entry.0.clone()
-    }
 }
 
 fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
@@ -583,7 +511,7 @@ impl Gpu {
 
     /// This thread's counters so far (see `Counters`).
     pub fn counters(&self) -> Counters {
-        COUNTERS.with(|c| c.get())
+        counters::snapshot()
     }
 
     /// Readbacks (buffer maps) made by this thread so far: tests assert how many a step makes.
@@ -607,32 +535,6 @@ impl Gpu {
 fn size_class(bytes: u64) -> u64 {
     let step = (bytes.next_power_of_two() / 8).max(256);
     bytes.next_multiple_of(step)
-}
-
-/// Room in the bind-group cache for the dispatches of one recorded sequence that recurs (a model's
-/// forward or backward): the cache's window grows by every live reservation (`BindCache`), so a
-/// model of any depth finds all its bind groups again at its next step. Released on drop.
-#[derive(Default)]
-pub struct BindReservation {
-    n: usize,
-}
-
-impl BindReservation {
-    /// Grows the reservation to `n` bind groups (the dispatches of the sequence).
-    pub fn fit(&mut self, g: &Gpu, n: usize) {
-        if n > self.n {
-            g.bind_reserved.fetch_add(n - self.n, Ordering::Relaxed);
-            self.n = n;
-        }
-    }
-}
-
-impl Drop for BindReservation {
-    fn drop(&mut self) {
-        if let (Ok(g), true) = (gpu(), self.n > 0) {
-            g.bind_reserved.fetch_sub(self.n, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Records GPU work: consecutive dispatches share one compute pass (wgpu still inserts the
