@@ -449,7 +449,7 @@ impl Gpu {
         self.wait()?;
         let mut all: Vec<u32> = {
             let view = st.slice(..).get_mapped_range().map_err(|e| MoeError::Internal(format!("readback: {e}")))?;
-            bytemuck::cast_slice(&view).to_vec()
+            bytemuck::cast_slice(&view[..total * 4]).to_vec()
         };
         st.unmap();
         self.staging.lock().unwrap().entry(st.size()).or_default().push(st);
@@ -491,7 +491,7 @@ impl Gpu {
         match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(self.timeout) }) {
             Ok(_) => self.check(),
             Err(wgpu::PollError::Timeout) => {
-                let e = format!("a device wait timed out after {:.1} s (MOE_GPU_TIMEOUT_S): the queue is stuck", self.timeout.as_secs_f64());
+                let e = format!("a device wait timed out after {:?} (MOE_GPU_TIMEOUT_S): the queue is stuck", self.timeout);
                 *self.fault.lock().unwrap() = Some(MoeError::DeviceLost(e.clone()));
                 Err(MoeError::DeviceLost(e))
             }

@@ -174,6 +174,36 @@ fn bind_cache_keeps_its_window() {
     assert_eq!(made.get(), before, "nothing used within the window is made again");
 }
 
+/// While a thread profiles, each dispatch runs in a timed pass of its own and its time is added to
+/// its entry point's; the submission waits to read the timestamps. Afterwards nothing is timed.
+#[test]
+fn profiling_times_each_dispatch() {
+    let Some(g) = test_gpu("profiling_times_each_dispatch") else { return };
+    if !profile::start(g) {
+        return eprintln!("\n*** SKIPPED profiling_times_each_dispatch: {} has no timestamp queries ***\n", g.describe());
+    }
+    let n = 64;
+    let (a, b, c) = (g.upload(&randn(n * n, 1)).unwrap(), g.upload(&randn(n * n, 2)).unwrap(), g.alloc(n * n).unwrap());
+    let c0 = g.counters();
+    let mut enc = g.encoder();
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    g.submit(enc).unwrap();
+    let d = g.counters() - c0;
+    let (times, untimed) = profile::stop();
+    assert_eq!((d.dispatches, d.passes, d.waits), (2, 2, 1), "a pass per dispatch, a wait to read the times");
+    assert_eq!(untimed, 0);
+    assert_eq!(times.len(), 1, "{times:?}");
+    assert_eq!((times[0].entry, times[0].dispatches), ("gemm", 2));
+    assert!(times[0].seconds > 0.0 && times[0].seconds < 10.0, "{times:?}");
+    eprintln!("profiled: {times:?}");
+    let c0 = g.counters();
+    let mut enc = g.encoder();
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    g.submit(enc).unwrap();
+    assert_eq!((g.counters() - c0).waits, 0, "not profiling: no wait");
+}
+
 #[test]
 fn bad_device_name_is_refused() {
     assert_eq!(select(Some("tpu")).unwrap_err().code(), "INVALID_CONFIG");
