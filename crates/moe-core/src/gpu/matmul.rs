@@ -41,7 +41,7 @@ impl Tiles {
     /// BIG once both sides of c reach 512 and its grid still has 256 workgroups (about two per SM of a
     /// 132-SM H200); smaller grids leave SMs idle, which SMALL's fourfold count avoids. Unmeasured.
     /// A configuration forced on this thread (`force`) wins.
-    pub(crate) fn pick(s: &Gemm) -> Tiles {
+    pub fn pick(s: &Gemm) -> Tiles {
         if let Some(t) = forced() {
             return t;
         }

@@ -334,7 +334,8 @@ impl Gpu {
         let bind = self.binds.lock().unwrap().get(key, window, || Arc::new(self.bind_group(&pipeline, bufs, bytes)));
         count(|c| c.dispatches += 1);
         enc.dispatches += 1;
-        let pass = enc.pass(k.entry);
+        let mode = constants.iter().find(|c| c.0 == "MODE").map(|c| c.1 as u32);
+        let pass = enc.pass((k.entry, mode));
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, Some(&*bind), &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -548,10 +549,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    fn pass(&mut self, entry: &'static str) -> &mut wgpu::ComputePass<'static> {
+    /// The compute pass for the next dispatch, of `kernel` (entry point, MODE).
+    fn pass(&mut self, kernel: (&'static str, Option<u32>)) -> &mut wgpu::ComputePass<'static> {
         if let Some(t) = &mut self.timer {
             self.pass = None;
-            let writes = t.next(entry);
+            let writes = t.next(kernel);
             count(|c| c.passes += 1);
             let desc = wgpu::ComputePassDescriptor { label: None, timestamp_writes: writes };
             return self.pass.insert(self.enc.begin_compute_pass(&desc).forget_lifetime());

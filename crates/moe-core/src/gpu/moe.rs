@@ -67,6 +67,13 @@ struct Saved {
     ys: Buf,           // (N, C) expert outputs
 }
 
+impl GpuMoeActs {
+    /// The experts chosen by the last forward, idx (T, K) u32 (the device check compares routing).
+    pub fn routing(&self) -> Option<&Buf> {
+        self.saved.as_ref().map(|a| &a.idx)
+    }
+}
+
 struct Scratch {
     drows: Buf, // (N, C) dys, then dxs
     dgu: Buf,   // (2, N, F) dg | du

@@ -10,17 +10,21 @@ use std::collections::HashMap;
 /// Dispatches timed per encoder; later ones run untimed and are counted apart.
 const CAPACITY: usize = 2048;
 
-/// One kernel entry point's share of the profiled time.
+/// One kernel's share of the profiled time: an entry point, and its MODE override where it has one
+/// (the products of experts_gemm and attn_gemm).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
     pub entry: &'static str,
+    pub mode: Option<u32>,
     pub dispatches: u64,
     pub seconds: f64,
 }
 
+type Kernel = (&'static str, Option<u32>);
+
 thread_local! {
-    /// While this thread profiles: (entry -> (dispatches, seconds)), dispatches past CAPACITY.
-    static TABLE: RefCell<Option<(HashMap<&'static str, (u64, f64)>, u64)>> = const { RefCell::new(None) };
+    /// While this thread profiles: (kernel -> (dispatches, seconds)), dispatches past CAPACITY.
+    static TABLE: RefCell<Option<(HashMap<Kernel, (u64, f64)>, u64)>> = const { RefCell::new(None) };
 }
 
 /// Starts timing the dispatches of the encoders this thread creates from now on. False (and nothing
@@ -33,11 +37,12 @@ pub fn start(g: &Gpu) -> bool {
     ok
 }
 
-/// Stops profiling; returns the time per entry point, largest first, and the dispatches that ran
-/// untimed (past CAPACITY in one encoder).
+/// Stops profiling; returns the time per kernel, largest first, and the dispatches that ran untimed
+/// (past CAPACITY in one encoder).
 pub fn stop() -> (Vec<KernelTime>, u64) {
     let (table, untimed) = TABLE.with(|t| t.borrow_mut().take()).unwrap_or_default();
-    let mut v: Vec<KernelTime> = table.into_iter().map(|(entry, (dispatches, seconds))| KernelTime { entry, dispatches, seconds }).collect();
+    let mut v: Vec<KernelTime> =
+        table.into_iter().map(|((entry, mode), (dispatches, seconds))| KernelTime { entry, mode, dispatches, seconds }).collect();
     v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(a.entry.cmp(b.entry)));
     (v, untimed)
 }
@@ -45,7 +50,7 @@ pub fn stop() -> (Vec<KernelTime>, u64) {
 /// The timestamp queries of one encoder: a begin and an end per dispatch.
 pub(super) struct Timer {
     set: wgpu::QuerySet,
-    entries: Vec<&'static str>,
+    entries: Vec<Kernel>,
     untimed: u64,
 }
 
@@ -63,14 +68,14 @@ impl Timer {
         })
     }
 
-    /// The timestamp writes of the pass of the next dispatch, of `entry`; None past CAPACITY.
-    pub(super) fn next(&mut self, entry: &'static str) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+    /// The timestamp writes of the pass of the next dispatch, of `kernel`; None past CAPACITY.
+    pub(super) fn next(&mut self, kernel: Kernel) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
         if self.entries.len() == CAPACITY {
             self.untimed += 1;
             return None;
         }
         let i = 2 * self.entries.len() as u32;
-        self.entries.push(entry);
+        self.entries.push(kernel);
         Some(wgpu::ComputePassTimestampWrites { query_set: &self.set, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) })
     }
 
@@ -94,11 +99,12 @@ impl Timer {
     /// Adds the timestamps read back (`resolve`'s words) to this thread's table.
     pub(super) fn record(self, g: &Gpu, words: &[u32]) {
         let ns_per_tick = g.queue.get_timestamp_period() as f64;
-        let ticks: &[u64] = bytemuck::cast_slice(words);
+        // u64 timestamps as little-endian word pairs (the words need not be 8-byte aligned).
+        let ticks: Vec<u64> = words.chunks_exact(2).map(|w| u64::from(w[0]) | u64::from(w[1]) << 32).collect();
         TABLE.with(|t| {
             if let Some((table, untimed)) = t.borrow_mut().as_mut() {
-                for (entry, pair) in self.entries.iter().zip(ticks.chunks_exact(2)) {
-                    let e = table.entry(entry).or_default();
+                for (kernel, pair) in self.entries.iter().zip(ticks.chunks_exact(2)) {
+                    let e = table.entry(*kernel).or_default();
                     e.0 += 1;
                     e.1 += pair[1].saturating_sub(pair[0]) as f64 * ns_per_tick * 1e-9;
                 }

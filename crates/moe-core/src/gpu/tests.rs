@@ -194,7 +194,7 @@ fn profiling_times_each_dispatch() {
     assert_eq!((d.dispatches, d.passes, d.waits), (2, 2, 1), "a pass per dispatch, a wait to read the times");
     assert_eq!(untimed, 0);
     assert_eq!(times.len(), 1, "{times:?}");
-    assert_eq!((times[0].entry, times[0].dispatches), ("gemm", 2));
+    assert_eq!((times[0].entry, times[0].mode, times[0].dispatches), ("gemm", None, 2));
     assert!(times[0].seconds > 0.0 && times[0].seconds < 10.0, "{times:?}");
     eprintln!("profiled: {times:?}");
     let c0 = g.counters();
