@@ -8,6 +8,12 @@
 //! (shader, entry point, `override` constants); bind groups by (pipeline, buffers, parameter bytes),
 //! so a training step whose buffers persist builds none after its first step.
 //!
+//! Work is recorded into an `Encoder` and submitted without a wait unless something is read back
+//! (`submit` / `finish`); every wait is bounded by `MOE_GPU_TIMEOUT_S` and a stuck queue becomes
+//! `DEVICE_LOST`. `MOE_GPU_TRUSTED=1` (or `Gpu::set_trusted_shaders`) builds the kernels whose
+//! indices are proven in range (`Kernel::proven`) without wgpu's runtime checks. `Counters` count
+//! what each call asks of the device; `profile` times each dispatch with timestamp queries.
+//!
 //! Adapter choice (`Device` / `MOE_DEVICE`): `auto` takes a real GPU and otherwise the CPU, `gpu`
 //! requires a GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) is opened only with
 //! `MOE_GPU_ADAPTER=software`, and then only for `gpu`, never for `auto`: that is how CI runs the

@@ -20,11 +20,14 @@ pub struct KernelTime {
     pub seconds: f64,
 }
 
+/// (entry point, MODE)
 type Kernel = (&'static str, Option<u32>);
+/// kernel -> (dispatches, seconds), and the dispatches past CAPACITY
+type Table = (HashMap<Kernel, (u64, f64)>, u64);
 
 thread_local! {
-    /// While this thread profiles: (kernel -> (dispatches, seconds)), dispatches past CAPACITY.
-    static TABLE: RefCell<Option<(HashMap<Kernel, (u64, f64)>, u64)>> = const { RefCell::new(None) };
+    /// Set while this thread profiles.
+    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
 
 /// Starts timing the dispatches of the encoders this thread creates from now on. False (and nothing

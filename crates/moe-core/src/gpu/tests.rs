@@ -151,7 +151,7 @@ fn bind_cache_keeps_its_window() {
     let mut cache = BindCache::default();
     let key = |i: u64| (0, vec![i], Vec::new());
     let made = std::cell::Cell::new(0);
-    let mut get = |c: &mut BindCache<u64>, i: u64, window: u64| c.get(key(i), window, || { made.set(made.get() + 1); i });
+    let get = |c: &mut BindCache<u64>, i: u64, window: u64| c.get(key(i), window, || { made.set(made.get() + 1); i });
     for i in 0..8 {
         get(&mut cache, i, 4);
     }
