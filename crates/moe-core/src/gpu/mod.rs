@@ -167,10 +167,11 @@ fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
     };
     let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().device_type)).collect();
     adapters.into_iter().filter(|a| rank(a) < 9).min_by_key(rank).ok_or_else(|| {
-        MoeError::NoDevice(format!(
-            "no hardware adapter among [{}]; software adapters are used only with MOE_GPU_ADAPTER=software",
-            names.join(", ")
-        ))
+        MoeError::NoDevice(if names.is_empty() {
+            "no Vulkan adapter at all: no loadable libvulkan.so.1, or no driver (ICD) it could open".to_string()
+        } else {
+            format!("no hardware adapter among [{}]; software adapters are used only with MOE_GPU_ADAPTER=software", names.join(", "))
+        })
     })
 }
 
