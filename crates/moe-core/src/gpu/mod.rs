@@ -129,6 +129,12 @@ impl Drop for Buf {
 
 /// (shader address, entry point, override constants as (name, f64 bits), built without runtime checks).
 type PipelineKey = (usize, &'static str, Vec<(&'static str, u64)>, bool);
+thread_local! {
+    /// MAP_READ buffers by size, reused from readback to readback; per thread, so that a thread's
+    /// steps find theirs whatever other threads read back meanwhile.
+    static STAGING: std::cell::RefCell<HashMap<u64, Vec<wgpu::Buffer>>> = std::cell::RefCell::default();
+}
+
 /// (pipeline address, buffer ids, parameter bytes): auto-derived layouts differ per pipeline.
 pub(crate) type BindKey = (usize, Vec<u64>, Vec<u8>);
 
@@ -146,8 +152,6 @@ pub struct Gpu {
     /// Bind groups the live models and layers hold room for, beyond BIND_CACHE_MIN.
     pub(crate) bind_reserved: AtomicUsize,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    /// MAP_READ buffers by size, reused from readback to readback.
-    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Build `Kernel::proven` kernels without runtime checks (`MOE_GPU_TRUSTED=1` at start).
     trusted: AtomicBool,
     /// The first uncaptured wgpu error, or the device's loss (which replaces any other: errors of
@@ -221,7 +225,6 @@ impl Gpu {
             binds: Mutex::default(),
             bind_reserved: AtomicUsize::new(0),
             pool: Mutex::default(),
-            staging: Mutex::default(),
             trusted: AtomicBool::new(trusted),
             fault,
         })
@@ -460,7 +463,7 @@ impl Gpu {
             bytemuck::cast_slice(&view[..total * 4]).to_vec()
         };
         st.unmap();
-        self.staging.lock().unwrap().entry(st.size()).or_default().push(st);
+        STAGING.with(|p| p.borrow_mut().entry(st.size()).or_default().push(st));
         if let (Some(t), Some(_)) = (timer, &timed) {
             let n = words.pop().expect("the timestamps' words");
             t.record(self, &all[all.len() - n..]);
@@ -479,7 +482,7 @@ impl Gpu {
     /// A MAP_READ buffer of at least `bytes` (its size class), from the staging pool when one is free.
     fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
         let size = size_class(bytes);
-        if let Some(b) = self.staging.lock().unwrap().get_mut(&size).and_then(|v| v.pop()) {
+        if let Some(b) = STAGING.with(|p| p.borrow_mut().get_mut(&size).and_then(|v| v.pop())) {
             return b;
         }
         count(|c| c.staging_buffers += 1);
