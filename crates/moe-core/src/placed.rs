@@ -128,12 +128,15 @@ impl Placed {
         Ok(norm)
     }
 
-    /// Zeroes the gradients on both copies: afterwards they agree.
+    /// Zeroes the gradients. On the GPU only the device copy is zeroed (with the next device work,
+    /// see `DeviceStore::zero_grad`); the host copy, now stale, is read back only if asked for.
     pub fn zero_grad(&mut self) -> Result<()> {
-        self.host.zero_grad();
-        if let Some(d) = &self.dev {
-            d.zero_grad()?;
-            (self.device_newer.grads, self.host_newer.grads) = (false, false);
+        match &self.dev {
+            Some(d) => {
+                d.zero_grad();
+                (self.device_newer.grads, self.host_newer.grads) = (true, false);
+            }
+            None => self.host.zero_grad(),
         }
         Ok(())
     }

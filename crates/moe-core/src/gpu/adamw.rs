@@ -10,9 +10,9 @@ use crate::adamw::AdamWConfig;
 use crate::layout::ParamSpec;
 
 const SRC: &str = include_str!("shaders/adamw.wgsl");
-const NORM_PARTIALS: Kernel = Kernel { src: SRC, entry: "grad_norm_partials" };
-const NORM_FINISH: Kernel = Kernel { src: SRC, entry: "grad_norm_finish" };
-const UPDATE: Kernel = Kernel { src: SRC, entry: "adamw_update" };
+const NORM_PARTIALS: Kernel = Kernel::checked(SRC, "grad_norm_partials");
+const NORM_FINISH: Kernel = Kernel::checked(SRC, "grad_norm_finish");
+const UPDATE: Kernel = Kernel::checked(SRC, "adamw_update");
 
 // adamw.wgsl's two uniforms, one line per 16-byte row.
 

@@ -1,39 +1,84 @@
 //! Causal grouped-query attention on the GPU in the convention of `cpu::attention`: q, out (T, H*D);
-//! k, v (T, KV*D); probs (B, H, S, S) with zeros above the diagonal; T = B*S. Tiled kernels in
-//! `shaders/attention.wgsl`; the backward recomputes dP tile by tile instead of storing dS.
+//! k, v (T, KV*D); probs (B, H, S, S) with zeros above the diagonal; T = B*S. Every product runs on
+//! the GEMM core (`shaders/attention.wgsl` after `gemm.wgsl`); the backward stores dS in a scratch
+//! view and takes delta = rowsum(dO * O).
 
-use super::matmul::View;
+use super::matmul::{Gemm, Tiles, View};
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("shaders/attention.wgsl");
-const SCORES: Kernel = Kernel { src: SRC, entry: "attn_scores" };
-const SOFTMAX: Kernel = Kernel { src: SRC, entry: "attn_softmax" };
-const PV: Kernel = Kernel { src: SRC, entry: "attn_pv" };
-const DELTA: Kernel = Kernel { src: SRC, entry: "attn_delta" };
-const DQ: Kernel = Kernel { src: SRC, entry: "attn_dq" };
-const DK: Kernel = Kernel { src: SRC, entry: "attn_dk" };
-const DV: Kernel = Kernel { src: SRC, entry: "attn_dv" };
-const TILE: usize = 64;
+const SRC: &str = concat!(include_str!("shaders/gemm.wgsl"), include_str!("shaders/attention.wgsl"));
+const GEMM: Kernel = Kernel::proven(SRC, "attn_gemm");
+const SOFTMAX: Kernel = Kernel::checked(SRC, "attn_softmax");
 
 /// attention.wgsl's `Params`, which every entry point reads, one line per 16-byte row: S, H, KV,
-/// D, scale (f32 bits), rows = B*H*S and the view offsets (o_off: out's, or dout's in the backward).
+/// D, scale (f32 bits), rows = B*H*S and the view offsets (o_off: out's, or dout's in the backward;
+/// f_off: the forward's out in the backward).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     s: u32, h: u32, kv: u32, d: u32,
     scale: u32, rows: u32, q_off: u32, k_off: u32,
     v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
-    dk_off: u32, dv_off: u32, dl_off: u32, _pad1: u32,
+    dk_off: u32, dv_off: u32, ds_off: u32, f_off: u32,
 }
 
-impl Params {
-    /// S, H, KV, D, scale and rows for B sequences; every offset zero.
-    fn new(b: usize, s: usize, h: usize, kv: usize, d: usize) -> Self {
+/// attention.wgsl's MODE: the product `attn_gemm` computes.
+#[derive(Clone, Copy)]
+enum Mode {
+    Scores = 0,
+    Pv = 1,
+    Ds = 2,
+    Dq = 3,
+    Dk = 4,
+    Dv = 5,
+}
+
+/// The shape of one attention call: B sequences of S positions, H query heads of KV groups, head dim D.
+#[derive(Clone, Copy)]
+struct Shape {
+    b: usize,
+    s: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+}
+
+impl Shape {
+    /// S, H, KV, D, scale and rows; every offset zero. Checks what the kernels divide by.
+    fn params(&self) -> Params {
+        let Shape { b, s, h, kv, d } = *self;
         assert!(kv > 0 && h.is_multiple_of(kv), "attention: {h} query heads do not split into {kv} kv heads");
         assert!(b * h <= 65535, "attention: B*H = {} workgroup rows exceed 65535", b * h);
         let scale = 1.0 / (d as f32).sqrt();
         let (s, h, kv, d, rows) = (s as u32, h as u32, kv as u32, d as u32, (b * h * s) as u32);
         Params { s, h, kv, d, scale: scale.to_bits(), rows, ..bytemuck::Zeroable::zeroed() }
+    }
+
+    /// Records `mode` over views [c, a, b, and for DS the probs and out it reads].
+    fn gemm(&self, g: &Gpu, enc: &mut Encoder, mode: Mode, p: &Params, views: &[View]) {
+        let Shape { b, s, h, kv, d } = *self;
+        // (M, N, batch) of the product: rows are positions, columns positions or head dims.
+        let (n, heads) = match mode {
+            Mode::Scores | Mode::Ds => (s, h),
+            Mode::Pv | Mode::Dq => (d, h),
+            Mode::Dk | Mode::Dv => (d, kv),
+        };
+        let t = Tiles::pick(&Gemm { batch: b * heads, ..Gemm::new(s, n, d) });
+        let mut constants = t.constants().to_vec();
+        constants.push(("MODE", mode as u32 as f64));
+        let a = views[1].buf;
+        let bufs = [views[0].buf, a, views[2].buf, views.get(3).map_or(a, |v| v.buf), views.get(4).map_or(a, |v| v.buf)];
+        let groups = [n.div_ceil(t.bn) as u32, s.div_ceil(t.bm) as u32, (b * heads) as u32];
+        g.dispatch_with(enc, &GEMM, &constants, &bufs, p, groups);
+    }
+
+    /// Panics unless the views hold (T, H*D) queries-sized, (T, KV*D) keys-sized and (B, H, S, S)
+    /// tensors: the extents that prove attn_gemm's indices in range.
+    fn fit(&self, queries: &[View], keys: &[View], squares: &[View]) {
+        let Shape { b, s, h, kv, d } = *self;
+        queries.iter().for_each(|x| x.fits(b * s * h * d, "attention (T, H*D)"));
+        keys.iter().for_each(|x| x.fits(b * s * kv * d, "attention (T, KV*D)"));
+        squares.iter().for_each(|x| x.fits(b * h * s * s, "attention (B, H, S, S)"));
     }
 }
 
@@ -53,18 +98,21 @@ pub fn attention_forward(
     kv: usize,
     d: usize,
 ) {
+    let shape = Shape { b, s, h, kv, d };
+    shape.fit(&[out, q], &[k, v], &[probs]);
     let (q_off, k_off, v_off, p_off, o_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, out.off as u32);
-    let p = Params { q_off, k_off, v_off, p_off, o_off, ..Params::new(b, s, h, kv, d) };
-    let (tiles, dtiles) = (s.div_ceil(TILE) as u32, d.div_ceil(TILE) as u32);
-    g.dispatch(enc, &SCORES, &[probs.buf, q.buf, k.buf], &p, [tiles, tiles, (b * h) as u32]);
+    let p = Params { q_off, k_off, v_off, p_off, o_off, ..shape.params() };
+    shape.gemm(g, enc, Mode::Scores, &p, &[probs, q, k]);
     g.dispatch(enc, &SOFTMAX, &[probs.buf], &p, groups_1d(b * h * s, 1));
-    g.dispatch(enc, &PV, &[out.buf, probs.buf, v.buf], &p, [dtiles, tiles, (b * h) as u32]);
+    shape.gemm(g, enc, Mode::Pv, &p, &[out, probs, v]);
 }
 
-/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs:
-///   dP = dO V^T;  dS = P (dP - rowsum(P dP));  dq = scale dS K;  dk = scale dS^T Q;  dv = P^T dO,
+/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs and the
+/// forward's out (T, H*D):
+///   dP = dO V^T;  delta = rowsum(P dP) = rowsum(dO O);  dS = scale P (dP - delta);
+///   dq = dS K;  dk = dS^T Q;  dv = P^T dO,
 /// dk and dv summed over the query heads of each group in a fixed order (deterministic).
-/// delta (B*H*S) is scratch for the row sums rowsum(P dP), which the dq and dk kernels read.
+/// ds (B, H, S, S) is scratch for dS below the diagonal.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     g: &Gpu,
@@ -72,8 +120,9 @@ pub fn attention_backward(
     dq: View,
     dk: View,
     dv: View,
-    delta: View,
+    ds: View,
     dout: View,
+    out: View,
     probs: View,
     q: View,
     k: View,
@@ -84,21 +133,22 @@ pub fn attention_backward(
     kv: usize,
     d: usize,
 ) {
-    let (q_off, k_off, v_off, p_off, o_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, dout.off as u32);
-    let (dq_off, dk_off, dv_off, dl_off) = (dq.off as u32, dk.off as u32, dv.off as u32, delta.off as u32);
-    let p = Params { q_off, k_off, v_off, p_off, o_off, dq_off, dk_off, dv_off, dl_off, ..Params::new(b, s, h, kv, d) };
-    let (tiles, dtiles) = (s.div_ceil(TILE) as u32, d.div_ceil(TILE) as u32);
-    let (bh, bkv) = ((b * h) as u32, (b * kv) as u32);
-    g.dispatch(enc, &DELTA, &[delta.buf, probs.buf, v.buf, dout.buf], &p, [1, tiles, bh]);
-    g.dispatch(enc, &DQ, &[dq.buf, probs.buf, v.buf, dout.buf, delta.buf, k.buf], &p, [dtiles, tiles, bh]);
-    g.dispatch(enc, &DK, &[dk.buf, probs.buf, v.buf, dout.buf, delta.buf, q.buf], &p, [dtiles, tiles, bkv]);
-    g.dispatch(enc, &DV, &[dv.buf, probs.buf, dout.buf], &p, [dtiles, tiles, bkv]);
+    let shape = Shape { b, s, h, kv, d };
+    shape.fit(&[dq, dout, out, q], &[dk, dv, k, v], &[ds, probs]);
+    let (q_off, k_off, v_off, p_off, o_off, f_off) = (q.off as u32, k.off as u32, v.off as u32, probs.off as u32, dout.off as u32, out.off as u32);
+    let (dq_off, dk_off, dv_off, ds_off) = (dq.off as u32, dk.off as u32, dv.off as u32, ds.off as u32);
+    let p = Params { q_off, k_off, v_off, p_off, o_off, dq_off, dk_off, dv_off, ds_off, f_off, ..shape.params() };
+    shape.gemm(g, enc, Mode::Ds, &p, &[ds, dout, v, probs, out]);
+    shape.gemm(g, enc, Mode::Dq, &p, &[dq, ds, k]);
+    shape.gemm(g, enc, Mode::Dk, &p, &[dk, ds, q]);
+    shape.gemm(g, enc, Mode::Dv, &p, &[dv, probs, dout]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::attention as cpu;
+    use crate::gpu::matmul::{force, BIG, SMALL};
     use crate::gpu::tests::test_gpu;
     use crate::testutil::{assert_close, randn};
 
@@ -117,20 +167,25 @@ mod tests {
         let input = |x: &[f32]| g.upload(&[vec![7.0; 3], x.to_vec()].concat()).unwrap();
         let output = |n: usize| g.upload(&vec![-9.0f32; n + 5]).unwrap();
         let (gq, gk, gv, gdout) = (input(&q), input(&k), input(&v), input(&dout));
-        let (gout, gprobs, gdq, gdk, gdv) = (output(qn), output(probs.len()), output(qn), output(kn), output(kn));
-        let gdelta = output(b * h * s);
-        let (i, o) = (|buf| View { buf, off: 3 }, |buf| View { buf, off: 5 });
-        let mut enc = g.encoder();
-        attention_forward(g, &mut enc, o(&gout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
-        attention_backward(g, &mut enc, o(&gdq), o(&gdk), o(&gdv), o(&gdelta), i(&gdout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
-        let res = g.finish(enc, &[&gout, &gprobs, &gdq, &gdk, &gdv]).unwrap();
-        let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(&w[5..]).to_vec();
-        eprintln!("{test}: B={b} S={s} H={h} KV={kv} D={d} (T={t})");
-        assert_close("attention out", &f(&res[0]), &out, 1e-5, 1e-4);
-        assert_close("attention probs", &f(&res[1]), &probs, 1e-5, 1e-4);
-        assert_close("attention dq", &f(&res[2]), &dq, 1e-5, 1e-4);
-        assert_close("attention dk", &f(&res[3]), &dk, 1e-5, 1e-4);
-        assert_close("attention dv", &f(&res[4]), &dv, 1e-5, 1e-4);
+        // Both tile configurations of the GEMM core.
+        for tiles in [SMALL, BIG] {
+            force(Some(tiles));
+            let (gout, gprobs, gdq, gdk, gdv) = (output(qn), output(probs.len()), output(qn), output(kn), output(kn));
+            let gds = output(probs.len());
+            let (i, o) = (|buf| View { buf, off: 3 }, |buf| View { buf, off: 5 });
+            let mut enc = g.encoder();
+            attention_forward(g, &mut enc, o(&gout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
+            attention_backward(g, &mut enc, o(&gdq), o(&gdk), o(&gdv), o(&gds), i(&gdout), o(&gout), o(&gprobs), i(&gq), i(&gk), i(&gv), b, s, h, kv, d);
+            force(None);
+            let res = g.finish(enc, &[&gout, &gprobs, &gdq, &gdk, &gdv]).unwrap();
+            let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(&w[5..]).to_vec();
+            eprintln!("{test}: B={b} S={s} H={h} KV={kv} D={d} (T={t}), {}x{} tiles", tiles.bm, tiles.bn);
+            assert_close("attention out", &f(&res[0]), &out, 1e-5, 1e-4);
+            assert_close("attention probs", &f(&res[1]), &probs, 1e-5, 1e-4);
+            assert_close("attention dq", &f(&res[2]), &dq, 1e-5, 1e-4);
+            assert_close("attention dk", &f(&res[3]), &dk, 1e-5, 1e-4);
+            assert_close("attention dv", &f(&res[4]), &dv, 1e-5, 1e-4);
+        }
     }
 
     #[test]
@@ -147,5 +202,11 @@ mod tests {
     #[test]
     fn attention_multi_tile_matches_cpu() {
         matches_cpu("attention_multi_tile_matches_cpu", 1, 67, 2, 1, 72);
+    }
+
+    /// S and D straddle the 128-wide tiles too.
+    #[test]
+    fn attention_large_tiles_matches_cpu() {
+        matches_cpu("attention_large_tiles_matches_cpu", 1, 135, 2, 1, 132);
     }
 }

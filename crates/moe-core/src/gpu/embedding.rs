@@ -6,8 +6,8 @@ use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
 use crate::error::Result;
 
 const SRC: &str = include_str!("shaders/embedding.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "embedding_forward" };
-const BACKWARD: Kernel = Kernel { src: SRC, entry: "embedding_backward" };
+const FORWARD: Kernel = Kernel::checked(SRC, "embedding_forward");
+const BACKWARD: Kernel = Kernel::checked(SRC, "embedding_backward");
 
 // embedding.wgsl's two uniforms, each one 16-byte row.
 

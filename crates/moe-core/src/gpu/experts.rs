@@ -3,33 +3,30 @@
 //! SwiGLU expert MLPs as grouped GEMMs over those blocks, and the weighted combine. Each op takes
 //! `g, enc` first, device buffers where the CPU takes slices, and explicit dims; nothing reads back.
 
-use super::matmul::View;
+use super::matmul::{forced, Gemm, Tiles, View, BIG, SMALL};
 use crate::layout::ExpertParams;
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
 
-const SRC: &str = include_str!("shaders/experts.wgsl");
-const PERMUTE_COUNT: Kernel = Kernel { src: SRC, entry: "permute_count" };
-const PERMUTE_SCAN: Kernel = Kernel { src: SRC, entry: "permute_scan" };
-const PERMUTE_SCATTER: Kernel = Kernel { src: SRC, entry: "permute_scatter" };
-const GATHER_FORWARD: Kernel = Kernel { src: SRC, entry: "gather_forward" };
-const GATHER_BACKWARD: Kernel = Kernel { src: SRC, entry: "gather_backward" };
-const COMBINE_FORWARD: Kernel = Kernel { src: SRC, entry: "combine_forward" };
-const COMBINE_BACKWARD: Kernel = Kernel { src: SRC, entry: "combine_backward" };
-const EXPERTS_GEMM: Kernel = Kernel { src: SRC, entry: "experts_gemm" };
-const EXPERTS_WGRAD: Kernel = Kernel { src: SRC, entry: "experts_wgrad" };
+const SRC: &str = concat!(include_str!("shaders/gemm.wgsl"), include_str!("shaders/experts.wgsl"));
+const PERMUTE_COUNT: Kernel = Kernel::checked(SRC, "permute_count");
+const PERMUTE_SCAN: Kernel = Kernel::checked(SRC, "permute_scan");
+const PERMUTE_SCATTER: Kernel = Kernel::checked(SRC, "permute_scatter");
+const GATHER_FORWARD: Kernel = Kernel::checked(SRC, "gather_forward");
+const GATHER_BACKWARD: Kernel = Kernel::checked(SRC, "gather_backward");
+const COMBINE_FORWARD: Kernel = Kernel::checked(SRC, "combine_forward");
+const COMBINE_BACKWARD: Kernel = Kernel::checked(SRC, "combine_backward");
+const EXPERTS_GEMM: Kernel = Kernel::proven(SRC, "experts_gemm");
 
-/// Output tile of the grouped GEMMs (BM = BN in experts.wgsl).
-pub(crate) const TILE: usize = 64;
 /// Pairs per block of the counting sort.
 const SORT_BLOCK: usize = 256;
 
 // experts.wgsl's three uniforms, one line per 16-byte row.
 
-/// The counting sort's: N pairs, E experts, NB = ceil(N / 256) blocks.
+/// The counting sort's: N pairs, E experts, NB = ceil(N / 256) blocks, rows per row tile.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct PermuteParams {
-    n: u32, e: u32, nb: u32, _pad: u32,
+    n: u32, e: u32, nb: u32, tile: u32,
 }
 
 /// Gather's and combine's: `rows` rows of C channels, K slots, the offset of the (T, C) view.
@@ -49,9 +46,30 @@ impl RowParams {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct GemmParams {
-    m: u32, n: u32, k: u32, flags: u32,
-    experts: u32, a_off: u32, b_off: u32, b_off2: u32,
-    b_es: u32, c_off: u32, sec: u32, _pad: u32,
+    m: u32, n: u32, k: u32, experts: u32,
+    a_off: u32, b_off: u32, b_off2: u32, b_es: u32,
+    c_off: u32, c_off2: u32, sec: u32, halves: u32,
+}
+
+/// experts.wgsl's MODE: which grouped product `experts_gemm` computes.
+#[derive(Clone, Copy)]
+enum Mode {
+    Up = 0,
+    Down = 1,
+    Dh = 2,
+    Dx = 3,
+    Wgrad = 4,
+}
+
+/// The tiles of a layer's grouped data products for N sorted rows of E experts: BIG when experts
+/// average 512 rows (a BIG row tile pads at most 127 rows per expert), else SMALL; a configuration
+/// forced on this thread wins. Unmeasured.
+pub fn grouped_tiles(n: usize, e: usize) -> Tiles {
+    match forced() {
+        Some(t) => t,
+        None if n / e.max(1) >= 512 => BIG,
+        None => SMALL,
+    }
 }
 
 /// Words of scratch `permute_forward` needs for N pairs and E experts: E per block of 256 pairs.
@@ -61,7 +79,7 @@ pub fn permute_scratch_len(n: usize, e: usize) -> usize {
 
 /// `cpu::experts::permute_forward` of the N = T*K pairs idx (N) u32: offsets (E + 1), rows (N),
 /// pos (N), all u32, plus the grouped GEMMs' row-tile table tiles (E + 1):
-/// tiles[e] = sum_{j<e} ceil(n_j / 64). counts: scratch of `permute_scratch_len(N, E)` words.
+/// tiles[e] = sum_{j<e} ceil(n_j / tile). counts: scratch of `permute_scratch_len(N, E)` words.
 /// No backward: a permutation of indices.
 #[allow(clippy::too_many_arguments)]
 pub fn permute_forward(
@@ -75,8 +93,9 @@ pub fn permute_forward(
     idx: &Buf,
     n: usize,
     e: usize,
+    tile: usize,
 ) {
-    let p = PermuteParams { n: word(n), e: word(e), nb: word(n.div_ceil(SORT_BLOCK)), _pad: 0 };
+    let p = PermuteParams { n: word(n), e: word(e), nb: word(n.div_ceil(SORT_BLOCK)), tile: word(tile) };
     g.dispatch(enc, &PERMUTE_COUNT, &[idx, counts], &p, groups_1d(n, SORT_BLOCK));
     g.dispatch(enc, &PERMUTE_SCAN, &[counts, offsets, tiles], &p, [1, 1, 1]);
     g.dispatch(enc, &PERMUTE_SCATTER, &[idx, counts, rows, pos], &p, groups_1d(n, SORT_BLOCK));
@@ -95,82 +114,40 @@ pub fn gather_backward(g: &Gpu, enc: &mut Encoder, dx: View, dxs: &Buf, pos: &Bu
     g.dispatch(enc, &GATHER_BACKWARD, &[pos, dxs, dx.buf], &RowParams::new(t, c, k, dx.off), groups_1d(t * c, 256));
 }
 
-/// The sorted rows the grouped GEMMs run over: `permute_forward`'s offsets (E + 1) and tiles (E + 1),
-/// N rows, E experts.
+/// The sorted rows the grouped GEMMs run over: `permute_forward`'s offsets (E + 1) and tiles (E + 1)
+/// (row tiles of `tiles.bm` rows), N rows, E experts.
 #[derive(Clone, Copy)]
 pub struct Sorted<'a> {
     pub offsets: &'a Buf,
     pub tiles: &'a Buf,
+    pub tile: Tiles,
     pub n: usize,
     pub e: usize,
 }
 
-/// What `experts_gemm` does with each output element v (see experts.wgsl).
-#[derive(Clone, Copy)]
-enum Epilogue {
-    Store,
-    Add,
-    /// A second product with the up weights at this offset: (v, u) -> g, u, h = silu(g) * u.
-    SwiGlu { up_off: usize },
-    /// v = dh -> dg, du, reading g, u from `aux`.
-    SwiGluBackward,
-}
-
-/// For every expert e: c rows of e (n_e, n) = a rows of e (n_e, k) · op(W_e), W_e the e-th (n, k)
-/// block of `w` (W_e^T when `trans_b`, i.e. nn.Linear's (out, in)); `aux` (read) feeds SwiGluBackward.
+/// One grouped product `mode` (see experts.wgsl) over the sorted rows: c from a and the weights (or
+/// B) w; `p` holds its sizes and second offsets, `cols` the output columns of a data product (its
+/// grid's z). Every index is in range when a, w and c hold what the mode reads and writes, which
+/// the callers' views guarantee (`check`).
 #[allow(clippy::too_many_arguments)]
-fn experts_gemm(
-    g: &Gpu,
-    enc: &mut Encoder,
-    c: &Buf,
-    a: View,
-    w: View,
-    aux: &Buf,
-    sorted: &Sorted,
-    n: usize,
-    k: usize,
-    trans_b: bool,
-    epilogue: Epilogue,
-) {
-    let (flags, up_off) = match epilogue {
-        Epilogue::Store => (0, 0),
-        Epilogue::Add => (2, 0),
-        Epilogue::SwiGlu { up_off } => (4, up_off),
-        Epilogue::SwiGluBackward => (8, 0),
+fn grouped(g: &Gpu, enc: &mut Encoder, mode: Mode, c: View, a: View, w: View, aux: &Buf, sorted: &Sorted, cols: usize, p: GemmParams) {
+    let p = GemmParams { experts: word(sorted.e), a_off: word(a.off), b_off: word(w.off), c_off: word(c.off), sec: p.sec, ..p };
+    let (t, groups) = match mode {
+        Mode::Wgrad => {
+            let (m, n) = (p.halves as usize * p.m as usize, p.n as usize);
+            let t = Tiles::pick(&Gemm { batch: sorted.e, ..Gemm::new(m, n, 1) });
+            (t, [n.div_ceil(t.bn) as u32, m.div_ceil(t.bm) as u32, sorted.e as u32])
+        }
+        // Row tiles: an upper bound (sum_e ceil(n_e / BM) <= ceil(N / BM) + E); the rest exit at once.
+        _ => {
+            let [x, y, _] = groups_1d(sorted.n.div_ceil(sorted.tile.bm) + sorted.e, 1);
+            (sorted.tile, [x, y, cols.div_ceil(sorted.tile.bn) as u32])
+        }
     };
-    let p = GemmParams {
-        n: word(n),
-        k: word(k),
-        flags: flags | u32::from(trans_b),
-        experts: word(sorted.e),
-        a_off: word(a.off),
-        b_off: word(w.off),
-        b_off2: word(up_off),
-        b_es: word(n * k),
-        sec: word(sorted.n * n),
-        ..bytemuck::Zeroable::zeroed()
-    };
-    // Row tiles: an upper bound (sum_e ceil(n_e / 64) <= ceil(N / 64) + E); the rest exit at once.
-    let [x, y, _] = groups_1d(sorted.n.div_ceil(TILE) + sorted.e, 1);
-    let bufs = [sorted.offsets, a.buf, w.buf, c, sorted.tiles, aux];
-    g.dispatch(enc, &EXPERTS_GEMM, &bufs, &p, [x, y, n.div_ceil(TILE) as u32]);
-}
-
-/// For every expert e: dw_e (m, n) += a rows of e^T (m, n_e) · b rows of e (n_e, n), dw_e the e-th
-/// (m, n) block of `dw`.
-#[allow(clippy::too_many_arguments)]
-fn experts_wgrad(g: &Gpu, enc: &mut Encoder, dw: View, a: View, b: View, sorted: &Sorted, m: usize, n: usize) {
-    let p = GemmParams {
-        m: word(m),
-        n: word(n),
-        experts: word(sorted.e),
-        a_off: word(a.off),
-        b_off: word(b.off),
-        c_off: word(dw.off),
-        ..bytemuck::Zeroable::zeroed()
-    };
-    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, sorted.e as u32];
-    g.dispatch(enc, &EXPERTS_WGRAD, &[sorted.offsets, a.buf, b.buf, dw.buf], &p, groups);
+    let mut constants = t.constants().to_vec();
+    constants.push(("MODE", mode as u32 as f64));
+    let bufs = [sorted.offsets, a.buf, w.buf, c.buf, sorted.tiles, aux];
+    g.dispatch_with(enc, &EXPERTS_GEMM, &constants, &bufs, &p, groups);
 }
 
 /// `cpu::experts::experts_forward` over the sorted rows: guh (3, N, F) = g | u | h and ys (N, C) from
@@ -188,14 +165,27 @@ pub fn experts_forward(
     c: usize,
     f: usize,
 ) {
-    // g = xs · gate_proj_e^T, u = xs · up_proj_e^T, h = silu(g) * u, one pass (up_proj read from
-    // gate_proj's buffer at its own offset)
+    let (n, e) = (sorted.n, sorted.e);
+    check(wt, c, f, e);
+    for (buf, len) in [(guh, 3 * n * f), (ys, n * c), (xs, n * c)] {
+        View::from(buf).fits(len, "experts_forward");
+    }
+    // g, u, h = silu(g) * u in one product: gate_proj and up_proj columns interleaved (up_proj read
+    // from gate_proj's buffer at its own offset)
     assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf), "gate_proj and up_proj must be views of one buffer");
-    let swiglu = Epilogue::SwiGlu { up_off: wt.up_proj.off };
-    experts_gemm(g, enc, guh, xs.into(), wt.gate_proj, xs, sorted, f, c, true, swiglu);
+    let sec = word(n * f);
+    let up = GemmParams { n: word(f), k: word(c), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..bytemuck::Zeroable::zeroed() };
+    grouped(g, enc, Mode::Up, guh.into(), xs.into(), wt.gate_proj, xs, sorted, 2 * f, up);
     // ys = h · down_proj_e^T
-    let h = View { buf: guh, off: 2 * sorted.n * f };
-    experts_gemm(g, enc, ys, h, wt.down_proj, guh, sorted, c, f, true, Epilogue::Store);
+    let down = GemmParams { n: word(c), k: word(f), b_es: word(c * f), sec, ..bytemuck::Zeroable::zeroed() };
+    grouped(g, enc, Mode::Down, ys.into(), View { buf: guh, off: 2 * n * f }, wt.down_proj, guh, sorted, c, down);
+}
+
+/// Panics unless the weight views hold E experts of (F, C), (F, C) and (C, F).
+fn check(wt: &ExpertParams<View>, c: usize, f: usize, e: usize) {
+    for v in [wt.gate_proj, wt.up_proj, wt.down_proj] {
+        v.fits(e * f * c, "expert weights");
+    }
 }
 
 /// `cpu::experts::experts_backward`: overwrites dxs (N, C) and dgu (2, N, F) = dg | du; accumulates
@@ -217,17 +207,28 @@ pub fn experts_backward(
     c: usize,
     f: usize,
 ) {
-    let nf = sorted.n * f;
-    let (dg, du) = (View { buf: dgu, off: 0 }, View { buf: dgu, off: nf });
-    // dh = dys · down_proj_e, then dg, du through the SwiGLU; down_proj_e += dys^T · h
-    experts_gemm(g, enc, dgu, dys.into(), wt.down_proj, guh, sorted, f, c, false, Epilogue::SwiGluBackward);
-    experts_wgrad(g, enc, grads.down_proj, dys.into(), View { buf: guh, off: 2 * nf }, sorted, c, f);
-    // dxs = dg · gate_proj_e + du · up_proj_e
-    experts_gemm(g, enc, dxs, dg, wt.gate_proj, dgu, sorted, c, f, false, Epilogue::Store);
-    experts_gemm(g, enc, dxs, du, wt.up_proj, dgu, sorted, c, f, false, Epilogue::Add);
-    // gate_proj_e += dg^T · xs;  up_proj_e += du^T · xs
-    experts_wgrad(g, enc, grads.gate_proj, dg, xs.into(), sorted, f, c);
-    experts_wgrad(g, enc, grads.up_proj, du, xs.into(), sorted, f, c);
+    let (n, e) = (sorted.n, sorted.e);
+    check(wt, c, f, e);
+    check(grads, c, f, e);
+    for (buf, len) in [(dxs, n * c), (dgu, 2 * n * f), (dys, n * c), (xs, n * c), (guh, 3 * n * f)] {
+        View::from(buf).fits(len, "experts_backward");
+    }
+    assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf) && std::ptr::eq(grads.gate_proj.buf, grads.up_proj.buf));
+    let sec = word(n * f);
+    let z = bytemuck::Zeroable::zeroed;
+    // dh = dys · down_proj_e, then dg, du through the SwiGLU
+    let dh = GemmParams { n: word(f), k: word(c), b_es: word(c * f), sec, ..z() };
+    grouped(g, enc, Mode::Dh, dgu.into(), dys.into(), wt.down_proj, guh, sorted, f, dh);
+    // down_proj_e += dys^T · h
+    let h = View { buf: guh, off: 2 * n * f };
+    let wd = GemmParams { m: word(c), n: word(f), halves: 1, sec, ..z() };
+    grouped(g, enc, Mode::Wgrad, grads.down_proj, dys.into(), h, xs, sorted, 0, wd);
+    // dxs = dg · gate_proj_e + du · up_proj_e, one product over 2F
+    let dx = GemmParams { n: word(c), k: word(f), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..z() };
+    grouped(g, enc, Mode::Dx, dxs.into(), dgu.into(), wt.gate_proj, xs, sorted, c, dx);
+    // gate_proj_e += dg^T · xs;  up_proj_e += du^T · xs, one product over 2F rows
+    let wgu = GemmParams { m: word(f), n: word(c), halves: 2, c_off2: word(grads.up_proj.off), sec, ..z() };
+    grouped(g, enc, Mode::Wgrad, grads.gate_proj, dgu.into(), xs.into(), xs, sorted, 0, wgu);
 }
 
 /// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]], from ys (N, C), w (T, K) and pos (N) u32. Overwrites out.
@@ -282,12 +283,12 @@ mod tests {
         assert!(!idx.contains(&3));
         let (mut off, mut rows, mut pos) = (vec![0usize; e + 1], vec![0u32; n], vec![0u32; n]);
         cpu::permute_forward(&mut off, &mut rows, &mut pos, &idx, e);
-        let tiles: Vec<u32> = (0..=e).map(|i| (0..i).map(|j| (off[j + 1] - off[j]).div_ceil(TILE) as u32).sum()).collect();
+        let tiles: Vec<u32> = (0..=e).map(|i| (0..i).map(|j| (off[j + 1] - off[j]).div_ceil(SMALL.bm) as u32).sum()).collect();
 
         let (go, gt, gr, gp) = (g.alloc(e + 1).unwrap(), g.alloc(e + 1).unwrap(), g.alloc(n).unwrap(), g.alloc(n).unwrap());
         let (gc, gi) = (g.alloc(permute_scratch_len(n, e)).unwrap(), g.upload(&idx).unwrap());
         let mut enc = g.encoder();
-        permute_forward(g, &mut enc, &go, &gt, &gr, &gp, &gc, &gi, n, e);
+        permute_forward(g, &mut enc, &go, &gt, &gr, &gp, &gc, &gi, n, e, SMALL.bm);
         let r = g.finish(enc, &[&go, &gt, &gr, &gp]).unwrap();
         assert_eq!(r[0], off.iter().map(|&o| o as u32).collect::<Vec<_>>(), "offsets");
         assert_eq!(r[1], tiles, "tiles");

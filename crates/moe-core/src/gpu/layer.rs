@@ -4,7 +4,7 @@
 
 use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
 use super::store::DeviceStore;
-use super::{Buf, Gpu};
+use super::{BindReservation, Buf, Gpu};
 use super::matmul::View;
 use crate::config::MoeConfig;
 use crate::error::{MoeError, Result};
@@ -23,6 +23,7 @@ struct Acts {
     /// (E) the router's selection bias
     bias: Buf,
     moe: GpuMoeActs,
+    binds: BindReservation,
 }
 
 impl Acts {
@@ -37,6 +38,7 @@ impl Acts {
             stats: g.alloc(stats_len(b, cfg.num_experts))?,
             bias: g.alloc(cfg.num_experts)?,
             moe: GpuMoeActs::default(),
+            binds: BindReservation::default(),
         })
     }
 }
@@ -48,6 +50,7 @@ struct Grads {
     dout: Buf,
     pressure: Buf,
     dx: Buf,
+    binds: BindReservation,
 }
 
 /// The device activations of a `MoeLayer` on the GPU; its parameters are the `DeviceStore` passed in.
@@ -78,6 +81,7 @@ impl GpuLayer {
         let mut enc = g.encoder();
         let wt = layout.map(&mut |t| View { buf: &dev.params, off: t.offset });
         moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), &wt, cfg, b, s)?;
+        a.binds.fit(g, enc.dispatches());
         let r = g.finish(enc, &[&a.out, &a.stats])?;
         let stats = unpack_stats(bytemuck::cast_slice(&r[1]), b, cfg.num_experts);
         Ok(ForwardOutput { out: bytemuck::cast_slice(&r[0]).to_vec(), stats })
@@ -93,14 +97,16 @@ impl GpuLayer {
             self.grad_scratch = None;
             let t = b * s;
             let (dout, pressure, dx) = (g.alloc(t * cfg.hidden_size)?, g.alloc(b * cfg.num_experts)?, g.alloc(t * cfg.hidden_size)?);
-            self.grad_scratch = Some(Grads { b, s, dout, pressure, dx });
+            self.grad_scratch = Some(Grads { b, s, dout, pressure, dx, binds: BindReservation::default() });
         }
-        let gs = self.grad_scratch.as_ref().unwrap();
+        let gs = self.grad_scratch.as_mut().unwrap();
         g.write(&gs.dout, 0, dout);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
+        dev.grads_ready(&mut enc);
         let (wt, gr) = (layout.map(&mut |t| View { buf: &dev.params, off: t.offset }), layout.map(&mut |t| View { buf: &dev.grads, off: t.offset }));
-        moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&gs.pressure).into(), z_scale, &wt, cfg)?;
+        moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&a.x).into(), &a.mask, (&gs.pressure).into(), z_scale, &wt, cfg)?;
+        gs.binds.fit(g, enc.dispatches());
         let r = g.finish(enc, &[&gs.dx])?;
         Ok(bytemuck::cast_slice(&r[0]).to_vec())
     }

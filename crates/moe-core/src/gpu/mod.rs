@@ -8,6 +8,12 @@
 //! (shader, entry point, `override` constants); bind groups by (pipeline, buffers, parameter bytes),
 //! so a training step whose buffers persist builds none after its first step.
 //!
+//! Work is recorded into an `Encoder` and submitted without a wait unless something is read back
+//! (`submit` / `finish`); every wait is bounded by `MOE_GPU_TIMEOUT_S` and a stuck queue becomes
+//! `DEVICE_LOST`. `MOE_GPU_TRUSTED=1` (or `Gpu::set_trusted_shaders`) builds the kernels whose
+//! indices are proven in range (`Kernel::proven`) without wgpu's runtime checks. `Counters` count
+//! what each call asks of the device; `profile` times each dispatch with timestamp queries.
+//!
 //! Adapter choice (`Device` / `MOE_DEVICE`): `auto` takes a real GPU and otherwise the CPU, `gpu`
 //! requires a GPU, `cpu` never touches wgpu. A software adapter (Mesa lavapipe) is opened only with
 //! `MOE_GPU_ADAPTER=software`, and then only for `gpu`, never for `auto`: that is how CI runs the
@@ -15,21 +21,29 @@
 
 pub mod adamw;
 pub mod attention;
+mod binds;
+mod counters;
 pub mod crossentropy;
 pub mod embedding;
 pub mod experts;
+pub mod head;
 pub mod layer;
 pub mod matmul;
 pub mod model;
 pub mod moe;
+pub mod profile;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
 pub mod store;
 
+pub use binds::BindReservation;
+use binds::{BindCache, BIND_CACHE_MIN};
+use counters::count;
+pub use counters::Counters;
 use crate::error::{MoeError, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Where a model runs.
@@ -75,10 +89,26 @@ pub fn gpu() -> Result<&'static Gpu> {
     opened.as_ref().map_err(|e| MoeError::NoDevice(e.clone()))
 }
 
-/// One WGSL entry point: its source (one file per op, forward and backward side by side) and name.
+/// One WGSL entry point: its source (one file per op, forward and backward side by side), its name,
+/// and whether every index it computes is proven in range (see `Kernel::proven`).
 pub struct Kernel {
     pub src: &'static str,
     pub entry: &'static str,
+    pub proven: bool,
+}
+
+impl Kernel {
+    /// A kernel that always runs with wgpu's runtime checks (index clamps, loop bounding).
+    pub const fn checked(src: &'static str, entry: &'static str) -> Kernel {
+        Kernel { src, entry, proven: false }
+    }
+
+    /// A kernel whose every index is in range by its shader's own guards and the asserts of the
+    /// host function that dispatches it, and whose loops all end: with trusted shaders on
+    /// (`Gpu::set_trusted_shaders`) it runs without wgpu's clamps and loop counters.
+    pub const fn proven(src: &'static str, entry: &'static str) -> Kernel {
+        Kernel { src, entry, proven: true }
+    }
 }
 
 /// A device buffer of `len` 4-byte elements (f32 or u32). Its storage comes from the pool and goes
@@ -97,15 +127,16 @@ impl Drop for Buf {
     }
 }
 
+/// (shader address, entry point, override constants as (name, f64 bits), built without runtime checks).
+type PipelineKey = (usize, &'static str, Vec<(&'static str, u64)>, bool);
 thread_local! {
-    static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    static BIND_GROUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// MAP_READ buffers by size, reused from readback to readback; per thread, so that a thread's
+    /// steps find theirs whatever other threads read back meanwhile.
+    static STAGING: std::cell::RefCell<HashMap<u64, Vec<wgpu::Buffer>>> = std::cell::RefCell::default();
 }
 
-/// (shader address, entry point, override constants as (name, f64 bits)).
-type PipelineKey = (usize, &'static str, Vec<(&'static str, u64)>);
 /// (pipeline address, buffer ids, parameter bytes): auto-derived layouts differ per pipeline.
-type BindKey = (usize, Vec<u64>, Vec<u8>);
+pub(crate) type BindKey = (usize, Vec<u64>, Vec<u8>);
 
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -114,16 +145,19 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub cooperative_matrix: Vec<wgpu::wgt::CooperativeMatrixProperties>,
+    /// The longest a blocking wait may take (`MOE_GPU_TIMEOUT_S`, default 120 s).
+    pub timeout: std::time::Duration,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    binds: Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
+    binds: Mutex<BindCache<Arc<wgpu::BindGroup>>>,
+    /// Bind groups the live models and layers hold room for, beyond BIND_CACHE_MIN.
+    pub(crate) bind_reserved: AtomicUsize,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Build `Kernel::proven` kernels without runtime checks (`MOE_GPU_TRUSTED=1` at start).
+    trusted: AtomicBool,
     /// The first uncaptured wgpu error, or the device's loss (which replaces any other: errors of
     /// calls on a lost device are its consequences), reported by the next `finish`.
     fault: Arc<Mutex<Option<MoeError>>>,
 }
-
-/// Bind groups kept at most; beyond it the cache starts afresh (it also keeps pooled buffers alive).
-const BIND_CACHE_MAX: usize = 4096;
 
 fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -137,16 +171,24 @@ fn pick_adapter(software: bool) -> Result<wgpu::Adapter> {
     };
     let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().device_type)).collect();
     adapters.into_iter().filter(|a| rank(a) < 9).min_by_key(rank).ok_or_else(|| {
-        MoeError::NoDevice(format!(
-            "no hardware adapter among [{}]; software adapters are used only with MOE_GPU_ADAPTER=software",
-            names.join(", ")
-        ))
+        MoeError::NoDevice(if names.is_empty() {
+            "no Vulkan adapter at all: no loadable libvulkan.so.1, or no driver (ICD) it could open".to_string()
+        } else {
+            format!("no hardware adapter among [{}]; software adapters are used only with MOE_GPU_ADAPTER=software", names.join(", "))
+        })
     })
 }
 
 impl Gpu {
     fn open() -> Result<Gpu> {
         let software = std::env::var("MOE_GPU_ADAPTER").is_ok_and(|v| v == "software");
+        let trusted = std::env::var("MOE_GPU_TRUSTED").is_ok_and(|v| v == "1");
+        let timeout = match std::env::var("MOE_GPU_TIMEOUT_S") {
+            Ok(v) => v.parse::<f64>().ok().filter(|s| *s > 0.0 && s.is_finite()).ok_or_else(|| {
+                MoeError::InvalidConfig(format!("MOE_GPU_TIMEOUT_S must be a positive number of seconds, got '{v}'"))
+            })?,
+            Err(_) => 120.0,
+        };
         let adapter = pick_adapter(software)?;
         // Ask for the adapter's own limits: the WebGPU defaults cap bindings at 128 MiB.
         let limits = adapter.limits();
@@ -176,11 +218,14 @@ impl Gpu {
             cooperative_matrix: adapter.cooperative_matrix_properties(),
             features,
             limits,
+            timeout: std::time::Duration::from_secs_f64(timeout),
             device,
             queue,
             pipelines: Mutex::default(),
             binds: Mutex::default(),
+            bind_reserved: AtomicUsize::new(0),
             pool: Mutex::default(),
+            trusted: AtomicBool::new(trusted),
             fault,
         })
     }
@@ -196,6 +241,18 @@ impl Gpu {
         }
     }
 
+    /// Whether `Kernel::proven` kernels are built without runtime checks.
+    pub fn trusted_shaders(&self) -> bool {
+        self.trusted.load(Ordering::Relaxed)
+    }
+
+    /// Builds the `Kernel::proven` kernels of later dispatches without wgpu's runtime checks (no
+    /// index clamps, no loop counters: naga's checked loops keep register tiles from unrolling), or
+    /// with them again. Both kinds of pipeline stay cached. Starts as `MOE_GPU_TRUSTED=1` says.
+    pub fn set_trusted_shaders(&self, on: bool) {
+        self.trusted.store(on, Ordering::Relaxed);
+    }
+
     /// A buffer of n elements, contents unspecified (pooled storage is reused as it is).
     pub fn alloc(&self, n: usize) -> Result<Buf> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -207,9 +264,7 @@ impl Gpu {
                 self.limits.max_storage_buffer_binding_size
             )));
         }
-        // Pooled by size class: 8 classes per power of two, so at most 1/8 is wasted.
-        let step = (need.next_power_of_two() / 8).max(256);
-        let size = need.next_multiple_of(step);
+        let size = size_class(need);
         let pooled = self.pool.lock().unwrap().get_mut(&size).and_then(|v| v.pop());
         let raw = match pooled {
             Some(b) => b,
@@ -230,11 +285,12 @@ impl Gpu {
         Ok(Buf { raw, len: n, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) })
     }
 
+    /// A zeroed buffer of n elements (the clear is queued, not waited for).
     pub fn zeros(&self, n: usize) -> Result<Buf> {
         let b = self.alloc(n)?;
         let mut enc = self.encoder();
         self.clear(&mut enc, &b);
-        self.queue.submit([enc.finish()]);
+        self.submit(enc)?;
         Ok(b)
     }
 
@@ -253,8 +309,10 @@ impl Gpu {
         }
     }
 
+    /// A command encoder; its dispatches are timed when this thread profiles (`profile::start`).
     pub fn encoder(&self) -> Encoder {
-        Encoder { enc: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default()), pass: None }
+        let enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        Encoder { enc, pass: None, dispatches: 0, timer: profile::Timer::new(self) }
     }
 
     /// Records one dispatch of `k` over `groups` workgroups with the uniform `params` (binding 0; the
@@ -282,29 +340,33 @@ impl Gpu {
         let bytes = bytemuck::bytes_of(params);
         // Pipelines stay cached for the process's life, so their addresses identify them.
         let key: BindKey = (Arc::as_ptr(&pipeline) as usize, bufs.iter().map(|b| b.id).collect(), bytes.to_vec());
-        let bind = {
-            let mut binds = self.binds.lock().unwrap();
-            if binds.len() >= BIND_CACHE_MAX {
-                binds.clear();
-            }
-            binds.entry(key).or_insert_with(|| Arc::new(self.bind_group(&pipeline, bufs, bytes))).clone()
-        };
-        let pass = enc.pass();
+        let window = (BIND_CACHE_MIN + self.bind_reserved.load(Ordering::Relaxed)) as u64;
+        let bind = self.binds.lock().unwrap().get(key, window, || Arc::new(self.bind_group(&pipeline, bufs, bytes)));
+        count(|c| c.dispatches += 1);
+        enc.dispatches += 1;
+        let mode = constants.iter().find(|c| c.0 == "MODE").map(|c| c.1 as u32);
+        let pass = enc.pass((k.entry, mode));
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, Some(&*bind), &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
 
     fn pipeline(&self, k: &Kernel, constants: &[(&'static str, f64)]) -> Arc<wgpu::ComputePipeline> {
+        let trusted = k.proven && self.trusted_shaders();
         let mut cache = self.pipelines.lock().unwrap();
-        let key: PipelineKey = (k.src.as_ptr() as usize, k.entry, constants.iter().map(|&(n, v)| (n, v.to_bits())).collect());
+        let key: PipelineKey = (k.src.as_ptr() as usize, k.entry, constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(), trusted);
         cache
             .entry(key)
             .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(k.entry),
-                    source: wgpu::ShaderSource::Wgsl(k.src.into()),
-                });
+                let desc = wgpu::ShaderModuleDescriptor { label: Some(k.entry), source: wgpu::ShaderSource::Wgsl(k.src.into()) };
+                let module = if trusted {
+                    // SAFETY: `Kernel::proven` kernels guard every index themselves (their host
+                    // functions assert that the views they bind fit the buffers) and all their loops
+                    // end; the parity tests run with and without this (`MOE_GPU_TRUSTED=1` in CI).
+                    unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+                } else {
+                    self.device.create_shader_module(desc)
+                };
                 Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(k.entry),
                     layout: None,
@@ -318,7 +380,7 @@ impl Gpu {
     }
 
     fn bind_group(&self, pipeline: &wgpu::ComputePipeline, bufs: &[&Buf], params: &[u8]) -> wgpu::BindGroup {
-        BIND_GROUPS.with(|n| n.set(n.get() + 1));
+        count(|c| c.bind_groups += 1);
         let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: params.len() as u64,
@@ -355,47 +417,97 @@ impl Gpu {
         enc.close().clear_buffer(&b.raw, 0, Some(((b.len.max(1) * 4) as u64).next_multiple_of(4)));
     }
 
+    /// Submits `enc` without waiting for it: the queue runs submissions in order, so work that reads
+    /// nothing back needs no wait (a later `finish` waits for it all). Reports any device error
+    /// recorded so far.
+    pub fn submit(&self, enc: Encoder) -> Result<()> {
+        if enc.timer.is_some() {
+            return self.finish(enc, &[]).map(drop);
+        }
+        count(|c| c.submits += 1);
+        self.queue.submit([enc.finish()]);
+        self.check()
+    }
+
     /// Submits `enc`, then copies every buffer of `reads` back in one staging buffer, one map and one
-    /// wait: the step's single readback. Returns their contents as raw 4-byte words.
+    /// wait: the step's single readback. Returns their contents as raw 4-byte words. With nothing to
+    /// read it still waits: a synchronisation point (timings, tests).
     pub fn finish(&self, mut enc: Encoder, reads: &[&Buf]) -> Result<Vec<Vec<u32>>> {
-        let total: usize = reads.iter().map(|b| b.len).sum();
-        let staging = (total > 0).then(|| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: (total * 4) as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
+        let timer = enc.timer.take();
+        let timed = timer.as_ref().and_then(|t| t.resolve(self, enc.close()));
+        let mut words: Vec<usize> = reads.iter().map(|b| b.len).collect();
+        words.extend(timed.as_ref().map(|(_, n)| *n));
+        let total: usize = words.iter().sum();
+        let staging = (total > 0).then(|| self.staging_buffer((total * 4) as u64));
         if let Some(st) = &staging {
             let mut at = 0u64;
-            for b in reads {
-                if b.len > 0 {
-                    enc.close().copy_buffer_to_buffer(&b.raw, 0, st, at, Some((b.len * 4) as u64));
+            let srcs = reads.iter().map(|b| &b.raw).chain(timed.as_ref().map(|(raw, _)| raw));
+            for (src, n) in srcs.zip(&words) {
+                if *n > 0 {
+                    enc.close().copy_buffer_to_buffer(src, 0, st, at, Some((n * 4) as u64));
                 }
-                at += (b.len * 4) as u64;
+                at += (n * 4) as u64;
             }
         }
+        count(|c| c.submits += 1);
         self.queue.submit([enc.finish()]);
         let Some(st) = staging else {
-            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| MoeError::DeviceLost(e.to_string()))?;
-            self.check()?;
+            self.wait()?;
             return Ok(reads.iter().map(|_| Vec::new()).collect());
         };
-        READBACKS.with(|n| n.set(n.get() + 1));
+        count(|c| c.readbacks += 1);
         st.slice(..).map_async(wgpu::MapMode::Read, |_| {});
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| MoeError::DeviceLost(e.to_string()))?;
-        self.check()?;
-        let view = st.slice(..).get_mapped_range().map_err(|e| MoeError::Internal(format!("readback: {e}")))?;
-        let words: Vec<u32> = bytemuck::cast_slice(&view).to_vec();
+        self.wait()?;
+        let mut all: Vec<u32> = {
+            let view = st.slice(..).get_mapped_range().map_err(|e| MoeError::Internal(format!("readback: {e}")))?;
+            bytemuck::cast_slice(&view[..total * 4]).to_vec()
+        };
+        st.unmap();
+        STAGING.with(|p| p.borrow_mut().entry(st.size()).or_default().push(st));
+        if let (Some(t), Some(_)) = (timer, &timed) {
+            let n = words.pop().expect("the timestamps' words");
+            t.record(self, &all[all.len() - n..]);
+            all.truncate(all.len() - n);
+        }
         let mut at = 0;
-        Ok(reads
+        Ok(words
             .iter()
-            .map(|b| {
-                at += b.len;
-                words[at - b.len..at].to_vec()
+            .map(|&n| {
+                at += n;
+                all[at - n..at].to_vec()
             })
             .collect())
+    }
+
+    /// A MAP_READ buffer of at least `bytes` (its size class), from the staging pool when one is free.
+    fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        let size = size_class(bytes);
+        if let Some(b) = STAGING.with(|p| p.borrow_mut().get_mut(&size).and_then(|v| v.pop())) {
+            return b;
+        }
+        count(|c| c.staging_buffers += 1);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Blocks until every submission has run, for at most `timeout`. A wait that times out means a
+    /// kernel never finished: the queue is stuck behind it and nothing later can run, so it becomes
+    /// DEVICE_LOST (also for every later call), never a hang.
+    fn wait(&self) -> Result<()> {
+        count(|c| c.waits += 1);
+        match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(self.timeout) }) {
+            Ok(_) => self.check(),
+            Err(wgpu::PollError::Timeout) => {
+                let e = format!("a device wait timed out after {:?} (MOE_GPU_TIMEOUT_S): the queue is stuck", self.timeout);
+                *self.fault.lock().unwrap() = Some(MoeError::DeviceLost(e.clone()));
+                Err(MoeError::DeviceLost(e))
+            }
+            Err(e) => Err(MoeError::DeviceLost(e.to_string())),
+        }
     }
 
     /// Reads one f32 buffer back (tests and checkpoints; a training step uses `finish`).
@@ -408,14 +520,19 @@ impl Gpu {
         Ok(self.finish(self.encoder(), &[b])?.remove(0))
     }
 
+    /// This thread's counters so far (see `Counters`).
+    pub fn counters(&self) -> Counters {
+        counters::snapshot()
+    }
+
     /// Readbacks (buffer maps) made by this thread so far: tests assert how many a step makes.
     pub fn readbacks(&self) -> u64 {
-        READBACKS.with(|n| n.get())
+        self.counters().readbacks
     }
 
     /// Bind groups this thread has created so far: a step whose buffers persist creates none.
     pub fn bind_groups_created(&self) -> u64 {
-        BIND_GROUPS.with(|n| n.get())
+        self.counters().bind_groups
     }
 
     /// Adapter name, type and driver in one line.
@@ -425,17 +542,42 @@ impl Gpu {
     }
 }
 
+/// Pooled sizes: 8 classes per power of two, so at most 1/8 is wasted.
+fn size_class(bytes: u64) -> u64 {
+    let step = (bytes.next_power_of_two() / 8).max(256);
+    bytes.next_multiple_of(step)
+}
+
 /// Records GPU work: consecutive dispatches share one compute pass (wgpu still inserts the
-/// barriers their buffer uses need); a copy or a clear closes the pass.
+/// barriers their buffer uses need); a copy or a clear closes the pass. When this thread profiles,
+/// each dispatch gets a pass of its own, timed by timestamp queries.
 pub struct Encoder {
     enc: wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
+    dispatches: usize,
+    timer: Option<profile::Timer>,
 }
 
 impl Encoder {
-    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+    /// The compute pass for the next dispatch, of `kernel` (entry point, MODE).
+    fn pass(&mut self, kernel: (&'static str, Option<u32>)) -> &mut wgpu::ComputePass<'static> {
+        if let Some(t) = &mut self.timer {
+            self.pass = None;
+            let writes = t.next(kernel);
+            count(|c| c.passes += 1);
+            let desc = wgpu::ComputePassDescriptor { label: None, timestamp_writes: writes };
+            return self.pass.insert(self.enc.begin_compute_pass(&desc).forget_lifetime());
+        }
         let enc = &mut self.enc;
-        self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime())
+        self.pass.get_or_insert_with(|| {
+            count(|c| c.passes += 1);
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime()
+        })
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
     }
 
     /// The command encoder itself, the compute pass ended first.

@@ -3,24 +3,29 @@
 //! in four device buffers laid out exactly like `ParamStore`'s flat buffers, so a host copy is one
 //! buffer read and views are the same offsets. A forward records every kernel in one command
 //! encoder and reads back once: the routing statistics of all layers, the per-token losses and the
-//! finiteness flags.
+//! finiteness flags; a backward records one encoder and submits it without waiting. Neither
+//! records a copy or a clear between its kernels, so each runs as one compute pass.
+//!
+//! Two fusions: q_proj, k_proj and v_proj (adjacent in the layout) are one GEMM whose output columns
+//! land in the sections q | k | v of one buffer (and their backward two GEMMs over the sections of
+//! one gradient buffer); the LM head runs by chunks of rows (`head`).
 
 use super::attention::{attention_backward, attention_forward};
-use super::crossentropy::{crossentropy_backward, crossentropy_forward};
 use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
-use super::matmul::{gemm, matmul_backward, matmul_forward, Gemm, View};
+use super::head::{chunk_rows, head_backward, head_forward};
+use super::matmul::{gemm, Gemm, View};
 use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
-use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use super::rmsnorm::{rmsnorm_backward, rmsnorm_backward_into, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
 use super::store::DeviceStore;
-use super::{groups_1d, Buf, Encoder, Gpu, Kernel};
+use super::{groups_1d, BindReservation, Buf, Encoder, Gpu, Kernel};
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::layout::{Layout, ModelParams, MoeParams, ParamSpec};
+use crate::layout::{LayerParams, Layout, ModelParams, MoeParams, ParamSpec};
 use crate::stats::ModelStats;
 
-const ADD: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "add_inplace" };
-const FINITE: Kernel = Kernel { src: include_str!("shaders/model.wgsl"), entry: "finite_flags" };
+const ADD: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "add_inplace");
+const FINITE: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "finite_flags");
 
 /// model.wgsl's `Params`: n elements of x from x_off; slot: the flag finite_flags sets.
 #[repr(C)]
@@ -41,14 +46,44 @@ fn finite_flags(g: &Gpu, enc: &mut Encoder, flags: &Buf, slot: usize, x: &Buf) {
     g.dispatch(enc, &FINITE, &[x, flags], &p, groups_1d(x.len, 256));
 }
 
-/// Activations of one decoder layer, named as in `cpu::model::LayerActs`.
+/// Sizes of one layer's attention: T tokens of H query and KV key/value heads of D.
+#[derive(Clone, Copy)]
+struct Heads {
+    t: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+}
+
+impl Heads {
+    fn new(cfg: &ModelConfig, t: usize) -> Self {
+        Heads { t, h: cfg.num_attention_heads, kv: cfg.num_key_value_heads, d: cfg.head_dim }
+    }
+
+    /// Columns of q | k | v.
+    fn qkv(&self) -> usize {
+        (self.h + 2 * self.kv) * self.d
+    }
+
+    /// The sections q (T, H*D), k (T, KV*D), v (T, KV*D) of a q | k | v buffer.
+    fn split(self, buf: &Buf) -> [View<'_>; 3] {
+        let Heads { t, h, kv, d } = self;
+        [View { buf, off: 0 }, View { buf, off: t * h * d }, View { buf, off: t * (h + kv) * d }]
+    }
+
+    /// The q | k | v product's column sections (matmul.wgsl): widths of q and of k.
+    fn sections(&self) -> [usize; 2] {
+        [self.h * self.d, self.kv * self.d]
+    }
+}
+
+/// Activations of one decoder layer, named as in `cpu::model::LayerActs`; q, k and v are the
+/// sections of `qkv` (`Heads::split`).
 struct LayerActs {
     x: Buf,
     xn: Buf,
     rstd1: Buf,
-    q: Buf,
-    k: Buf,
-    v: Buf,
+    qkv: Buf,
     rstd_q: Buf,
     rstd_k: Buf,
     qn: Buf,
@@ -77,6 +112,9 @@ struct Acts {
     xlast: Buf,
     xf: Buf,
     rstd_f: Buf,
+    /// rows of the head's chunks (`head::chunk_rows`)
+    head_rows: usize,
+    /// (head_rows, V): the last chunk's logits after a forward
     logits: Buf,
     losses: Buf,
     /// per layer [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
@@ -85,13 +123,16 @@ struct Acts {
     flags: Buf,
     /// (L, E) the routers' selection biases
     bias: Buf,
+    /// room in the bind-group cache for this forward's dispatches
+    binds: BindReservation,
 }
 
 impl Acts {
     fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
-        let (d, h, kv, hd, v, e, nl) =
-            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+        let (d, v, e, nl) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
         let t = b * s;
+        let hs = Heads::new(cfg, t);
+        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
         let (cos, sin) = crate::cpu::rope::rope_tables(s, hd, cfg.rope_theta);
         let layers = (0..nl)
             .map(|_| {
@@ -99,9 +140,7 @@ impl Acts {
                     x: g.alloc(t * d)?,
                     xn: g.alloc(t * d)?,
                     rstd1: g.alloc(t)?,
-                    q: g.alloc(t * h * hd)?,
-                    k: g.alloc(t * kv * hd)?,
-                    v: g.alloc(t * kv * hd)?,
+                    qkv: g.alloc(t * hs.qkv())?,
                     rstd_q: g.alloc(t * h)?,
                     rstd_k: g.alloc(t * kv)?,
                     qn: g.alloc(t * h * hd)?,
@@ -117,6 +156,7 @@ impl Acts {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let head_rows = chunk_rows(g, t, v);
         Ok(Acts {
             b,
             s,
@@ -130,61 +170,64 @@ impl Acts {
             xlast: g.alloc(t * d)?,
             xf: g.alloc(t * d)?,
             rstd_f: g.alloc(t)?,
-            logits: g.alloc(t * v)?,
+            head_rows,
+            logits: g.alloc(head_rows * v)?,
             losses: g.alloc(t)?,
             stats: g.alloc(nl * stats_len(b, e))?,
             flags: g.alloc(nl + 1)?,
             bias: g.alloc(nl * e)?,
+            binds: BindReservation::default(),
         })
     }
 }
 
-/// Gradient scratch of the backward, named as in `cpu::model::model_backward`.
+/// Gradient scratch of the backward, named as in `cpu::model::model_backward`. dx holds the
+/// residual stream's gradient throughout (dh and dxin are dx at their points of the list).
 struct Grads {
     b: usize,
     s: usize,
+    /// (head_rows, V)
     dlogits: Buf,
     dxf: Buf,
     dx: Buf,
-    dh: Buf,
     dhn: Buf,
     datt: Buf,
     dqr: Buf,
     dkr: Buf,
-    dv: Buf,
-    /// (B, H, S) attention's row sums rowsum(P dP)
-    delta: Buf,
+    /// (B, H, S, S) attention's dS
+    ds: Buf,
     dqn: Buf,
     dkn: Buf,
-    dq: Buf,
-    dk: Buf,
+    /// dq | dk | dv, sections as q | k | v
+    dqkv: Buf,
     dxn: Buf,
     pressure: Buf,
+    binds: BindReservation,
 }
 
 impl Grads {
-    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
-        let (d, h, kv, hd, v) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size);
+    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize, head_rows: usize) -> Result<Self> {
+        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let t = b * s;
+        let hs = Heads::new(cfg, t);
+        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
         Ok(Grads {
             b,
             s,
-            dlogits: g.alloc(t * v)?,
+            dlogits: g.alloc(head_rows * v)?,
             dxf: g.alloc(t * d)?,
             dx: g.alloc(t * d)?,
-            dh: g.alloc(t * d)?,
             dhn: g.alloc(t * d)?,
             datt: g.alloc(t * h * hd)?,
             dqr: g.alloc(t * h * hd)?,
             dkr: g.alloc(t * kv * hd)?,
-            dv: g.alloc(t * kv * hd)?,
-            delta: g.alloc(b * h * s)?,
+            ds: g.alloc(b * h * s * s)?,
             dqn: g.alloc(t * h * hd)?,
             dkn: g.alloc(t * kv * hd)?,
-            dq: g.alloc(t * h * hd)?,
-            dk: g.alloc(t * kv * hd)?,
+            dqkv: g.alloc(t * hs.qkv())?,
             dxn: g.alloc(t * d)?,
             pressure: g.alloc(cfg.num_hidden_layers * b * cfg.num_experts)?,
+            binds: BindReservation::default(),
         })
     }
 }
@@ -209,13 +252,21 @@ fn views<'a>(buf: &'a Buf, off: &MoeParams<usize>) -> MoeParams<View<'a>> {
 }
 
 impl GpuModel {
+    /// Checks that each layer's q_proj, k_proj and v_proj follow one another in the flat buffers:
+    /// they are read as one (H + 2 KV) * D by C weight.
     pub fn new(layout: &ModelParams<ParamSpec>) -> Self {
+        for LayerParams { q_proj, k_proj, v_proj, .. } in &layout.layers {
+            assert!(
+                k_proj.offset == q_proj.offset + q_proj.len() && v_proj.offset == k_proj.offset + k_proj.len(),
+                "q_proj, k_proj, v_proj must be adjacent in the layout"
+            );
+        }
         GpuModel { off: layout.offsets(), acts: None, scratch: None, grad_scratch: None }
     }
 
     /// Forward over tokens (B, S) with validity `valid` (T); see `cpu::model::model_forward`. With `store`
     /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
-    /// logits (T, V).
+    /// logits (T, V), which must then fit one chunk of the head.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let g = dev.g;
@@ -225,9 +276,13 @@ impl GpuModel {
             *slot = Some(Acts::new(g, cfg, b, s)?);
         }
         let a = slot.as_mut().unwrap();
-        let (d, h, kv, hd, vs, e, nl) =
-            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+        let (d, vs, e, nl) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
         let t = b * s;
+        let hs = Heads::new(cfg, t);
+        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
+        if want_logits && a.head_rows < t {
+            return Err(MoeError::OutOfMemory(format!("logits of {t} x {vs} values exceed one storage binding; ask for at most {} tokens", a.head_rows)));
+        }
         let eps = cfg.rms_norm_eps as f32;
         let moe_cfg = cfg.moe();
         let targets: Vec<u32> = (0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }).collect();
@@ -246,17 +301,18 @@ impl GpuModel {
             let (cur, rest) = a.layers.split_at_mut(l + 1);
             let la = &mut cur[l];
             rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, w.input_layernorm), t, d, eps);
-            matmul_forward(g, &mut enc, (&la.q).into(), (&la.xn).into(), v(p, w.q_proj), t, d, h * hd);
-            matmul_forward(g, &mut enc, (&la.k).into(), (&la.xn).into(), v(p, w.k_proj), t, d, kv * hd);
-            matmul_forward(g, &mut enc, (&la.v).into(), (&la.xn).into(), v(p, w.v_proj), t, d, kv * hd);
-            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), (&la.q).into(), v(p, w.q_norm), t * h, hd, eps);
-            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), (&la.k).into(), v(p, w.k_norm), t * kv, hd, eps);
+            // q | k | v = xn · [q_proj; k_proj; v_proj]^T, one GEMM
+            let qkv = Gemm { trans_b: true, c_sections: hs.sections(), ..Gemm::new(t, hs.qkv(), d) };
+            gemm(g, &mut enc, (&la.qkv).into(), (&la.xn).into(), v(p, w.q_proj), qkv);
+            let [q, k, vv] = hs.split(&la.qkv);
+            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), q, v(p, w.q_norm), t * h, hd, eps);
+            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), k, v(p, w.k_norm), t * kv, hd, eps);
             rope_forward(g, &mut enc, (&la.qr).into(), (&la.qn).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
             rope_forward(g, &mut enc, (&la.kr).into(), (&la.kn).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
-            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
-            // h = x + att · o_proj^T: the copy, then an accumulating GEMM.
-            g.copy(&mut enc, &la.x, 0, &la.h, 0, t * d);
-            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, acc: true, ..Gemm::new(t, d, h * hd) });
+            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), vv, b, s, h, kv, hd);
+            // h = x + att · o_proj^T
+            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, ..Gemm::new(t, d, h * hd) });
+            add_inplace(g, &mut enc, &la.h, (&la.x).into(), t * d);
             rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, w.post_attention_layernorm), t, d, eps);
             let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
             moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, l * e), &views(p, &w.mlp), &moe_cfg, b, s)?;
@@ -264,9 +320,9 @@ impl GpuModel {
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
         rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, eps);
-        matmul_forward(g, &mut enc, (&a.logits).into(), (&a.xf).into(), v(p, *off.head()), t, d, vs);
-        crossentropy_forward(g, &mut enc, (&a.losses).into(), (&a.logits).into(), &a.targets, &a.valid, t, vs);
+        head_forward(g, &mut enc, (&a.losses).into(), &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, t, d, vs, a.head_rows);
         finite_flags(g, &mut enc, &a.flags, nl, &a.losses);
+        a.binds.fit(g, enc.dispatches());
         let mut reads = vec![&a.stats, &a.losses, &a.flags];
         if want_logits {
             reads.push(&a.logits);
@@ -284,67 +340,66 @@ impl GpuModel {
             stats.set_layer(l, &unpack_stats(&st[l * stat_len..][..stat_len], b, e));
         }
         stats.set_losses(losses, s);
-        let logits = want_logits.then(|| bytemuck::cast_slice(&r[3]).to_vec());
+        let logits = want_logits.then(|| bytemuck::cast_slice(&r[3][..t * vs]).to_vec());
         Ok((stats, logits))
     }
 
     /// Backward of the stored forward; accumulates into the gradient buffer. See `cpu::model::model_backward`.
+    /// Submitted without a wait: whatever reads the gradients next runs after it.
     pub fn backward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
         let g = dev.g;
         let a = self.acts.as_mut().ok_or_else(|| MoeError::InvalidState("backward needs a stored forward".into()))?;
         let (b, s) = (a.b, a.s);
         if !matches!(&self.grad_scratch, Some(gs) if (gs.b, gs.s) == (b, s)) {
             self.grad_scratch = None;
-            self.grad_scratch = Some(Grads::new(g, cfg, b, s)?);
+            self.grad_scratch = Some(Grads::new(g, cfg, b, s, a.head_rows)?);
         }
-        let gs = self.grad_scratch.as_ref().unwrap();
-        let (d, h, kv, hd, vs, e) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts);
+        let gs = self.grad_scratch.as_mut().unwrap();
+        let (d, vs, e) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts);
         let t = b * s;
+        let hs = Heads::new(cfg, t);
+        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
         let moe_cfg = cfg.moe();
         let (p, gr, off) = (&dev.params, &dev.grads, &self.off);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
-        g.clear(&mut enc, &gs.dlogits);
-        crossentropy_backward(g, &mut enc, (&gs.dlogits).into(), (&a.logits).into(), &a.targets, &a.valid, lm_scale, t, vs);
-        g.clear(&mut enc, &gs.dxf);
-        matmul_backward(g, &mut enc, (&gs.dxf).into(), v(gr, *off.head()), (&gs.dlogits).into(), (&a.xf).into(), v(p, *off.head()), t, d, vs);
-        g.clear(&mut enc, &gs.dx);
-        rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, off.norm), (&gs.dxf).into(), (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
+        dev.grads_ready(&mut enc);
+        let (dx, dxf) = ((&gs.dx).into(), (&gs.dxf).into());
+        head_backward(g, &mut enc, dxf, v(gr, *off.head()), &gs.dlogits, &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, lm_scale, t, d, vs, a.head_rows);
+        rmsnorm_backward_into(g, &mut enc, dx, v(gr, off.norm), dxf, (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
         for (l, w) in off.layers.iter().enumerate().rev() {
             let la = &mut a.layers[l];
-            // out = h + MoE(hn)
-            g.copy(&mut enc, &gs.dx, 0, &gs.dh, 0, t * d);
-            moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, &w.mlp), &mut la.moe, (&gs.dx).into(), v(&gs.pressure, l * b * e), z_scale, &views(p, &w.mlp), &moe_cfg)?;
-            rmsnorm_backward(g, &mut enc, (&gs.dh).into(), v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
-            // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)); dx becomes dxin.
-            g.copy(&mut enc, &gs.dh, 0, &gs.dx, 0, t * d);
-            g.clear(&mut enc, &gs.datt);
-            matmul_backward(g, &mut enc, (&gs.datt).into(), v(gr, w.o_proj), (&gs.dh).into(), (&la.att).into(), v(p, w.o_proj), t, h * hd, d);
-            for buf in [&gs.dqr, &gs.dkr, &gs.dv, &gs.dqn, &gs.dkn] {
-                g.clear(&mut enc, buf);
-            }
-            attention_backward(g, &mut enc, (&gs.dqr).into(), (&gs.dkr).into(), (&gs.dv).into(), (&gs.delta).into(), (&gs.datt).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), (&la.v).into(), b, s, h, kv, hd);
-            rope_backward(g, &mut enc, (&gs.dqn).into(), (&gs.dqr).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
-            rope_backward(g, &mut enc, (&gs.dkn).into(), (&gs.dkr).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
-            g.clear(&mut enc, &gs.dq);
-            g.clear(&mut enc, &gs.dk);
-            rmsnorm_backward(g, &mut enc, (&gs.dq).into(), v(gr, w.q_norm), (&gs.dqn).into(), (&la.q).into(), v(p, w.q_norm), (&la.rstd_q).into(), t * h, hd);
-            rmsnorm_backward(g, &mut enc, (&gs.dk).into(), v(gr, w.k_norm), (&gs.dkn).into(), (&la.k).into(), v(p, w.k_norm), (&la.rstd_k).into(), t * kv, hd);
-            g.clear(&mut enc, &gs.dxn);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.q_proj), (&gs.dq).into(), (&la.xn).into(), v(p, w.q_proj), t, d, h * hd);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.k_proj), (&gs.dk).into(), (&la.xn).into(), v(p, w.k_proj), t, d, kv * hd);
-            matmul_backward(g, &mut enc, (&gs.dxn).into(), v(gr, w.v_proj), (&gs.dv).into(), (&la.xn).into(), v(p, w.v_proj), t, d, kv * hd);
-            rmsnorm_backward(g, &mut enc, (&gs.dx).into(), v(gr, w.input_layernorm), (&gs.dxn).into(), (&la.x).into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
+            // out = h + MoE(hn): dx (= dout) becomes dh
+            moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, &w.mlp), &mut la.moe, dx, (&la.hn).into(), &a.valid, v(&gs.pressure, l * b * e), z_scale, &views(p, &w.mlp), &moe_cfg)?;
+            rmsnorm_backward(g, &mut enc, dx, v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
+            // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)): dx (= dh) becomes dxin
+            gemm(g, &mut enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
+            gemm(g, &mut enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, ..Gemm::new(d, h * hd, t) });
+            let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(&gs.dqkv));
+            let (dqr, dkr, datt, att, probs) = ((&gs.dqr).into(), (&gs.dkr).into(), (&gs.datt).into(), (&la.att).into(), (&la.probs).into());
+            attention_backward(g, &mut enc, dqr, dkr, dv, (&gs.ds).into(), datt, att, probs, (&la.qr).into(), (&la.kr).into(), vv, b, s, h, kv, hd);
+            rope_backward(g, &mut enc, (&gs.dqn).into(), dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
+            rope_backward(g, &mut enc, (&gs.dkn).into(), dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
+            rmsnorm_backward_into(g, &mut enc, dq, v(gr, w.q_norm), (&gs.dqn).into(), q, v(p, w.q_norm), (&la.rstd_q).into(), t * h, hd);
+            rmsnorm_backward_into(g, &mut enc, dk, v(gr, w.k_norm), (&gs.dkn).into(), k, v(p, w.k_norm), (&la.rstd_k).into(), t * kv, hd);
+            // dxn = dq | dk | dv · [q_proj; k_proj; v_proj];  the weights += (dq | dk | dv)^T · xn
+            let (dqkv, xn) = ((&gs.dqkv).into(), (&la.xn).into());
+            gemm(g, &mut enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });
+            let dw = Gemm { trans_a: true, acc: true, a_sections: hs.sections(), ..Gemm::new(hs.qkv(), d, t) };
+            gemm(g, &mut enc, v(gr, w.q_proj), dqkv, xn, dw);
+            rmsnorm_backward(g, &mut enc, dx, v(gr, w.input_layernorm), (&gs.dxn).into(), (&la.x).into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
         }
-        embedding_backward(g, &mut enc, v(gr, off.embed_tokens), (&gs.dx).into(), &a.index, d);
-        g.finish(enc, &[])?;
-        Ok(())
+        embedding_backward(g, &mut enc, v(gr, off.embed_tokens), dx, &a.index, d);
+        gs.binds.fit(g, enc.dispatches());
+        // Nothing to read back: the queue runs it before whatever reads the gradients next.
+        g.submit(enc)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::gpu::tests::test_gpu;
+    use crate::gpu::Counters;
     use crate::testutil::assert_close;
     use crate::{AdamWConfig, Model, ModelConfig};
 
@@ -417,6 +472,106 @@ mod tests {
             let lc = cpu.logits(&tokens, b).unwrap();
             assert_close("logits", &gpu.logits(&tokens, b).unwrap(), &lc, 1e-4, 1e-4);
         }
+    }
+
+    fn demo() -> ModelConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 1024, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32, "moe_intermediate_size": 128, "num_experts": 16,
+            "num_experts_per_tok": 2, "norm_topk_prob": true
+        }))
+        .unwrap()
+    }
+
+    /// What a training step (forward, backward, AdamW, zero_grad) asks of the device, on the device
+    /// check's demo model from its second step: one compute pass per part, two submissions that wait
+    /// (the forward's statistics, the step's norm), a backward and a zero_grad that wait for nothing,
+    /// no new staging buffer or bind group. Before this accounting the same step took 264 dispatches,
+    /// 33 passes, 4 submissions and 4 waits (each part waited; zero_grad submitted a clear).
+    #[test]
+    fn training_step_counts() {
+        let Some(g) = test_gpu("training_step_counts") else { return };
+        let (b, s) = (2, 16);
+        let tokens: Vec<u32> = (0..b * s).map(|i| (i * 37 + 5) as u32 % 1024).collect();
+        let opt = AdamWConfig::from_json(serde_json::json!({ "lr": 1e-3 })).unwrap();
+        let mut m = Model::new(demo()).unwrap();
+        m.to_device(Some("gpu")).unwrap();
+        let pressure = vec![0.0; 4 * b * 16];
+        for step in 0..2 {
+            let c0 = g.counters();
+            m.forward(&tokens, None, b, true).unwrap();
+            let c1 = g.counters();
+            m.backward(&pressure, 1.0 / 32.0, 1e-4).unwrap();
+            let c2 = g.counters();
+            m.store.step(&opt).unwrap();
+            let c3 = g.counters();
+            m.store.zero_grad().unwrap();
+            let c4 = g.counters();
+            let (fwd, bwd, adamw, zero, all) = (c1 - c0, c2 - c1, c3 - c2, c4 - c3, c4 - c0);
+            eprintln!("step {step}: forward {fwd:?}\n  backward {bwd:?}\n  adamw {adamw:?}\n  zero_grad {zero:?}\n  total {all:?}");
+            if step == 0 {
+                continue;
+            }
+            assert_eq!((fwd.dispatches, fwd.passes, fwd.submits, fwd.waits, fwd.readbacks), (101, 1, 1, 1, 1), "forward");
+            assert_eq!((bwd.dispatches, bwd.passes, bwd.submits, bwd.waits, bwd.readbacks), (114, 1, 1, 0, 0), "backward");
+            assert_eq!((adamw.dispatches, adamw.passes, adamw.submits, adamw.waits, adamw.readbacks), (21, 1, 1, 1, 1), "adamw");
+            assert_eq!(zero, Counters::default(), "zero_grad is recorded into the next encoder");
+            assert_eq!((all.dispatches, all.passes, all.submits, all.waits), (236, 3, 3, 2), "step");
+            assert_eq!((all.staging_buffers, all.bind_groups), (0, 0), "staging buffers and bind groups are reused");
+        }
+    }
+
+    /// The LM head by chunks of 5 rows (3 chunks of 14 positions; the backward recomputes the logits
+    /// of two): loss and every gradient as on the CPU (the tolerances of `training_step_matches_cpu`),
+    /// tied and untied; logits of more positions than a chunk are refused, of fewer returned.
+    #[test]
+    fn chunked_head_matches_cpu() {
+        let Some(_) = test_gpu("chunked_head_matches_cpu") else { return };
+        crate::gpu::head::cap_rows(Some(5));
+        for tied in [false, true] {
+            let (b, s) = (2, 7);
+            let tokens: Vec<u32> = (0..b * s).map(|i| (i * 5 + 2) as u32 % 37).collect();
+            let pressure: Vec<f32> = (0..2 * b * 5).map(|i| 0.01 * ((i % 5) as f32 - 2.0)).collect();
+            let mut cpu = Model::new(cfg(tied)).unwrap();
+            let mut gpu = Model::new(cfg(tied)).unwrap();
+            gpu.to_device(Some("gpu")).unwrap();
+            let (sc, sg) = (cpu.forward(&tokens, None, b, true).unwrap(), gpu.forward(&tokens, None, b, true).unwrap());
+            assert!(((sg.loss - sc.loss) / sc.loss).abs() < 1e-5, "loss {} vs {}", sg.loss, sc.loss);
+            assert_close("loss_sums (chunked head)", &sg.loss_sums, &sc.loss_sums, 1e-4, 1e-5);
+            cpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+            gpu.backward(&pressure, 1.0 / 12.0, 1e-3).unwrap();
+            let gc = cpu.store.host().unwrap().grads.clone();
+            assert_close(&format!("grads (chunked head, tied = {tied})"), &gpu.store.host().unwrap().grads, &gc, 1e-5, 1e-3);
+            assert_eq!(gpu.logits(&tokens, b).unwrap_err().code(), "OUT_OF_MEMORY");
+            let lc = cpu.logits(&tokens[..4], 1).unwrap();
+            assert_close("logits within one chunk", &gpu.logits(&tokens[..4], 1).unwrap(), &lc, 1e-4, 1e-4);
+        }
+        crate::gpu::head::cap_rows(None);
+    }
+
+    /// A model of 100 thin layers records more dispatches per step than the cache's 4,096 entries
+    /// without reservations: it still creates no bind group after its first step.
+    #[test]
+    fn deep_model_reuses_its_bind_groups() {
+        let Some(g) = test_gpu("deep_model_reuses_its_bind_groups") else { return };
+        let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 17, "hidden_size": 8, "num_hidden_layers": 100, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 4, "moe_intermediate_size": 4, "num_experts": 3,
+            "num_experts_per_tok": 1
+        }))
+        .unwrap();
+        let mut m = Model::new(cfg).unwrap();
+        m.to_device(Some("gpu")).unwrap();
+        let tokens = [1u32, 2, 3, 4];
+        let mut created = Vec::new();
+        for _ in 0..2 {
+            let c0 = g.counters();
+            m.forward(&tokens, None, 1, true).unwrap();
+            m.backward(&[0.0; 300], 0.25, 0.0).unwrap();
+            created.push((g.counters() - c0).bind_groups);
+        }
+        assert!(created[0] > 4096, "the model should need more than 4,096 bind groups ({})", created[0]);
+        assert_eq!(created[1], 0, "the second step finds every bind group again");
     }
 
     /// The all-reduce path: read the gradients, write back a changed copy, step; as on the CPU.

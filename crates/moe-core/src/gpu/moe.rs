@@ -5,10 +5,10 @@
 //! buffer and reads them back once per step.
 
 use super::experts::{
-    combine_backward, combine_forward, experts_backward, experts_forward, gather_backward, gather_forward, permute_forward,
-    permute_scratch_len, Sorted,
+    combine_backward, combine_forward, experts_backward, experts_forward, gather_backward, gather_forward, grouped_tiles,
+    permute_forward, permute_scratch_len, Sorted,
 };
-use super::matmul::{matmul_backward, matmul_forward, View};
+use super::matmul::{matmul_backward, matmul_forward, Tiles, View};
 use super::router::{router_backward, router_forward, router_stats};
 use super::{Buf, Encoder, Gpu};
 use crate::config::MoeConfig;
@@ -51,8 +51,7 @@ pub struct GpuMoeActs {
 /// T = B * S tokens, N = T * K sorted rows.
 struct Saved {
     shape: [usize; 5], // (T, C, F, E, K)
-    x: Buf,            // (T, C) input
-    mask: Buf,         // (T) u32
+    tile: Tiles,       // of the grouped products, whose row tiles the permutation counts
     logits: Buf,       // (T, E); dlogits in the backward
     probs: Buf,        // (T, E)
     lse: Buf,          // (T)
@@ -68,6 +67,13 @@ struct Saved {
     ys: Buf,           // (N, C) expert outputs
 }
 
+impl GpuMoeActs {
+    /// The experts chosen by the last forward, idx (T, K) u32 (the device check compares routing).
+    pub fn routing(&self) -> Option<&Buf> {
+        self.saved.as_ref().map(|a| &a.idx)
+    }
+}
+
 struct Scratch {
     drows: Buf, // (N, C) dys, then dxs
     dgu: Buf,   // (2, N, F) dg | du
@@ -80,8 +86,7 @@ impl Saved {
         let n = t * k;
         Ok(Saved {
             shape,
-            x: g.alloc(t * c)?,
-            mask: g.alloc(t)?,
+            tile: grouped_tiles(n, e),
             logits: g.alloc(t * e)?,
             probs: g.alloc(t * e)?,
             lse: g.alloc(t)?,
@@ -100,14 +105,15 @@ impl Saved {
 
     fn sorted(&self) -> Sorted<'_> {
         let [t, _, _, e, k] = self.shape;
-        Sorted { offsets: &self.offsets, tiles: &self.tiles, n: t * k, e }
+        Sorted { offsets: &self.offsets, tiles: &self.tiles, tile: self.tile, n: t * k, e }
     }
 }
 
 /// Forward of the block on B sequences of S tokens (GPU `cpu::moe::moe_forward`). Overwrites out (T, C)
 /// and stats (`stats_len(B, E)` floats, laid out as in the module doc); `acts` receives what the
-/// backward needs. x (T, C); mask (T) u32, 1 = valid token; bias (E) the router's selection bias;
-/// wt: the block's weights, gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F).
+/// backward needs but x and mask, which the backward is given again (unchanged: no copies). x (T, C);
+/// mask (T) u32, 1 = valid token; bias (E) the router's selection bias; wt: the block's weights,
+/// gate (E, C), gate_proj, up_proj (E, F, C), down_proj (E, C, F).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     g: &Gpu,
@@ -133,13 +139,13 @@ pub fn moe_forward(
         acts.saved = Some(Saved::new(g, shape)?);
     }
     (acts.b, acts.s) = (b, s);
-    let a = acts.saved.as_ref().expect("allocated above");
-    g.copy(enc, x.buf, x.off, &a.x, 0, t * c);
-    g.copy(enc, mask, 0, &a.mask, 0, t);
+    let a = acts.saved.as_mut().expect("allocated above");
+    a.tile = grouped_tiles(t * k, e);
+    let a = &*a;
     matmul_forward(g, enc, (&a.logits).into(), x, wt.gate, t, c, e);
     router_forward(g, enc, &a.probs, &a.lse, &a.idx, &a.w, &a.logits, bias, t, e, k, cfg.norm_topk_prob);
-    router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, &a.mask, b, s, e, k);
-    permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e);
+    router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, mask, b, s, e, k);
+    permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e, a.tile.bm);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
     experts_forward(g, enc, &a.guh, &a.ys, &a.xs, &wt.experts, &a.sorted(), c, f);
     combine_forward(g, enc, out, &a.ys, &a.w, &a.pos, t, c, k);
@@ -147,7 +153,8 @@ pub fn moe_forward(
 }
 
 /// Backward of the block (GPU `cpu::moe::moe_backward`). Overwrites dx (T, C); accumulates into `grads`
-/// (shaped as `wt`). dout (T, C); pressure (B, E) and z_scale: see `cpu::router::router_backward`.
+/// (shaped as `wt`). dout (T, C); x (T, C) and mask (T) u32 as given to the forward; pressure (B, E)
+/// and z_scale: see `cpu::router::router_backward`.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward(
     g: &Gpu,
@@ -156,6 +163,8 @@ pub fn moe_backward(
     grads: &MoeParams<View>,
     acts: &mut GpuMoeActs,
     dout: View,
+    x: View,
+    mask: &Buf,
     pressure: View,
     z_scale: f32,
     wt: &MoeParams<View>,
@@ -176,15 +185,15 @@ pub fn moe_backward(
     experts_backward(g, enc, &sc.drows, &grads.experts, &sc.dgu, &sc.drows, &a.xs, &a.guh, &wt.experts, &a.sorted(), c, f);
     gather_backward(g, enc, dx, &sc.drows, &a.pos, t, c, k);
     let (dlogits, norm) = (&a.logits, cfg.norm_topk_prob);
-    router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, &a.mask, pressure, z_scale, b, s, e, k, norm);
-    matmul_backward(g, enc, dx, grads.gate, dlogits.into(), (&a.x).into(), wt.gate, t, c, e);
+    router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, mask, pressure, z_scale, b, s, e, k, norm);
+    matmul_backward(g, enc, dx, grads.gate, dlogits.into(), x, wt.gate, t, c, e);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::experts::TILE;
+    use crate::gpu::matmul::{force, BIG, SMALL};
     use crate::gpu::tests::{check_stats, f32s, mask_of, padded, test_gpu, upload_mask};
     use crate::cpu::moe::MoeActs;
     use crate::layout::Layout;
@@ -243,7 +252,7 @@ mod tests {
         let mut enc = g.encoder();
         moe_forward(g, &mut enc, v(&gout, 2), v(&gstats, 4), acts, v(&gx, 3), &gmask, v(&gbias, 1), &wv, &cfg, b, s).unwrap();
         let (dx_v, dout_v, press_v) = (v(&gdx, 6), v(&gdout, 1), v(&gpress, 2));
-        moe_backward(g, &mut enc, dx_v, &gv, acts, dout_v, press_v, z_scale, &wv, &cfg).unwrap();
+        moe_backward(g, &mut enc, dx_v, &gv, acts, dout_v, v(&gx, 3), &gmask, press_v, z_scale, &wv, &cfg).unwrap();
         let r = g.finish(enc, &[&gout, &gstats, &gdx, &ggrads]).unwrap();
         assert_close("block out", &f32s(&r[0])[2..], &out, 1e-5, 1e-4);
         check_stats(&f32s(&r[1])[4..], &stats, b, e);
@@ -263,10 +272,16 @@ mod tests {
         let Some(g) = test_gpu("moe_block_matches_cpu") else { return };
         // One GpuMoeActs throughout: reused for equal shapes, reallocated when the shape changes.
         let mut acts = GpuMoeActs::default();
+        force(Some(SMALL));
         check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], false);
         check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], true);
         // Experts with more rows than one 64-row tile, more columns than one tile.
         let most = check_block(g, &mut acts, [2, 48, 70, 20, 6, 3], true);
-        assert!(most > TILE as u32, "no expert spans two row tiles ({most} rows at most)");
+        assert!(most > SMALL.bm as u32, "no expert spans two row tiles ({most} rows at most)");
+        // The same on the large tiles: experts past one 128-row tile, channels past one 128 tile.
+        force(Some(BIG));
+        let most = check_block(g, &mut acts, [2, 96, 136, 20, 6, 3], true);
+        force(None);
+        assert!(most > BIG.bm as u32, "no expert spans two large row tiles ({most} rows at most)");
     }
 }

@@ -4,9 +4,9 @@ use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/rmsnorm.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "rmsnorm_forward" };
-const BACKWARD_DX: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dx" };
-const BACKWARD_DW: Kernel = Kernel { src: SRC, entry: "rmsnorm_backward_dw" };
+const FORWARD: Kernel = Kernel::checked(SRC, "rmsnorm_forward");
+const BACKWARD_DX: Kernel = Kernel::checked(SRC, "rmsnorm_backward_dx");
+const BACKWARD_DW: Kernel = Kernel::checked(SRC, "rmsnorm_backward_dw");
 
 // rmsnorm.wgsl's two uniforms, one line per 16-byte row: N rows of C, the views' offsets.
 
@@ -18,12 +18,13 @@ struct FwdParams {
     rstd_off: u32, x_off: u32, w_off: u32, _pad: u32,
 }
 
-/// Both backward kernels'.
+/// Both backward kernels'; acc: whether dx accumulates (1) or is overwritten (0).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct BwdParams {
     n: u32, c: u32, dx_off: u32, dw_off: u32,
     dout_off: u32, x_off: u32, w_off: u32, rstd_off: u32,
+    acc: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 /// out (N, C) = norm(x (N, C)) * w (C); rstd (N) is saved for the backward. Overwrites both.
@@ -46,18 +47,19 @@ pub fn rmsnorm_forward(g: &Gpu, enc: &mut Encoder, out: View, rstd: View, x: Vie
 /// dx, dout, x (N, C); dw, w (C); rstd (N) from the forward. Both accumulate. dw is a fixed-order
 /// tree sum per channel (deterministic, not the CPU's order).
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_backward(
-    g: &Gpu,
-    enc: &mut Encoder,
-    dx: View,
-    dw: View,
-    dout: View,
-    x: View,
-    w: View,
-    rstd: View,
-    n: usize,
-    c: usize,
-) {
+pub fn rmsnorm_backward(g: &Gpu, enc: &mut Encoder, dx: View, dw: View, dout: View, x: View, w: View, rstd: View, n: usize, c: usize) {
+    backward(g, enc, dx, dw, dout, x, w, rstd, n, c, true);
+}
+
+/// `rmsnorm_backward` that overwrites dx (N, C) instead of adding to it (dw still accumulates): the
+/// first writer of a gradient needs no clear before it.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward_into(g: &Gpu, enc: &mut Encoder, dx: View, dw: View, dout: View, x: View, w: View, rstd: View, n: usize, c: usize) {
+    backward(g, enc, dx, dw, dout, x, w, rstd, n, c, false);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(g: &Gpu, enc: &mut Encoder, dx: View, dw: View, dout: View, x: View, w: View, rstd: View, n: usize, c: usize, acc: bool) {
     let p = BwdParams {
         n: n as u32,
         c: c as u32,
@@ -67,6 +69,8 @@ pub fn rmsnorm_backward(
         x_off: x.off as u32,
         w_off: w.off as u32,
         rstd_off: rstd.off as u32,
+        acc: acc.into(),
+        ..bytemuck::Zeroable::zeroed()
     };
     g.dispatch(enc, &BACKWARD_DX, &[dx.buf, dout.buf, x.buf, w.buf, rstd.buf], &p, groups_1d(n, 1));
     g.dispatch(enc, &BACKWARD_DW, &[dw.buf, dout.buf, x.buf, rstd.buf], &p, groups_1d(c, 1));
@@ -108,6 +112,15 @@ mod tests {
             assert_close("rmsnorm dx", &f(&res[2]), &dx, 1e-5, 1e-5);
             assert_close("rmsnorm dw", &f(&res[3])[3..], &dw, 1e-4, 1e-5);
             assert_eq!(&f(&res[3])[..3], &[7.0; 3], "dw outside the view is untouched");
+
+            // Overwriting dx: the CPU's sum from zero, whatever dx held.
+            let mut dx_new = vec![0.0; n * c];
+            cpu::rmsnorm_backward(&mut dx_new, &mut dw, &dout, &x, &w, &rstd, c);
+            let mut enc = g.encoder();
+            rmsnorm_backward_into(g, &mut enc, (&gdx).into(), at(&gdw, 3), (&gdout).into(), (&gx).into(), at(&gw, 3), at(&grstd, 2), n, c);
+            let res = g.finish(enc, &[&gdx, &gdw]).unwrap();
+            assert_close("rmsnorm dx (overwritten)", &f(&res[0]), &dx_new, 1e-5, 1e-5);
+            assert_close("rmsnorm dw (second sum)", &f(&res[1])[3..], &dw, 1e-4, 1e-5);
         }
     }
 }

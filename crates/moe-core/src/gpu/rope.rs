@@ -5,8 +5,8 @@ use super::matmul::View;
 use super::{groups_1d, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/rope.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "rope_forward" };
-const BACKWARD: Kernel = Kernel { src: SRC, entry: "rope_backward" };
+const FORWARD: Kernel = Kernel::checked(SRC, "rope_forward");
+const BACKWARD: Kernel = Kernel::checked(SRC, "rope_backward");
 
 /// rope.wgsl's `Params`, one line per 16-byte row: sizes, the first position, the views' offsets.
 #[repr(C)]

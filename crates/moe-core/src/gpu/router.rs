@@ -8,9 +8,9 @@ use super::matmul::View;
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
 
 const SRC: &str = include_str!("shaders/router.wgsl");
-const FORWARD: Kernel = Kernel { src: SRC, entry: "router_forward" };
-const BACKWARD: Kernel = Kernel { src: SRC, entry: "router_backward" };
-const STATS: Kernel = Kernel { src: SRC, entry: "router_stats" };
+const FORWARD: Kernel = Kernel::checked(SRC, "router_forward");
+const BACKWARD: Kernel = Kernel::checked(SRC, "router_backward");
+const STATS: Kernel = Kernel::checked(SRC, "router_stats");
 
 /// router.wgsl's `Params`, one line per 16-byte row: tokens, experts, slots, tokens per sequence;
 /// renormalise or not, z_scale (f32 bits), the offsets of the pressure and statistics views; the

@@ -2,7 +2,8 @@
 //! host's flat layout (a view is the same offset on both sides), and the AdamW step on them.
 
 use super::adamw::{adamw_step, decay_ranges, norm_partials_len, STEP_SCALARS};
-use super::{Buf, Gpu};
+use super::{Buf, Encoder, Gpu};
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::adamw::AdamWConfig;
 use crate::error::Result;
 use crate::params::ParamStore;
@@ -32,6 +33,8 @@ pub struct DeviceStore {
     partials: Buf,
     /// AdamW ranges (start, len, decay): matrices decay, norm weights do not.
     ranges: Vec<(usize, usize, bool)>,
+    /// A zero_grad not yet recorded: the next encoder that touches the gradients clears them first.
+    zero_pending: AtomicBool,
 }
 
 impl DeviceStore {
@@ -46,6 +49,7 @@ impl DeviceStore {
             scalars: g.alloc(STEP_SCALARS)?,
             partials: g.alloc(norm_partials_len(n))?,
             ranges: decay_ranges(&host.specs),
+            zero_pending: AtomicBool::new(false),
         };
         d.upload(host, Roles::ALL)?;
         Ok(d)
@@ -63,19 +67,25 @@ impl DeviceStore {
         v
     }
 
-    /// Replaces these roles of the device copy by the host's.
+    /// Replaces these roles of the device copy by the host's: queued writes, which land before the
+    /// next submission (no wait).
     pub fn upload(&mut self, host: &ParamStore, roles: Roles) -> Result<()> {
+        if roles.grads {
+            // The written gradients replace a pending zero_grad, which must not clear them later.
+            self.zero_pending.store(false, Ordering::Relaxed);
+        }
         for (dev, h) in self.pairs(host, roles) {
             self.g.write(dev, 0, h);
         }
-        self.g.finish(self.g.encoder(), &[])?;
-        Ok(())
+        self.g.check()
     }
 
     /// Copies these roles into the host store, in one readback.
     pub fn download(&self, host: &mut ParamStore, roles: Roles) -> Result<()> {
         let devs: Vec<&Buf> = self.pairs(host, roles).into_iter().map(|(d, _)| d).collect();
-        let words = self.g.finish(self.g.encoder(), &devs)?;
+        let mut enc = self.g.encoder();
+        self.grads_ready(&mut enc);
+        let words = self.g.finish(enc, &devs)?;
         let mut hosts: Vec<&mut Vec<f32>> = Vec::new();
         if roles.state {
             hosts.extend([&mut host.params, &mut host.opt.m, &mut host.opt.v]);
@@ -89,11 +99,18 @@ impl DeviceStore {
         Ok(())
     }
 
-    pub fn zero_grad(&self) -> Result<()> {
-        let mut enc = self.g.encoder();
-        self.g.clear(&mut enc, &self.grads);
-        self.g.finish(enc, &[])?;
-        Ok(())
+    /// Zeroes the gradients, recorded into the next encoder that touches them (`grads_ready`): no
+    /// submission and no wait of its own.
+    pub fn zero_grad(&self) {
+        self.zero_pending.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the pending zero_grad, if any, into `enc`; every encoder that reads or accumulates
+    /// into the gradients calls this before its first use of them.
+    pub fn grads_ready(&self, enc: &mut Encoder) {
+        if self.zero_pending.swap(false, Ordering::Relaxed) {
+            self.g.clear(enc, &self.grads);
+        }
     }
 
     /// AdamW step t on the device, skipped there when the norm is not finite; reads back only the
@@ -101,6 +118,7 @@ impl DeviceStore {
     pub fn step(&self, opt: &AdamWConfig, t: u64) -> Result<f64> {
         let g = self.g;
         let mut enc = g.encoder();
+        self.grads_ready(&mut enc);
         adamw_step(g, &mut enc, &self.params, &self.grads, &self.m, &self.v, &self.scalars, &self.partials, &self.ranges, opt, opt.lr_at(t), t);
         let r = g.finish(enc, &[&self.scalars])?;
         Ok(f32::from_bits(r[0][0]) as f64)

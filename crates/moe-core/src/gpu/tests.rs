@@ -144,6 +144,66 @@ fn oversized_buffer_is_a_clear_error() {
     assert_eq!(g.read_u32(&g.upload(&[7u32, 8]).unwrap()).unwrap(), vec![7, 8]);
 }
 
+/// The bind-group cache keeps what was used within its window and drops the rest only once it holds
+/// twice the window: a reservation (a larger window) keeps a long step's entries.
+#[test]
+fn bind_cache_keeps_its_window() {
+    let mut cache = BindCache::default();
+    let key = |i: u64| (0, vec![i], Vec::new());
+    let made = std::cell::Cell::new(0);
+    let get = |c: &mut BindCache<u64>, i: u64, window: u64| c.get(key(i), window, || { made.set(made.get() + 1); i });
+    for i in 0..8 {
+        get(&mut cache, i, 4);
+    }
+    assert_eq!(made.get(), 8);
+    // Full (8 = 2 * 4): the entries unused in the last 4 lookups (this one included) go: 0..5.
+    get(&mut cache, 8, 4);
+    assert_eq!((cache.map.len(), made.get()), (4, 9));
+    for i in 5..9 {
+        assert_eq!(get(&mut cache, i, 4), i);
+    }
+    assert_eq!(made.get(), 9, "5..9 were kept");
+    // A window of 16 (a reservation): everything used within it is kept.
+    for i in 9..20 {
+        get(&mut cache, i, 16);
+    }
+    let before = made.get();
+    for i in 5..20 {
+        get(&mut cache, i, 16);
+    }
+    assert_eq!(made.get(), before, "nothing used within the window is made again");
+}
+
+/// While a thread profiles, each dispatch runs in a timed pass of its own and its time is added to
+/// its entry point's; the submission waits to read the timestamps. Afterwards nothing is timed.
+#[test]
+fn profiling_times_each_dispatch() {
+    let Some(g) = test_gpu("profiling_times_each_dispatch") else { return };
+    if !profile::start(g) {
+        return eprintln!("\n*** SKIPPED profiling_times_each_dispatch: {} has no timestamp queries ***\n", g.describe());
+    }
+    let n = 64;
+    let (a, b, c) = (g.upload(&randn(n * n, 1)).unwrap(), g.upload(&randn(n * n, 2)).unwrap(), g.alloc(n * n).unwrap());
+    let c0 = g.counters();
+    let mut enc = g.encoder();
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    g.submit(enc).unwrap();
+    let d = g.counters() - c0;
+    let (times, untimed) = profile::stop();
+    assert_eq!((d.dispatches, d.passes, d.waits), (2, 2, 1), "a pass per dispatch, a wait to read the times");
+    assert_eq!(untimed, 0);
+    assert_eq!(times.len(), 1, "{times:?}");
+    assert_eq!((times[0].entry, times[0].mode, times[0].dispatches), ("gemm", None, 2));
+    assert!(times[0].seconds > 0.0 && times[0].seconds < 10.0, "{times:?}");
+    eprintln!("profiled: {times:?}");
+    let c0 = g.counters();
+    let mut enc = g.encoder();
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    g.submit(enc).unwrap();
+    assert_eq!((g.counters() - c0).waits, 0, "not profiling: no wait");
+}
+
 #[test]
 fn bad_device_name_is_refused() {
     assert_eq!(select(Some("tpu")).unwrap_err().code(), "INVALID_CONFIG");

@@ -3,18 +3,19 @@
 //   forward:  losses[t] = logsumexp(z) - z[target]                 (0 where not valid)
 //   backward: dlogits[t] = scale * (softmax(z) - onehot(target))   (0 where not valid)
 //
-// Shapes: T positions, V the vocabulary; logits and out are views at their offsets.
+// Shapes: T positions, V the vocabulary; logits and out are views at their offsets, row t reads
+// targets and valid at row0 + t (a chunk of a longer batch).
 // Bindings:
 //   crossentropy_forward, crossentropy_backward:
 //     0 p        Params                             uniform
 //     1 out      f32 losses (T), or dlogits (T, V)  read_write
 //     2 logits   f32 (T, V)                         read
-//     3 targets  u32 (T)                            read
-//     4 valid    u32 (T), 0 or 1                    read
+//     3 targets  u32 (row0 + T)                     read
+//     4 valid    u32 (row0 + T), 0 or 1             read
 
 struct Params {
     t: u32, v: u32, out_off: u32, logits_off: u32,
-    scale: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    scale: u32, row0: u32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,7 +70,7 @@ fn crossentropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let ms = max_and_sum(li, z0);
     if (li == 0u) {
         var loss = 0.0;
-        if (valid[row] != 0u) { loss = ms.x + log(ms.y) - logits[z0 + targets[row]]; }
+        if (valid[p.row0 + row] != 0u) { loss = ms.x + log(ms.y) - logits[z0 + targets[p.row0 + row]]; }
         out[p.out_off + row] = loss;
     }
 }
@@ -82,9 +83,9 @@ fn crossentropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let z0 = p.logits_off + row * p.v;
     let d0 = p.out_off + row * p.v;
     let ms = max_and_sum(li, z0);
-    let ok = valid[row] != 0u;
+    let ok = valid[p.row0 + row] != 0u;
     let scale = bitcast<f32>(p.scale);
-    let tgt = targets[row];
+    let tgt = targets[p.row0 + row];
     for (var i = li; i < p.v; i += WG) {
         var d = 0.0;
         if (ok) {

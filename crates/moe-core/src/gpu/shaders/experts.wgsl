@@ -3,9 +3,10 @@
 // grouped GEMMs over those blocks, and the weighted combine. Sorted position p holds the pair
 // rows[p] = t*K + k; pos is the inverse.
 //
-// Shapes: N = T*K pairs of T tokens and K slots, E experts, C channels, NB = ceil(N / 256) sort
-// blocks; m, n, k: a grouped GEMM's own sizes (pg.m, pg.n, pg.k). (T, C) tensors are views at
-// `off`, GEMM operands at their offsets in the GemmParams; the sorted (N, ..) buffers start at 0.
+// Shapes: N = T*K pairs of T tokens and K slots, E experts, C channels, F the experts' width, NB =
+// ceil(N / 256) sort blocks; m, n, k: a grouped GEMM's own sizes (pg.m, pg.n, pg.k). (T, C) tensors
+// are views at `off`, GEMM operands at their offsets in the GemmParams; the sorted (N, ..) buffers
+// start at 0. The module begins with the GEMM core (gemm.wgsl).
 // Bindings:
 //   permute_count:
 //     0   pp           PermuteParams                             uniform
@@ -44,24 +45,14 @@
 //     4   wk           f32 w (T, K)                              read
 //     5   dout         f32 (T, C)                                read
 //     6   dw           f32 (T, K)                                read_write
-//   experts_gemm:
+//   experts_gemm (every MODE, see "Grouped GEMMs" below):
 //     0   pg           GemmParams                                uniform
 //     1   offsets      u32 (E + 1)                               read
-//     2   a            f32 (N, k)                                read
-//     3   b            f32 (E, n, k) if TRANS_B, else (E, k, n)  read
-//     4   c            f32 (1|2|3, N, n) by epilogue             read_write
-//     5   tiles        u32 (E + 1)                               read
-//     6   aux          f32 g | u (2, N, n)                       read
-//   experts_wgrad:
-//     0   pg           GemmParams                                uniform
-//     1   offsets      u32 (E + 1)                               read
-//     2   a            f32 (N, m)                                read
-//     3   b            f32 (N, n)                                read
-//     4   c            f32 (E, m, n)                             read_write
-
-const BM: u32 = 64u;   // GEMM tile rows (also the unit of the row-tile table)
-const BN: u32 = 64u;   // GEMM tile columns
-const BK: u32 = 16u;   // GEMM slice depth
+//     2   a            f32 A: (N, k) rows, or the (2, N, F) halves   read
+//     3   b            f32 weights (E, ..), or B (N, n) in WGRAD read
+//     4   c            f32 by MODE: (1|2|3, N, n), or (E, m, n)  read_write
+//     5   tiles        u32 (E + 1), row tiles (all but WGRAD)    read
+//     6   aux          f32 g | u (2, N, F) (DH only)             read
 
 // ---- Counting sort ---------------------------------------------------------------------------
 // Pairs go in blocks of 256. counts[e * NB + blk] = pairs of block blk choosing expert e. Its
@@ -69,7 +60,7 @@ const BK: u32 = 16u;   // GEMM slice depth
 // stable scatter needs only each pair's rank among the earlier pairs of its expert in its block.
 // Correct for any N: one workgroup per block, and the scan is one workgroup looping over E * NB.
 
-struct PermuteParams { n: u32, e: u32, nb: u32, _pad: u32 }
+struct PermuteParams { n: u32, e: u32, nb: u32, tile: u32 }
 @group(0) @binding(0) var<uniform> pp: PermuteParams;
 
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
@@ -106,7 +97,7 @@ fn permute_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 
 // One workgroup: exclusive scan of counts (E * NB) in place, by 256 contiguous chunks;
 // offsets[e] = the scanned count at expert e's first block (offsets[E] = N);
-// tiles[e] = sum_{j<e} ceil(n_j / BM), the row tiles of the grouped GEMMs (tiles[E] = all of them).
+// tiles[e] = sum_{j<e} ceil(n_j / tile), the row tiles of the grouped GEMMs (tiles[E] = all of them).
 @compute @workgroup_size(256)
 fn permute_scan(@builtin(local_invocation_index) lid: u32) {
     let n = pp.e * pp.nb;
@@ -140,7 +131,7 @@ fn permute_scan(@builtin(local_invocation_index) lid: u32) {
         run = 0u;
         for (var e = 0u; e < pp.e; e++) {
             tiles_out[e] = run;
-            run += (offsets_out[e + 1u] - offsets_out[e] + BM - 1u) / BM;
+            run += (offsets_out[e + 1u] - offsets_out[e] + pp.tile - 1u) / pp.tile;
         }
         tiles_out[pp.e] = run;
     }
@@ -243,29 +234,34 @@ fn combine_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 }
 
 // ---- Grouped GEMMs ---------------------------------------------------------------------------
-// Expert e owns sorted rows offsets[e]..offsets[e+1] (n_e of them) and row tiles tiles[e]..tiles[e+1].
-// Tiles as in matmul.wgsl: a 64x64 block of the output per workgroup, 16-deep slices staged in
-// workgroup memory, a 4x4 register tile per invocation.
-//
-// experts_gemm, one workgroup per (row tile over all experts, -, column tile):
-//   out (n_e, n) = A rows of expert e (n_e, k) · op(W_e),  W_e = b[b_off + e * b_es ..],
-//   op(W) = W^T when TRANS_B (W stored (n, k) like nn.Linear), else W (stored (k, n)).
-// Epilogues: plain (c = or c +=, ACC); SWIGLU: two products, gate (b_off) and up (b_off2), stored as
-//   g, u, h = silu(g) * u at c[0 | sec | 2 sec ..]; SWIGLU_BWD: the product is dh, and with g, u
-//   from aux[0 | sec ..]:  dg = dh u s (1 + g (1 - s)),  du = dh g s,  s = sigmoid(g), at c[0 | sec ..].
-// experts_wgrad, one workgroup per (column tile, row tile, expert e), no atomics:
-//   c[c_off + e m n ..] (m, n) += A_e^T (m, n_e) · B_e (n_e, n) over expert e's rows,
-//   A rows m wide at a_off, B rows n wide at b_off.
+// On the GEMM core (gemm.wgsl, which this module begins with); its MODE override picks the product. Expert e owns sorted rows offsets[e]..offsets[e+1] (n_e of them). In the first four modes
+// one workgroup computes a BM x BN block of expert e's rows: row tile r over all experts (grid x, y
+// folded) belongs to the last e with tiles[e] <= r, tiles being `permute_scan`'s table in units of
+// BM; grid z: column tiles. W_e = the e-th block of b at b_off + e * b_es (or b_off2: up_proj).
+// sec = N * F, the stride between the sections g | u | h, dg | du of the (2|3, N, F) buffers.
+//   UP    (p.k = C, p.n = F):  g | u | h (3, N, F) at c_off, from xs (N, C) at a_off: one product with
+//         2F interleaved columns, 2f = xs · gate_e^T and 2f + 1 = xs · up_e^T (gate_e, up_e (F, C)
+//         at b_off, b_off2), so each invocation holds g and u of a column pair: h = silu(g) * u.
+//   DOWN  (p.k = F, p.n = C):  ys (N, C) at c_off = h (N, F) at a_off · down_e^T (down_e (C, F)).
+//   DH    (p.k = C, p.n = F):  dh = dys (N, C) at a_off · down_e (C, F); with g, u from aux (2, N, F):
+//         dg = dh u s (1 + g (1 - s)), du = dh g s, s = sigmoid(g), into c (2, N, F).
+//   DX    (p.k = F, p.n = C):  dxs (N, C) = [dg | du] (N, 2F) · [gate_e; up_e] (2F, C): both
+//         products of the input gradient in one (dg at a_off, du at a_off + sec).
+// WGRAD: one workgroup per (column tile, row tile, expert e), no atomics; over expert e's rows,
+//   c[c_off + e m n ..] (m, n) += A_e^T (m, n_e) · B_e (n_e, n), A rows m wide at a_off, B rows n
+//   wide at b_off. halves = 2: the gate and up weight gradients at once, A = dg | du (second half at
+//   a_off + sec), rows m.. of the result into c at c_off2.
 
 struct GemmParams {
-    m: u32, n: u32, k: u32, flags: u32,
-    experts: u32, a_off: u32, b_off: u32, b_off2: u32,
-    b_es: u32, c_off: u32, sec: u32, _pad: u32,
+    m: u32, n: u32, k: u32, experts: u32,
+    a_off: u32, b_off: u32, b_off2: u32, b_es: u32,
+    c_off: u32, c_off2: u32, sec: u32, halves: u32,
 }
-const TRANS_B: u32 = 1u;
-const ACC: u32 = 2u;
-const SWIGLU: u32 = 4u;
-const SWIGLU_BWD: u32 = 8u;
+const UP: u32 = 0u;
+const DOWN: u32 = 1u;
+const DH: u32 = 2u;
+const DX: u32 = 3u;
+const WGRAD: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> pg: GemmParams;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;
@@ -275,143 +271,133 @@ const SWIGLU_BWD: u32 = 8u;
 @group(0) @binding(5) var<storage, read> tiles: array<u32>;
 @group(0) @binding(6) var<storage, read> aux: array<f32>;
 
-// +1 column of padding avoids bank conflicts on the transposed stores.
-var<workgroup> sa: array<array<f32, 65>, 16>;
-var<workgroup> sb: array<array<array<f32, 65>, 16>, 2>;
+// The workgroup's expert, its first sorted row and its row count.
+var<private> ex_e: u32;
+var<private> ex_base: u32;
+var<private> ex_rows: u32;
 
-alias Tile = array<array<f32, 4>, 4>;
-
-// acc += this invocation's 4x4 of the slice product sa · sb[which].
-fn mma(acc: ptr<function, Tile>, which: u32, ty: u32, tx: u32) {
-    for (var kk = 0u; kk < BK; kk++) {
-        var av: array<f32, 4>;
-        var bv: array<f32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            av[i] = sa[kk][ty * 4u + i];
-            bv[i] = sb[which][kk][tx * 4u + i];
-        }
-        for (var i = 0u; i < 4u; i++) {
-            for (var j = 0u; j < 4u; j++) {
-                (*acc)[i][j] = fma(av[i], bv[j], (*acc)[i][j]);
-            }
-        }
+fn load_a(m: u32, k: u32) -> f32 {
+    if (MODE == WGRAD) {
+        // A^T: m a channel of A's rows (in the second half when m >= p.m), k an expert row.
+        if (k >= ex_rows || m >= pg.halves * pg.m) { return 0.0; }
+        let half = m / pg.m;
+        return a[pg.a_off + half * pg.sec + (ex_base + k) * pg.m + m - half * pg.m];
     }
+    if (m >= ex_rows) { return 0.0; }
+    if (MODE == DX) {
+        if (k >= 2u * pg.k) { return 0.0; }
+        let half = k / pg.k;
+        return a[pg.a_off + half * pg.sec + (ex_base + m) * pg.k + k - half * pg.k];
+    }
+    if (k >= pg.k) { return 0.0; }
+    return a[pg.a_off + (ex_base + m) * pg.k + k];
 }
 
-// Element (k, col) of op(W) for the weight block at off, zero outside (K, N).
-fn load_w(off: u32, k: u32, col: u32) -> f32 {
-    if (k >= pg.k || col >= pg.n) { return 0.0; }
-    if ((pg.flags & TRANS_B) != 0u) { return b[off + col * pg.k + k]; }
-    return b[off + k * pg.n + col];
+fn load_b(k: u32, n: u32) -> f32 {
+    switch MODE {
+        case UP: {
+            // Column n: gate_e's row n / 2, or up_e's when n is odd; W (F, C) read as W^T.
+            if (k >= pg.k || n >= 2u * pg.n) { return 0.0; }
+            let w = select(pg.b_off, pg.b_off2, (n & 1u) == 1u) + ex_e * pg.b_es;
+            return b[w + (n / 2u) * pg.k + k];
+        }
+        case DOWN: {
+            if (k >= pg.k || n >= pg.n) { return 0.0; }
+            return b[pg.b_off + ex_e * pg.b_es + n * pg.k + k];
+        }
+        case DH: {
+            if (k >= pg.k || n >= pg.n) { return 0.0; }
+            return b[pg.b_off + ex_e * pg.b_es + k * pg.n + n];
+        }
+        case DX: {
+            if (k >= 2u * pg.k || n >= pg.n) { return 0.0; }
+            let half = k / pg.k;
+            return b[select(pg.b_off, pg.b_off2, half == 1u) + ex_e * pg.b_es + (k - half * pg.k) * pg.n + n];
+        }
+        default: {  // WGRAD
+            if (k >= ex_rows || n >= pg.n) { return 0.0; }
+            return b[pg.b_off + (ex_base + k) * pg.n + n];
+        }
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
 
-@compute @workgroup_size(16, 16)
-fn experts_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    // Dispatched for an upper bound of row tiles: the extra workgroups leave.
-    let r = wg.x + wg.y * nwg.x;
-    if (r >= tiles[pg.experts]) { return; }
-    // The expert of tile r: the last e with tiles[e] <= r (experts without rows own no tiles).
-    var e = 0u;
-    var hi = pg.experts;
-    while (hi - e > 1u) {
-        let mid = (e + hi) / 2u;
-        if (tiles[mid] <= r) { e = mid; } else { hi = mid; }
+// g, u, h at (row, f) of the (3, N, F) output.
+fn store_swiglu(row: u32, f: u32, g: f32, u: f32) {
+    if (f >= pg.n) { return; }
+    let at = pg.c_off + (ex_base + row) * pg.n + f;
+    c[at] = g;
+    c[pg.sec + at] = u;
+    c[2u * pg.sec + at] = g * sigmoid(g) * u;
+}
+
+fn store_c(m: u32, n: u32, v: vec4<f32>) {
+    if (MODE == UP) {
+        // Columns n..n+3 are (g, u) of f = n / 2 and of f + 1.
+        if (m >= ex_rows) { return; }
+        store_swiglu(m, n / 2u, v.x, v.y);
+        store_swiglu(m, n / 2u + 1u, v.z, v.w);
+        return;
     }
-    let base = offsets[e];
-    let n_e = offsets[e + 1u] - base;
-    let row0 = (r - tiles[e]) * BM;   // within the expert's rows
-    let col0 = wg.z * BN;
-    let two = (pg.flags & SWIGLU) != 0u;
-    let trans = (pg.flags & TRANS_B) != 0u;
-    let w0 = pg.b_off + e * pg.b_es;
-    let w1 = pg.b_off2 + e * pg.b_es;
-    var acc0: Tile;
-    var acc1: Tile;
-    for (var k0 = 0u; k0 < pg.k; k0 += BK) {
-        // 1024 elements of each tile, 4 per invocation, consecutive ones along memory.
-        for (var i = 0u; i < 4u; i++) {
-            let el = li + i * 256u;
-            let ar = el / BK;
-            let ak = el % BK;
-            sa[ak][ar] = 0.0;
-            if (row0 + ar < n_e && k0 + ak < pg.k) { sa[ak][ar] = a[pg.a_off + (base + row0 + ar) * pg.k + k0 + ak]; }
-            let bk = select(el / BN, el % BK, trans);
-            let bc = select(el % BN, el / BK, trans);
-            sb[0][bk][bc] = load_w(w0, k0 + bk, col0 + bc);
-            if (two) { sb[1][bk][bc] = load_w(w1, k0 + bk, col0 + bc); }
-        }
-        workgroupBarrier();
-        mma(&acc0, 0u, lid.y, lid.x);
-        if (two) { mma(&acc1, 1u, lid.y, lid.x); }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y * 4u + i;
-        if (row >= n_e) { continue; }
+    if (MODE == WGRAD) {
+        if (m >= pg.halves * pg.m) { return; }
+        let half = m / pg.m;
+        let row = select(pg.c_off, pg.c_off2, half == 1u) + (ex_e * pg.m + m - half * pg.m) * pg.n;
         for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x * 4u + j;
-            if (col >= pg.n) { continue; }
-            let at = (base + row) * pg.n + col;
-            let v = acc0[i][j];
-            if (two) {
-                let u = acc1[i][j];
-                c[at] = v;
-                c[pg.sec + at] = u;
-                c[2u * pg.sec + at] = v * sigmoid(v) * u;
-            } else if ((pg.flags & SWIGLU_BWD) != 0u) {
-                let g = aux[at];
-                let u = aux[pg.sec + at];
-                let s = sigmoid(g);
-                c[at] = v * u * s * (1.0 + g * (1.0 - s));
-                c[pg.sec + at] = v * g * s;
-            } else if ((pg.flags & ACC) != 0u) {
-                c[at] += v;
-            } else {
-                c[at] = v;
-            }
+            if (n + j >= pg.n) { return; }
+            c[row + n + j] += v[j];
+        }
+        return;
+    }
+    if (m >= ex_rows) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = n + j;
+        if (col >= pg.n) { return; }
+        let at = pg.c_off + (ex_base + m) * pg.n + col;
+        if (MODE == DH) {
+            let g = aux[at];
+            let u = aux[pg.sec + at];
+            let s = sigmoid(g);
+            c[at] = v[j] * u * s * (1.0 + g * (1.0 - s));
+            c[pg.sec + at] = v[j] * g * s;
+        } else {
+            c[at] = v[j];
         }
     }
 }
 
-@compute @workgroup_size(16, 16)
-fn experts_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                 @builtin(local_invocation_index) li: u32) {
-    let e = wg.z;
-    let base = offsets[e];
-    let n_e = offsets[e + 1u] - base;
-    if (n_e == 0u) { return; }
-    let row0 = wg.y * BM;
-    let col0 = wg.x * BN;
-    var acc: Tile;
-    for (var k0 = 0u; k0 < n_e; k0 += BK) {
-        // Both operands are read along their rows (M resp. N consecutive).
-        for (var i = 0u; i < 4u; i++) {
-            let el = li + i * 256u;
-            let r = el % BM;
-            let kk = el / BM;
-            let row = base + k0 + kk;
-            let in_k = k0 + kk < n_e;
-            sa[kk][r] = 0.0;
-            sb[0][kk][r] = 0.0;
-            if (in_k && row0 + r < pg.m) { sa[kk][r] = a[pg.a_off + row * pg.m + row0 + r]; }
-            if (in_k && col0 + r < pg.n) { sb[0][kk][r] = b[pg.b_off + row * pg.n + col0 + r]; }
+@compute @workgroup_size(WG)
+fn experts_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    var row0 = wg.y * BM;
+    var col0 = wg.x * BN;
+    ex_e = wg.z;
+    if (MODE != WGRAD) {
+        // Dispatched for an upper bound of row tiles: the extra workgroups leave.
+        let r = wg.x + wg.y * nwg.x;
+        if (r >= tiles[pg.experts]) { return; }
+        // The last e with tiles[e] <= r (experts without rows own no tiles).
+        var e = 0u;
+        var hi = pg.experts;
+        while (hi - e > 1u) {
+            let mid = (e + hi) / 2u;
+            if (tiles[mid] <= r) { e = mid; } else { hi = mid; }
         }
-        workgroupBarrier();
-        mma(&acc, 0u, lid.y, lid.x);
-        workgroupBarrier();
+        ex_e = e;
+        row0 = (r - tiles[e]) * BM;   // within the expert's rows
+        col0 = wg.z * BN;
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y * 4u + i;
-        if (row >= pg.m) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x * 4u + j;
-            if (col >= pg.n) { continue; }
-            c[pg.c_off + (e * pg.m + row) * pg.n + col] += acc[i][j];
-        }
-    }
+    ex_base = offsets[ex_e];
+    ex_rows = offsets[ex_e + 1u] - ex_base;
+    // Contiguous along K: the data products' A rows; B where it is read as W^T (UP, DOWN).
+    gemm_begin(li, row0, col0, MODE != WGRAD, MODE == UP || MODE == DOWN);
+    var depth = pg.k;
+    if (MODE == DX) { depth = 2u * pg.k; }
+    if (MODE == WGRAD) { depth = ex_rows; }
+    var acc: Acc;
+    acc = gemm_mainloop(acc, 0u, depth);
+    gemm_store(acc);
 }

@@ -28,11 +28,16 @@ fn add_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 
 @group(0) @binding(2) var<storage, read_write> flags: array<atomic<u32>>;
 
-// flags[slot] = 1 if any of x[x_off .. x_off + n] is NaN or infinite. |v| <= max finite f32 is
-// false exactly for those (comparisons with NaN are false).
+// Inf and NaN have all exponent bits set. Tested on the bits: a driver may assume no NaN or Inf
+// in float arithmetic and fold a float comparison away (naga declares nothing otherwise).
+fn is_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// flags[slot] = 1 if any of x[x_off .. x_off + n] is NaN or infinite.
 @compute @workgroup_size(256)
 fn finite_flags(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     let i = (wg.x + wg.y * nw.x) * 256u + li;
-    if (i < p.n && !(abs(x[p.x_off + i]) <= 3.4028235e38)) { atomicOr(&flags[p.slot], 1u); }
+    if (i < p.n && !is_finite(x[p.x_off + i])) { atomicOr(&flags[p.slot], 1u); }
 }

@@ -33,6 +33,7 @@ struct FwdParams {
 struct BwdParams {
     n: u32, c: u32, dx_off: u32, dw_off: u32,
     dout_off: u32, x_off: u32, w_off: u32, rstd_off: u32,
+    acc: u32, _pad0: u32, _pad1: u32, _pad2: u32,   // acc: dx += (1) or dx = (0)
 }
 
 @group(0) @binding(0) var<uniform> pf: FwdParams;
@@ -83,7 +84,7 @@ fn rmsnorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-// With g = dout * w:  dx += rstd * g - x * rstd³ * <g, x> / C
+// With g = dout * w:  dx += rstd * g - x * rstd³ * <g, x> / C  (dx = when acc is 0)
 @compute @workgroup_size(64)
 fn rmsnorm_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) li: u32) {
@@ -99,7 +100,8 @@ fn rmsnorm_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let r = rstd[pb.rstd_off + row];
     for (var i = li; i < pb.c; i += ROW_WG) {
         let at = pb.dx_off + row * pb.c + i;
-        dx[at] += r * dout[d0 + i] * w[pb.w_off + i] - x[x0 + i] * r * r * r * gx;
+        let v = r * dout[d0 + i] * w[pb.w_off + i] - x[x0 + i] * r * r * r * gx;
+        if (pb.acc != 0u) { dx[at] += v; } else { dx[at] = v; }
     }
 }
 
