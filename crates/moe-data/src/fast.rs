@@ -58,8 +58,7 @@ impl FastByteLevel {
             && pre["use_regex"] != false
             && model["type"] == "BPE"
             && model["dropout"].is_null()
-            && model["continuing_subword_prefix"].is_null()
-            && model["end_of_word_suffix"].is_null()
+            && [&model["continuing_subword_prefix"], &model["end_of_word_suffix"]].iter().all(|v| v.is_null() || *v == "")
             && model["byte_fallback"] != true;
         if !plain || !matches!(tok.get_model(), ModelWrapper::BPE(_)) {
             return None;
