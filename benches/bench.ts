@@ -2,7 +2,8 @@
 // same thread count for everyone (BENCH_THREADS, default 2): the MoE layer (ours in Rust vs
 // transformers' eager Qwen3MoeSparseMoeBlock and a plain PyTorch grouped layer), the GEMM peak, the
 // demo model's training step (ours through the Node binding vs Qwen3MoeForCausalLM + AdamW), the
-// cost of global over micro balance, and scaling with T and E. Peers come from .venv
+// cost of global over micro balance, scaling with T and E, and data: preparing 200 MB of text
+// against Hugging Face tokenizers, and peak memory of training on a 1 GB dataset (benches/data.ts). Peers come from .venv
 // (scripts/install-peers.sh); without them the table says "peer unavailable".
 // `npm run bench -- --write` also rewrites BENCHMARKS.md.
 
@@ -13,6 +14,7 @@ import { MoeModel } from '../index.js';
 import { Balancer, LocalGroup } from '../src/balance/index.js';
 import { DEMO_MODEL } from '../src/presets.js';
 import { rng } from '../src/rng.js';
+import { dataBench, dataRows } from './data.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const BATCH = 8;
@@ -97,6 +99,10 @@ if (spawnSync('mpirun', ['--version']).status === 0 && existsSync('mpi/moe-train
   }
 }
 
+// ---- data: preparing 200 MB, and memory on a 1 GB dataset ---------------------------------------
+console.error('running the data benchmark ...');
+const data = await dataBench(env, THREADS);
+
 // ---- peers --------------------------------------------------------------------------------------
 const py = '.venv/bin/python';
 let peers: Row[] = [];
@@ -139,6 +145,7 @@ row([
   mpiComm ? `${fmt(mpiComm.ms as number)} ms of a ${fmt(mpiStepMs)} ms step (${fmt((100 * (mpiComm.ms as number)) / mpiStepMs, 1)}%)` : 'MPI unavailable (Open MPI + npm run build:mpi)',
   '-', '-', '-', '-', '-',
 ]);
+for (const cells of dataRows(data, fmt)) row(cells);
 for (const group of ['tokens', 'experts']) {
   const rs = rust.filter((r) => r.kind === 'layer' && (r.group === group || r.group === 'main')).sort((a, b) => (group === 'tokens' ? (a.T as number) - (b.T as number) : (a.E as number) - (b.E as number)));
   row([
