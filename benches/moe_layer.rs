@@ -24,7 +24,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 
 /// Forward + backward of one layer; returns (forward s, backward s, useful GFLOP per fwd+bwd).
 fn layer(t: usize, d: usize, f: usize, e: usize, k: usize) -> (f64, f64, f64) {
-    let cfg = MoeConfig { hidden_size: d, moe_intermediate_size: f, num_experts: e, num_experts_per_tok: k, norm_topk_prob: true, initializer_range: 0.02, seed: 1 };
+    let cfg = MoeConfig { hidden_size: d, moe_intermediate_size: f, num_experts: e, num_experts_per_tok: k, norm_topk_prob: true, shared_expert_intermediate_size: 0, initializer_range: 0.02, seed: 1 };
     let mut layer = MoeLayer::new(cfg).unwrap();
     let x: Vec<f32> = (0..t * d).map(|i| (((i * 2_654_435_761usize) % 2001) as f32 - 1000.0) * 1e-3).collect();
     let dout: Vec<f32> = x.iter().map(|v| v * 0.5).collect();

@@ -1,17 +1,20 @@
-//! Checkpoints in Hugging Face's layout: `config.json` + `model.safetensors` with the Qwen3-MoE
-//! tensor names (loadable by `Qwen3MoeForCausalLM.from_pretrained`). A training checkpoint adds
+//! Checkpoints in Hugging Face's layout: `config.json` + `model.safetensors` with the tensor names
+//! `save_pretrained` writes for the architecture (loadable by its transformers class, e.g.
+//! `MixtralForCausalLM.from_pretrained`); loading also reads what transformers writes (`crate::hf`:
+//! shards, fused experts, bf16/f16). A training checkpoint adds
 //! `training_state.safetensors`: AdamW moments, the step, and the trainer's own state (data
 //! position, RNG, balancer) as an opaque JSON string. Every file is written to a temporary name and
 //! renamed; both safetensors files carry one checkpoint id, so a torn write is detected on load.
 //! Nonzero router selection biases (auxiliary-loss-free balancing) are saved under DeepSeek-V3's
-//! name `model.layers.{l}.mlp.gate.e_score_correction_bias`: Qwen3-MoE has no such tensor, so
-//! transformers ignores them (with a warning) and routes without them.
+//! name `model.layers.{l}.mlp.gate.e_score_correction_bias`: the four architectures have no such
+//! tensor, so transformers ignores them (with a warning) and routes without them.
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
-use crate::layout::{hf_tensors, Layout, ModelParams};
+use crate::hf::Weights;
+use crate::layout::{Layout, ModelParams};
 use crate::params::ParamStore;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -34,7 +37,7 @@ pub struct TrainingState {
 pub struct Loaded {
     pub cfg: ModelConfig,
     pub params: Vec<f32>,
-    /// (L, E) the routers' selection biases, zero when the checkpoint has none
+    /// (L_moe, E), a row per layer with experts: the routers' selection biases, zero when the checkpoint has none
     pub router_bias: Vec<f32>,
     pub state: Option<TrainingState>,
 }
@@ -70,7 +73,7 @@ fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, S
 }
 
 /// Saves the model (and, with `state`, the training state) into `dir`, creating it if needed.
-/// router_bias (L, E) is saved only when it is not all zero.
+/// router_bias (L_moe, E) is saved only when it is not all zero.
 pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -98,88 +101,59 @@ pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f3
     let mut tensors: Vec<_> = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
     if router_bias.iter().any(|&b| b != 0.0) {
         let e = cfg.num_experts;
-        tensors.extend(router_bias.chunks(e).enumerate().map(|(l, b)| (bias_name(l), vec![e], b)));
+        tensors.extend(cfg.moe_layers().into_iter().zip(router_bias.chunks(e)).map(|(l, b)| (bias_name(l), vec![e], b)));
     }
     write_atomic(&dir.join(MODEL_FILE), &serialize(tensors, meta(&[]))?)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => corrupt(path, "missing"),
-        _ => io(path, e),
-    })
-}
-
-/// Reads tensor `name` with the expected shape as f32. BF16 and F16 tensors (how Hugging Face
-/// usually ships Qwen3-MoE weights) are widened exactly; training continues in f32.
-fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let t = st.tensor(name).map_err(|_| corrupt(path, format!("tensor {name} is missing")))?;
-    if t.shape() != shape {
-        return Err(MoeError::ShapeMismatch(format!("{}: tensor {name} has shape {:?}, the model needs {shape:?}", path.display(), t.shape())));
-    }
-    let data: Vec<f32> = match t.dtype() {
-        Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
-        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(t.data()).into_iter().map(f32::from).collect(),
-        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(t.data()).into_iter().map(f32::from).collect(),
-        other => return Err(corrupt(path, format!("tensor {name} is {other:?}; F32, BF16 and F16 are supported"))),
-    };
-    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-        return Err(corrupt(path, format!("tensor {name}[{i}] is not finite")));
-    }
-    Ok(data)
-}
-
-fn metadata(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
-}
-
-/// Reads and validates the checkpoint in `dir`. Nothing is applied anywhere.
+/// Reads and validates the checkpoint in `dir` — ours, or any transformers wrote for one of the
+/// architectures of `config` (weights as `crate::hf` reads them). Nothing is applied anywhere.
+/// Errors: `CHECKPOINT_MISSING` (no folder, no config.json, no weights), `UNSUPPORTED_MODEL` (an
+/// architecture, field or value this model does not implement, named), `CHECKPOINT_CORRUPT`
+/// (anything unreadable or inconsistent, file and tensor named).
 pub fn load(dir: &Path) -> Result<Loaded> {
+    if !dir.is_dir() {
+        return Err(MoeError::CheckpointMissing(format!("{}: no such folder", dir.display())));
+    }
     let cfg_path = dir.join(CONFIG_FILE);
-    let cfg_json: serde_json::Value = serde_json::from_slice(&read(&cfg_path)?).map_err(|e| corrupt(&cfg_path, e))?;
-    let cfg = ModelConfig::from_json(cfg_json).map_err(|e| corrupt(&cfg_path, e))?;
-    let layout = hf_tensors(&ModelParams::layout(&cfg).specs());
-    let len = layout.last().map_or(0, |s| s.offset + s.len());
-
-    let model_path = dir.join(MODEL_FILE);
-    let bytes = read(&model_path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&model_path, e))?;
-    let mut params = vec![0.0f32; len];
-    for s in &layout {
-        params[s.range()].copy_from_slice(&tensor(&st, &model_path, &s.name, &s.shape)?);
-    }
-    let (nl, e) = (cfg.num_hidden_layers, cfg.num_experts);
-    let biases: Vec<String> = (0..nl).map(bias_name).collect();
-    let router_bias = match biases.iter().filter(|n| st.tensor(n).is_ok()).count() {
+    let text = std::fs::read(&cfg_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => MoeError::CheckpointMissing(format!("{}: does not exist", cfg_path.display())),
+        _ => io(&cfg_path, e),
+    })?;
+    let cfg_json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| corrupt(&cfg_path, e))?;
+    let cfg = ModelConfig::from_json(cfg_json).map_err(|e| match e {
+        MoeError::Unsupported(m) => MoeError::Unsupported(format!("{}: {m}", cfg_path.display())),
+        e => corrupt(&cfg_path, e),
+    })?;
+    let mut weights = Weights::open(dir)?;
+    let specs = ModelParams::layout(&cfg).specs();
+    let mut params = vec![0.0f32; specs.last().map_or(0, |s| s.offset + s.len())];
+    weights.read_params(&specs, &mut params)?;
+    let (nl, e) = (cfg.moe_layers().len(), cfg.num_experts);
+    let biases: Vec<String> = cfg.moe_layers().into_iter().map(bias_name).collect();
+    let router_bias = match biases.iter().filter(|n| weights.has(n)).count() {
         0 => vec![0.0; nl * e],
-        n if n == nl => biases.iter().map(|n| tensor(&st, &model_path, n, &[e])).collect::<Result<Vec<_>>>()?.concat(),
-        n => return Err(corrupt(&model_path, format!("router biases for {n} of {nl} layers"))),
+        n if n == nl => biases.iter().map(|n| weights.read(n, &[e])).collect::<Result<Vec<_>>>()?.concat(),
+        n => return Err(corrupt(dir, format!("router biases for {n} of {nl} MoE layers"))),
     };
-    // A tied head may also be stored; anything else unknown means this is not our model.
-    let known = |n: &str| (cfg.tie_word_embeddings && n == "lm_head.weight") || biases.iter().any(|b| b == n);
-    if let Some(extra) = st.names().into_iter().find(|n| !known(n) && layout.iter().all(|s| s.name != *n)) {
-        return Err(corrupt(&model_path, format!("unexpected tensor {extra}")));
+    // A tied head may also be stored, and old files keep the rotary inverse frequencies (derived
+    // from rope_theta); anything else unread means this is not the model config.json describes.
+    let ignored = |n: &str| (cfg.tie_word_embeddings && n == "lm_head.weight") || n.ends_with("rotary_emb.inv_freq");
+    if let Some((extra, path)) = weights.unread(ignored) {
+        return Err(corrupt(path, format!("unexpected tensor {extra}")));
     }
-    let id = metadata(&bytes, &model_path)?.get(ID_KEY).cloned();
+    let id = weights.metadata(ID_KEY);
 
     let state_path = dir.join(STATE_FILE);
     let state = if state_path.exists() {
-        let bytes = read(&state_path)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&state_path, e))?;
-        let meta = metadata(&bytes, &state_path)?;
-        if meta.get(ID_KEY) != id.as_ref() || id.is_none() {
+        let mut st = Weights::file(&state_path)?;
+        if st.metadata(ID_KEY) != id || id.is_none() {
             return Err(corrupt(&state_path, "belongs to another save than model.safetensors (interrupted write?)"));
         }
         let n = params.len();
-        let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| corrupt(&state_path, "no step"))?;
-        let trainer = meta.get("trainer_state").cloned().ok_or_else(|| corrupt(&state_path, "no trainer_state"))?;
-        Some(TrainingState {
-            step,
-            m: tensor(&st, &state_path, "optimizer.exp_avg", &[n])?,
-            v: tensor(&st, &state_path, "optimizer.exp_avg_sq", &[n])?,
-            trainer,
-        })
+        let step = st.metadata("step").and_then(|s| s.parse().ok()).ok_or_else(|| corrupt(&state_path, "no step"))?;
+        let trainer = st.metadata("trainer_state").ok_or_else(|| corrupt(&state_path, "no trainer_state"))?;
+        Some(TrainingState { step, m: st.read("optimizer.exp_avg", &[n])?, v: st.read("optimizer.exp_avg_sq", &[n])?, trainer })
     } else {
         None
     };

@@ -13,6 +13,12 @@ pub enum MoeError {
     TokenOutOfRange(String),
     #[error("corrupt checkpoint: {0}")]
     CheckpointCorrupt(String),
+    /// A checkpoint folder or one of its files does not exist.
+    #[error("missing checkpoint: {0}")]
+    CheckpointMissing(String),
+    /// A valid Hugging Face architecture, field or value that this model does not implement.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
     #[error("i/o error: {0}")]
     Io(String),
     #[error("unknown parameter: {0}")]
@@ -37,6 +43,8 @@ impl MoeError {
             MoeError::NonFinite(_) => "NON_FINITE",
             MoeError::TokenOutOfRange(_) => "TOKEN_OUT_OF_RANGE",
             MoeError::CheckpointCorrupt(_) => "CHECKPOINT_CORRUPT",
+            MoeError::CheckpointMissing(_) => "CHECKPOINT_MISSING",
+            MoeError::Unsupported(_) => "UNSUPPORTED_MODEL",
             MoeError::Io(_) => "IO_ERROR",
             MoeError::UnknownParameter(_) => "UNKNOWN_PARAMETER",
             MoeError::InvalidState(_) => "INVALID_STATE",

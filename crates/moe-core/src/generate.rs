@@ -57,6 +57,7 @@ impl<'m> Decoder<'m> {
     pub fn next_logits(&mut self, token: u32) -> Vec<f32> {
         let c = &self.model.cfg;
         let (d, h, kv, hd, e) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_experts);
+        let moe_layers = c.moe_layers();
         let w = self.model.layout.views(&self.model.store.host.params);
         let la = &mut self.la;
         la.x.resize(d, 0.0);
@@ -67,8 +68,8 @@ impl<'m> Decoder<'m> {
             self.k[l].extend_from_slice(&la.kr);
             self.v[l].extend_from_slice(&la.v);
             la.att.resize(h * hd, 0.0);
-            attention_decode(&mut la.att, &la.qr, &self.k[l], &self.v[l], self.pos + 1, h, kv, hd);
-            let bias = &self.model.router_bias()[l * e..][..e];
+            attention_decode(&mut la.att, &la.qr, &self.k[l], &self.v[l], self.pos + 1, h, kv, hd, c.window(l));
+            let bias = moe_layers.iter().position(|&m| m == l).map_or(&[][..], |m| &self.model.router_bias()[m * e..][..e]);
             layer_output(&mut out, &mut RoutingStats::default(), la, lw, bias, c, &[1], 1, 1);
             la.x.copy_from_slice(&out);
         }

@@ -8,7 +8,7 @@
 //! (`&[f32]`), gradients (`&mut [f32]`) or device offsets (`usize`). `map` visits the fields in
 //! layout order, which is also the order of the flat buffer (tested: the views tile it exactly).
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{ModelConfig, ModelType, MoeConfig, QkNorm};
 
 /// One tensor of the flat buffer: Hugging Face name, shape, offset. An expert bank is one tensor of
 /// shape (E, ..) whose name holds `{e}`: checkpoints store it as E tensors, one per expert.
@@ -41,8 +41,9 @@ impl ParamSpec {
     }
 }
 
-/// A SwiGLU expert bank of E experts, each kind stacked over experts so that the grouped GEMMs read
-/// one block per kind: gate_proj, up_proj (E, F, C); down_proj (E, C, F).
+/// SwiGLU weights: gate_proj, up_proj (F, C) and down_proj (C, F) of one MLP, or of a bank of E
+/// experts stacked over experts (E, F, C) / (E, C, F) so that the grouped GEMMs read one block per
+/// kind.
 #[derive(Debug, Clone)]
 pub struct ExpertParams<T> {
     pub gate_proj: T,
@@ -50,14 +51,39 @@ pub struct ExpertParams<T> {
     pub down_proj: T,
 }
 
-/// One MoE block: the router `gate` (E, C) and its experts.
+/// A shared expert beside the routed ones (Qwen2-MoE): a SwiGLU MLP (F_s) whose output is scaled by
+/// sigmoid(x · gate), gate (1, C).
+#[derive(Debug, Clone)]
+pub struct SharedExpertParams<T> {
+    pub mlp: ExpertParams<T>,
+    pub gate: T,
+}
+
+/// One MoE block: the router `gate` (E, C), its experts, and an optional shared expert.
 #[derive(Debug, Clone)]
 pub struct MoeParams<T> {
     pub gate: T,
     pub experts: ExpertParams<T>,
+    pub shared: Option<SharedExpertParams<T>>,
 }
 
-/// One decoder layer (Qwen3-MoE): attention with per-head q/k RMSNorm, then the MoE block.
+/// A decoder layer's feed-forward part: routed experts, or a dense SwiGLU MLP (`mlp_only_layers`,
+/// `decoder_sparse_step`).
+#[derive(Debug, Clone)]
+pub enum MlpParams<T> {
+    Moe(MoeParams<T>),
+    Dense(ExpertParams<T>),
+}
+
+/// The q, k, v projection biases (H*D), (KV*D), (KV*D) of Qwen2-MoE.
+#[derive(Debug, Clone)]
+pub struct QkvBias<T> {
+    pub q: T,
+    pub k: T,
+    pub v: T,
+}
+
+/// One decoder layer: attention, then the MLP; the optional parts per architecture.
 #[derive(Debug, Clone)]
 pub struct LayerParams<T> {
     /// (C)
@@ -68,15 +94,17 @@ pub struct LayerParams<T> {
     pub k_proj: T,
     /// (KV*D, C)
     pub v_proj: T,
+    /// Qwen2-MoE
+    pub qkv_bias: Option<QkvBias<T>>,
     /// (C, H*D)
     pub o_proj: T,
-    /// (D)
-    pub q_norm: T,
-    /// (D)
-    pub k_norm: T,
+    /// (D) per head (Qwen3-MoE) or (H*D) over the token (OLMoE); absent in Qwen2-MoE and Mixtral
+    pub q_norm: Option<T>,
+    /// (D) or (KV*D), as q_norm
+    pub k_norm: Option<T>,
     /// (C)
     pub post_attention_layernorm: T,
-    pub mlp: MoeParams<T>,
+    pub mlp: MlpParams<T>,
 }
 
 /// The whole model. `lm_head` is None when tied to `embed_tokens`.
@@ -99,7 +127,28 @@ impl<T> ExpertParams<T> {
 
 impl<T> MoeParams<T> {
     pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> MoeParams<U> {
-        MoeParams { gate: f(&self.gate), experts: self.experts.map(f) }
+        MoeParams {
+            gate: f(&self.gate),
+            experts: self.experts.map(f),
+            shared: self.shared.as_ref().map(|s| SharedExpertParams { mlp: s.mlp.map(f), gate: f(&s.gate) }),
+        }
+    }
+}
+
+impl<T> MlpParams<T> {
+    pub fn map<U>(&self, f: &mut impl FnMut(&T) -> U) -> MlpParams<U> {
+        match self {
+            MlpParams::Moe(m) => MlpParams::Moe(m.map(f)),
+            MlpParams::Dense(d) => MlpParams::Dense(d.map(f)),
+        }
+    }
+
+    /// The MoE block, or None for a dense layer.
+    pub fn moe(&self) -> Option<&MoeParams<T>> {
+        match self {
+            MlpParams::Moe(m) => Some(m),
+            MlpParams::Dense(_) => None,
+        }
     }
 }
 
@@ -110,9 +159,10 @@ impl<T> LayerParams<T> {
             q_proj: f(&self.q_proj),
             k_proj: f(&self.k_proj),
             v_proj: f(&self.v_proj),
+            qkv_bias: self.qkv_bias.as_ref().map(|b| QkvBias { q: f(&b.q), k: f(&b.k), v: f(&b.v) }),
             o_proj: f(&self.o_proj),
-            q_norm: f(&self.q_norm),
-            k_norm: f(&self.k_norm),
+            q_norm: self.q_norm.as_ref().map(&mut *f),
+            k_norm: self.k_norm.as_ref().map(&mut *f),
             post_attention_layernorm: f(&self.post_attention_layernorm),
             mlp: self.mlp.map(f),
         }
@@ -147,15 +197,28 @@ impl Builder {
         spec
     }
 
-    fn moe(&mut self, cfg: &MoeConfig, prefix: &str) -> MoeParams<ParamSpec> {
-        let (c, f, e) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
+    /// A SwiGLU MLP of width f under `prefix` with the names `names` (gate, up, down), stacked over
+    /// `experts` when given (the names then hold `{e}`).
+    fn mlp(&mut self, prefix: &str, names: [&str; 3], c: usize, f: usize, experts: Option<usize>) -> ExpertParams<ParamSpec> {
+        let stack = |shape: [usize; 2]| experts.map_or(shape.to_vec(), |e| vec![e, shape[0], shape[1]]);
+        ExpertParams {
+            gate_proj: self.add(format!("{prefix}{}.weight", names[0]), &stack([f, c])),
+            up_proj: self.add(format!("{prefix}{}.weight", names[1]), &stack([f, c])),
+            down_proj: self.add(format!("{prefix}{}.weight", names[2]), &stack([c, f])),
+        }
+    }
+
+    /// An MoE block under `prefix`; Mixtral names its experts' matrices w1 (gate), w3 (up), w2 (down).
+    fn moe(&mut self, cfg: &MoeConfig, prefix: &str, mixtral: bool) -> MoeParams<ParamSpec> {
+        let (c, f, e, fs) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.shared_expert_intermediate_size);
+        let names = if mixtral { ["experts.{e}.w1", "experts.{e}.w3", "experts.{e}.w2"] } else { ["experts.{e}.gate_proj", "experts.{e}.up_proj", "experts.{e}.down_proj"] };
         MoeParams {
             gate: self.add(format!("{prefix}gate.weight"), &[e, c]),
-            experts: ExpertParams {
-                gate_proj: self.add(format!("{prefix}experts.{{e}}.gate_proj.weight"), &[e, f, c]),
-                up_proj: self.add(format!("{prefix}experts.{{e}}.up_proj.weight"), &[e, f, c]),
-                down_proj: self.add(format!("{prefix}experts.{{e}}.down_proj.weight"), &[e, c, f]),
-            },
+            experts: self.mlp(prefix, names, c, f, Some(e)),
+            shared: (fs > 0).then(|| SharedExpertParams {
+                mlp: self.mlp(&format!("{prefix}shared_expert."), ["gate_proj", "up_proj", "down_proj"], c, fs, None),
+                gate: self.add(format!("{prefix}shared_expert_gate.weight"), &[1, c]),
+            }),
         }
     }
 }
@@ -241,15 +304,22 @@ impl Layout for ModelParams<ParamSpec> {
 impl MoeParams<ParamSpec> {
     /// The standalone MoE layer: names without a prefix (`gate.weight`, `experts.{e}.up_proj.weight`).
     pub fn layout(cfg: &MoeConfig) -> Self {
-        Builder { at: 0 }.moe(cfg, "")
+        Builder { at: 0 }.moe(cfg, "", false)
     }
 }
 
 impl ModelParams<ParamSpec> {
-    /// The Qwen3-MoE model's layout (Hugging Face `Qwen3MoeForCausalLM` names).
+    /// The model's layout with the Hugging Face names of its architecture (`Qwen3MoeForCausalLM`,
+    /// `Qwen2MoeForCausalLM`, `OlmoeForCausalLM`, `MixtralForCausalLM`).
     pub fn layout(cfg: &ModelConfig) -> Self {
         let (v, d, h, kv, hd) = (cfg.vocab_size, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let moe = cfg.moe();
+        let mixtral = cfg.model_type == ModelType::Mixtral;
+        let (qn, kn) = match cfg.qk_norm() {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (Some(hd), Some(hd)),
+            QkNorm::Full => (Some(h * hd), Some(kv * hd)),
+        };
         let mut b = Builder { at: 0 };
         let embed_tokens = b.add("model.embed_tokens.weight".into(), &[v, d]);
         let layers = (0..cfg.num_hidden_layers)
@@ -260,11 +330,20 @@ impl ModelParams<ParamSpec> {
                     q_proj: b.add(format!("{p}self_attn.q_proj.weight"), &[h * hd, d]),
                     k_proj: b.add(format!("{p}self_attn.k_proj.weight"), &[kv * hd, d]),
                     v_proj: b.add(format!("{p}self_attn.v_proj.weight"), &[kv * hd, d]),
+                    qkv_bias: cfg.qkv_bias.then(|| QkvBias {
+                        q: b.add(format!("{p}self_attn.q_proj.bias"), &[h * hd]),
+                        k: b.add(format!("{p}self_attn.k_proj.bias"), &[kv * hd]),
+                        v: b.add(format!("{p}self_attn.v_proj.bias"), &[kv * hd]),
+                    }),
                     o_proj: b.add(format!("{p}self_attn.o_proj.weight"), &[d, h * hd]),
-                    q_norm: b.add(format!("{p}self_attn.q_norm.weight"), &[hd]),
-                    k_norm: b.add(format!("{p}self_attn.k_norm.weight"), &[hd]),
+                    q_norm: qn.map(|n| b.add(format!("{p}self_attn.q_norm.weight"), &[n])),
+                    k_norm: kn.map(|n| b.add(format!("{p}self_attn.k_norm.weight"), &[n])),
                     post_attention_layernorm: b.add(format!("{p}post_attention_layernorm.weight"), &[d]),
-                    mlp: b.moe(&moe, &format!("{p}mlp.")),
+                    mlp: if cfg.is_moe_layer(l) {
+                        MlpParams::Moe(b.moe(&moe, &format!("{p}{}", if mixtral { "block_sparse_moe." } else { "mlp." }), mixtral))
+                    } else {
+                        MlpParams::Dense(b.mlp(&format!("{p}mlp."), ["gate_proj", "up_proj", "down_proj"], d, cfg.intermediate_size, None))
+                    },
                 }
             })
             .collect();
@@ -310,7 +389,7 @@ mod tests {
             let w = layout.views(&flat);
             let l1 = &layout.layers[1];
             assert_eq!(w.layers[1].q_proj[0], flat[l1.q_proj.offset]);
-            assert_eq!(w.layers[2].mlp.experts.down_proj.len(), 5 * 16 * 10);
+            assert_eq!(w.layers[2].mlp.moe().unwrap().experts.down_proj.len(), 5 * 16 * 10);
             assert_eq!(w.head()[0], flat[layout.head().offset]);
             let mut g = flat.clone();
             let gv = layout.views_mut(&mut g);

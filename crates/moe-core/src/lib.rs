@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod generate;
+pub mod hf;
 pub mod gpu;
 pub mod layer;
 pub mod layout;

@@ -31,9 +31,13 @@ impl Model {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
         cfg.validate()?;
         let layout = ModelParams::layout(&cfg);
-        let store = Placed::new(ParamStore::init(&layout.specs(), cfg.initializer_range, cfg.seed)?);
-        let router_bias = vec![0.0; cfg.num_hidden_layers * cfg.num_experts];
-        Ok(Model { cfg, layout, store, backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias })
+        let store = ParamStore::init(&layout.specs(), cfg.initializer_range, cfg.seed)?;
+        let router_bias = vec![0.0; cfg.moe_layers().len() * cfg.num_experts];
+        Ok(Model::on_cpu(cfg, layout, store, router_bias))
+    }
+
+    fn on_cpu(cfg: ModelConfig, layout: ModelParams<ParamSpec>, store: ParamStore, router_bias: Vec<f32>) -> Model {
+        Model { cfg, layout, store: Placed::new(store), backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias }
     }
 
     /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -50,12 +54,12 @@ impl Model {
         self.backend.device()
     }
 
-    /// The routers' selection biases (L, E), zero by default.
+    /// The routers' selection biases (L_moe, E): a row per layer with experts; zero by default.
     pub fn router_bias(&self) -> &[f32] {
         &self.router_bias
     }
 
-    /// Sets the routers' selection biases (L, E): added to the softmax scores to choose the top-k
+    /// Sets the routers' selection biases (L_moe, E): added to the softmax scores to choose the top-k
     /// experts, never to their weights (auxiliary-loss-free balancing, Wang et al. 2024). The
     /// trainer owns their updates; Qwen3-MoE checkpoints have no such tensor, so transformers
     /// routes a model trained with nonzero biases as if they were zero.
@@ -105,13 +109,14 @@ impl Model {
         }
     }
 
-    /// Backward of the last stored forward; accumulates gradients. pressure (L, B, E);
+    /// Backward of the last stored forward; accumulates gradients. pressure (L_moe, B, E), a row per
+    /// layer with experts;
     /// lm_scale multiplies the summed cross-entropy (1/T_glob); z_scale = beta / T_glob.
     pub fn backward(&mut self, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
         let Some(b) = self.stored else {
             return Err(MoeError::InvalidState("backward needs a successful forward with store = true first".into()));
         };
-        check_len("pressure", pressure.len(), self.cfg.num_hidden_layers * b * self.cfg.num_experts)?;
+        check_len("pressure", pressure.len(), self.cfg.moe_layers().len() * b * self.cfg.num_experts)?;
         check_finite("pressure", pressure)?;
         if !(lm_scale.is_finite() && z_scale.is_finite()) {
             return Err(MoeError::NonFinite(format!("lm_scale = {lm_scale}, z_scale = {z_scale}")));
@@ -138,11 +143,16 @@ impl Model {
 
     /// A model built from a checkpoint, with its optimiser state when the checkpoint has one.
     /// Returns the trainer's saved state too.
+    /// The loaded parameters become the model's without a copy (a load peaks at about one copy).
     pub fn from_checkpoint(dir: &std::path::Path) -> Result<(Model, Option<String>)> {
-        let loaded = crate::checkpoint::load(dir)?;
-        let mut m = Model::new(loaded.cfg.clone())?;
-        let trainer = m.apply(loaded);
-        Ok((m, trainer))
+        let Loaded { cfg, params, router_bias, state } = crate::checkpoint::load(dir)?;
+        let layout = ModelParams::layout(&cfg);
+        let mut store = ParamStore::with_params(&layout.specs(), params)?;
+        let trainer = state.map(|st| {
+            (store.opt.m, store.opt.v, store.opt.step) = (st.m, st.v, st.step);
+            st.trainer
+        });
+        Ok((Model::on_cpu(cfg, layout, store, router_bias), trainer))
     }
 
     /// Loads a checkpoint of the same architecture into this model. Everything is read and checked

@@ -36,6 +36,17 @@ impl ParamStore {
         Ok(ParamStore { specs, params, grads: vec![0.0; n], opt: AdamWState::new(n) })
     }
 
+    /// The buffers of a layout around given parameters (a loaded checkpoint): gradients and AdamW
+    /// moments start at zero, allocated but untouched until used.
+    pub fn with_params(specs: &[ParamSpec], params: Vec<f32>) -> Result<Self> {
+        let specs = hf_tensors(specs);
+        let n = specs.last().map_or(0, |s| s.offset + s.len());
+        if params.len() != n {
+            return Err(MoeError::Internal(format!("{} parameters for a layout of {n}", params.len())));
+        }
+        Ok(ParamStore { specs, params, grads: vec![0.0; n], opt: AdamWState::new(n) })
+    }
+
     pub fn spec(&self, name: &str) -> Result<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name).ok_or_else(|| MoeError::UnknownParameter(name.to_string()))
     }

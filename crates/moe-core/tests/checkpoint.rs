@@ -125,7 +125,17 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
         std::fs::write(model(d), &b[..b.len() - 100]).unwrap();
     });
     expect("garbage", "CHECKPOINT_CORRUPT", true, &|d| std::fs::write(model(d), b"not a safetensors file").unwrap());
-    expect("missing-file", "CHECKPOINT_CORRUPT", true, &|d| std::fs::remove_file(model(d)).unwrap());
+    expect("missing-file", "CHECKPOINT_MISSING", true, &|d| std::fs::remove_file(model(d)).unwrap());
+    expect("missing-shard", "CHECKPOINT_MISSING", true, &|d| {
+        std::fs::rename(model(d), d.join("model-00001-of-00002.safetensors")).unwrap();
+        let index = r#"{"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors", "lm_head.weight": "model-00002-of-00002.safetensors"}}"#;
+        std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
+    });
+    expect("unsupported-architecture", "UNSUPPORTED_MODEL", true, &|d| {
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+        c["model_type"] = "deepseek_v3".into();
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    });
     expect("bad-config", "CHECKPOINT_CORRUPT", true, &|d| std::fs::write(d.join("config.json"), "{ nope").unwrap());
     expect("torn-write", "CHECKPOINT_CORRUPT", true, &|d| {
         // A training state from another save next to this model file.
@@ -143,6 +153,8 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
         Model::new(ModelConfig { moe_intermediate_size: 7, ..cfg() }).unwrap().save(d, None).unwrap();
         std::fs::copy(good.join("config.json"), d.join("config.json")).unwrap();
     });
+    let nowhere = std::env::temp_dir().join("moe-ckpt-no-such-folder");
+    assert_eq!(Model::from_checkpoint(&nowhere).err().map(|e| e.code()), Some("CHECKPOINT_MISSING"));
     // And the good one loads into the live model, optimiser included.
     assert_eq!(live.load_checkpoint(&good).unwrap().as_deref(), Some("{}"));
     assert_eq!(live.logits(&TOKENS, 2).unwrap(), saved.logits(&TOKENS, 2).unwrap());
@@ -150,30 +162,33 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     std::fs::remove_dir_all(good).unwrap();
 }
 
-#[test]
-fn bf16_checkpoints_load_widened_to_f32() {
-    // Rewrite a saved model.safetensors in bf16, as Hugging Face ships Qwen3-MoE weights.
-    let dir = tmp("bf16");
+/// Rewrites a saved model.safetensors in a 16-bit float type `H` (as Hugging Face ships weights)
+/// and checks that it loads widened exactly.
+fn half_checkpoint_loads_widened<H: bytemuck::Pod>(dtype: safetensors::Dtype, narrow: fn(f32) -> H, widen: fn(H) -> f32) {
+    let dir = tmp(&format!("{dtype:?}"));
     let mut m = Model::new(cfg()).unwrap();
     m.save(&dir, None).unwrap();
     let st = m.store.host().unwrap();
-    let halves: Vec<(String, Vec<usize>, Vec<half::bf16>)> =
-        st.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), st.params[s.range()].iter().map(|&x| half::bf16::from_f32(x)).collect())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = halves
-        .iter()
-        .map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), bytemuck::cast_slice(d)).unwrap()))
-        .collect();
+    let halves: Vec<(String, Vec<usize>, Vec<H>)> = st.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), st.params[s.range()].iter().map(|&x| narrow(x)).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        halves.iter().map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytemuck::cast_slice(d)).unwrap())).collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
     let st = back.store.host().unwrap();
     for (s, (_, _, d)) in st.specs.iter().zip(&halves) {
-        let want: Vec<f32> = d.iter().map(|&x| f32::from(x)).collect();
+        let want: Vec<f32> = d.iter().map(|&x| widen(x)).collect();
         assert_eq!(&st.params[s.range()], &want[..], "{}", s.name);
     }
     let (a, b) = (m.logits(&TOKENS, 2).unwrap(), back.logits(&TOKENS, 2).unwrap());
     let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(d < 0.05, "bf16 rounding moves logits by {d}");
+    assert!(d < 0.05, "{dtype:?} rounding moves logits by {d}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bf16_and_f16_checkpoints_load_widened_to_f32() {
+    half_checkpoint_loads_widened(safetensors::Dtype::BF16, half::bf16::from_f32, f32::from);
+    half_checkpoint_loads_widened(safetensors::Dtype::F16, half::f16::from_f32, f32::from);
 }
 
 #[test]

@@ -12,12 +12,18 @@ fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 fn cfg(norm: bool) -> MoeConfig {
+    with_shared(norm, 0)
+}
+
+/// `shared` > 0 adds Qwen2-MoE's sigmoid-gated shared expert of that intermediate size.
+fn with_shared(norm: bool, shared: usize) -> MoeConfig {
     MoeConfig {
         hidden_size: 6,
         moe_intermediate_size: 5,
         num_experts: 5,
         num_experts_per_tok: 2,
         norm_topk_prob: norm,
+        shared_expert_intermediate_size: shared,
         initializer_range: 0.5,
         seed: 7,
     }
@@ -64,8 +70,8 @@ fn check(name: &str, analytic: f32, numeric: f64, worst: &mut f64) {
     *worst = worst.max(d);
 }
 
-fn gradcheck(norm: bool) {
-    let c = cfg(norm);
+fn gradcheck(c: MoeConfig) {
+    let norm = c.norm_topk_prob;
     let mut layer = MoeLayer::new(c.clone()).unwrap();
     let p = problem(&c);
     let base_counts = layer.forward(&p.x, Some(&p.mask), B, true).unwrap().stats.counts;
@@ -94,17 +100,22 @@ fn gradcheck(norm: bool) {
     }
     // The perturbations must not have changed the routing, or the check would mean nothing.
     assert_eq!(layer.forward(&p.x, Some(&p.mask), B, false).unwrap().stats.counts, base_counts);
-    eprintln!("gradcheck norm_topk_prob={norm}: {} params + {} inputs, max |Δ| = {worst:.2e}", layer.store.host().unwrap().params.len(), x.len());
+    eprintln!("gradcheck norm_topk_prob={norm} shared={}: {} params + {} inputs, max |Δ| = {worst:.2e}", c.shared_expert_intermediate_size, layer.store.host().unwrap().params.len(), x.len());
 }
 
 #[test]
 fn gradcheck_all_params_and_input_with_renormalisation() {
-    gradcheck(true);
+    gradcheck(cfg(true));
 }
 
 #[test]
 fn gradcheck_all_params_and_input_without_renormalisation() {
-    gradcheck(false);
+    gradcheck(cfg(false));
+}
+
+#[test]
+fn gradcheck_all_params_and_input_with_a_shared_expert() {
+    gradcheck(with_shared(false, 4));
 }
 
 #[test]

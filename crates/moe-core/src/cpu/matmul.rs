@@ -21,6 +21,18 @@ pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], m: usize, k:
     }
 }
 
+/// out (M, N) += bias (N) on every row (a linear layer's bias, Qwen2-MoE's q/k/v).
+pub fn bias_forward(out: &mut [f32], bias: &[f32]) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
+}
+
+/// dbias (N) += the sum over rows of dout (M, N); rows added in order (deterministic).
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
+    let n = dbias.len();
+    super::sum_row_blocks(dbias, dout.len() / n.max(1), |r, acc| acc.iter_mut().zip(&dout[r * n..]).for_each(|(a, d)| *a += d));
+}
+
 /// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K).
 /// Both outputs accumulate; the caller zeroes activation gradients it wants overwritten.
 pub fn matmul_backward(
@@ -68,6 +80,24 @@ mod tests {
                 out[i * n + j] = s as f32;
             }
         }
+    }
+
+    /// bias_backward is the gradient of <dout, bias_forward(x, b)> in b, and accumulates.
+    #[test]
+    fn bias_gradcheck_and_accumulation() {
+        let (m, n) = (9, 5);
+        let (x, b, dout) = (randn(m * n, 1), randn(n, 2), randn(m * n, 3));
+        let loss = |b: &[f32]| {
+            let mut y = x.clone();
+            bias_forward(&mut y, b);
+            crate::testutil::dot(&y, &dout)
+        };
+        let mut db = vec![0.0; n];
+        bias_backward(&mut db, &dout);
+        crate::testutil::gradcheck("bias", loss, &b, &db, 1e-2, 1e-4, 1e-3);
+        let once = db.clone();
+        bias_backward(&mut db, &dout);
+        assert_close("accumulates", &db, &once.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 1e-6, 1e-6);
     }
 
     #[test]

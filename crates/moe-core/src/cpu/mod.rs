@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod experts;
 pub mod layer;
 pub mod matmul;
+pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod rmsnorm;

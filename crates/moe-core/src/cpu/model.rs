@@ -10,14 +10,15 @@
 use super::attention::{attention_backward, attention_forward};
 use super::crossentropy::{crossentropy_backward, crossentropy_forward};
 use super::embedding::{embedding_backward, embedding_forward};
-use super::matmul::{matmul_backward, matmul_forward};
+use super::matmul::{bias_backward, bias_forward, matmul_backward, matmul_forward};
+use super::mlp::MlpActs;
 use super::moe::{moe_backward, moe_forward, MoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward, rope_tables};
 use super::{sized, zeroed};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, QkNorm};
 use crate::error::{check_finite, Result};
-use crate::layout::{LayerParams, ModelParams};
+use crate::layout::{LayerParams, MlpParams, ModelParams};
 use crate::stats::{ModelStats, RoutingStats};
 
 /// Activations of one decoder layer (T = B * S tokens).
@@ -29,8 +30,8 @@ pub(crate) struct LayerActs {
     q: Vec<f32>,      // (T, H*D) before q_norm
     k: Vec<f32>,      // (T, KV*D) before k_norm
     pub v: Vec<f32>,  // (T, KV*D)
-    rstd_q: Vec<f32>, // (T*H)
-    rstd_k: Vec<f32>, // (T*KV)
+    rstd_q: Vec<f32>, // (T*H) per head, (T) over the token
+    rstd_k: Vec<f32>, // (T*KV) per head, (T) over the token
     pub qr: Vec<f32>, // (T, H*D) normed and rotated
     pub kr: Vec<f32>, // (T, KV*D)
     probs: Vec<f32>,  // (B, H, S, S)
@@ -38,7 +39,8 @@ pub(crate) struct LayerActs {
     h: Vec<f32>,      // (T, C) x + attention
     hn: Vec<f32>,     // (T, C) post_attention_layernorm(h)
     rstd2: Vec<f32>,  // (T)
-    moe: MoeActs,
+    moe: MoeActs,     // a layer with experts
+    mlp: MlpActs,     // a dense layer
 }
 
 /// q and k after their norms, before rotary: scratch shared by all layers.
@@ -86,9 +88,39 @@ struct Grads {
     dxn: Vec<f32>,
 }
 
+/// The q or k normalisation of `cfg.qk_norm()` (rows of `dim` values: D per head, or the whole
+/// token) of x (T, n) into out; None copies x. rstd: one per row.
+fn qk_norm_forward(out: &mut [f32], rstd: &mut Vec<f32>, x: &[f32], w: Option<&[f32]>, dim: usize, eps: f32) {
+    match w {
+        Some(w) => rmsnorm_forward(out, sized(rstd, x.len() / dim), x, w, dim, eps),
+        None => out.copy_from_slice(x),
+    }
+}
+
+/// Backward of `qk_norm_forward`: dx (overwritten) from dout.
+fn qk_norm_backward(dx: &mut [f32], dw: Option<&mut [f32]>, dout: &[f32], x: &[f32], w: Option<&[f32]>, rstd: &[f32], dim: usize) {
+    match (w, dw) {
+        (Some(w), Some(dw)) => {
+            dx.fill(0.0);
+            rmsnorm_backward(dx, dw, dout, x, w, rstd, dim);
+        }
+        _ => dx.copy_from_slice(dout),
+    }
+}
+
+/// Rows of q and k values each q/k norm normalises: D (per head) or the whole token.
+fn qk_norm_dims(cfg: &ModelConfig) -> (usize, usize) {
+    let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    match cfg.qk_norm() {
+        QkNorm::Full => (h * hd, kv * hd),
+        QkNorm::PerHead | QkNorm::None => (hd, hd),
+    }
+}
+
 /// The attention core's inputs from the layer input `la.x`: xn = input_layernorm(x); q, k, v
-/// projections; per-head q_norm, k_norm; rotary embedding at positions pos0..pos0+S of every
-/// sequence. Writes la.{xn, rstd1, q, k, v, rstd_q, rstd_k, qr, kr}; T = la.x.len() / C tokens.
+/// projections (+ biases, Qwen2-MoE); q_norm, k_norm (per head or over the token, when the
+/// architecture has them); rotary embedding at positions pos0..pos0+S of every sequence. Writes
+/// la.{xn, rstd1, q, k, v, rstd_q, rstd_k, qr, kr}; T = la.x.len() / C tokens.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize, pos0: usize) {
     let (d, h, kv, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
@@ -97,24 +129,37 @@ pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerP
     matmul_forward(sized(&mut la.q, t * h * hd), &la.xn, w.q_proj, t, d, h * hd);
     matmul_forward(sized(&mut la.k, t * kv * hd), &la.xn, w.k_proj, t, d, kv * hd);
     matmul_forward(sized(&mut la.v, t * kv * hd), &la.xn, w.v_proj, t, d, kv * hd);
+    if let Some(b) = &w.qkv_bias {
+        bias_forward(&mut la.q, b.q);
+        bias_forward(&mut la.k, b.k);
+        bias_forward(&mut la.v, b.v);
+    }
+    let (qd, kd) = qk_norm_dims(cfg);
     let (qn, kn) = (sized(&mut qk.q, t * h * hd), sized(&mut qk.k, t * kv * hd));
-    rmsnorm_forward(qn, sized(&mut la.rstd_q, t * h), &la.q, w.q_norm, hd, eps);
-    rmsnorm_forward(kn, sized(&mut la.rstd_k, t * kv), &la.k, w.k_norm, hd, eps);
+    qk_norm_forward(qn, &mut la.rstd_q, &la.q, w.q_norm, qd, eps);
+    qk_norm_forward(kn, &mut la.rstd_k, &la.k, w.k_norm, kd, eps);
     rope_forward(sized(&mut la.qr, t * h * hd), qn, cos, sin, s, h, hd, pos0);
     rope_forward(sized(&mut la.kr, t * kv * hd), kn, cos, sin, s, kv, hd, pos0);
 }
 
 /// Backward of `attention_inputs`: from d qr, d kr, d v to the layer input, added into dx (T, C);
-/// accumulates the gradients of the norms and projections. Uses gs.{dqn, dkn, dq, dk, dxn} as scratch.
+/// accumulates the gradients of the norms, projections and biases. Uses gs.{dqn, dkn, dq, dk, dxn}
+/// as scratch.
 #[allow(clippy::too_many_arguments)]
 fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize) {
     let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let t = la.x.len() / d;
     rope_backward(sized(&mut gs.dqn, t * h * hd), &gs.dqr, cos, sin, s, h, hd);
     rope_backward(sized(&mut gs.dkn, t * kv * hd), &gs.dkr, cos, sin, s, kv, hd);
-    let (dq, dk) = (zeroed(&mut gs.dq, t * h * hd), zeroed(&mut gs.dk, t * kv * hd));
-    rmsnorm_backward(dq, g.q_norm, &gs.dqn, &la.q, w.q_norm, &la.rstd_q, hd);
-    rmsnorm_backward(dk, g.k_norm, &gs.dkn, &la.k, w.k_norm, &la.rstd_k, hd);
+    let (qd, kd) = qk_norm_dims(cfg);
+    let (dq, dk) = (sized(&mut gs.dq, t * h * hd), sized(&mut gs.dk, t * kv * hd));
+    qk_norm_backward(dq, g.q_norm.as_deref_mut(), &gs.dqn, &la.q, w.q_norm, &la.rstd_q, qd);
+    qk_norm_backward(dk, g.k_norm.as_deref_mut(), &gs.dkn, &la.k, w.k_norm, &la.rstd_k, kd);
+    if let Some(b) = g.qkv_bias.as_mut() {
+        bias_backward(b.q, dq);
+        bias_backward(b.k, dk);
+        bias_backward(b.v, &gs.dv);
+    }
     let dxn = zeroed(&mut gs.dxn, t * d);
     matmul_backward(dxn, g.q_proj, dq, &la.xn, w.q_proj, t, d, h * hd);
     matmul_backward(dxn, g.k_proj, dk, &la.xn, w.k_proj, t, d, kv * hd);
@@ -123,8 +168,10 @@ fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la
 }
 
 /// The rest of a decoder layer after the attention core: h = x + o_proj(att);
-/// hn = post_attention_layernorm(h); out (T, C) = h + MoE(hn), overwritten. `rs` receives the
-/// block's routing statistics over the valid positions (`valid`, T); bias (E) the selection bias.
+/// hn = post_attention_layernorm(h); out (T, C) = h + MLP(hn), overwritten, the MLP being the MoE
+/// block or a dense one. In an MoE layer `rs` receives the block's routing statistics over the
+/// valid positions (`valid`, T) and bias (E) is the router's selection bias; a dense layer leaves
+/// `rs` untouched.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, valid: &[u8], b: usize, s: usize) {
     let (d, h, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
@@ -133,12 +180,19 @@ pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut Laye
     matmul_forward(hh, &la.att, w.o_proj, t, h * hd, d);
     hh.iter_mut().zip(&la.x).for_each(|(h, x)| *h += x);
     rmsnorm_forward(sized(&mut la.hn, t * d), sized(&mut la.rstd2, t), &la.h, w.post_attention_layernorm, d, eps);
-    moe_forward(out, rs, &mut la.moe, &la.hn, valid, bias, &w.mlp, &cfg.moe(), b, s);
+    match &w.mlp {
+        MlpParams::Moe(m) => moe_forward(out, rs, &mut la.moe, &la.hn, valid, bias, m, &cfg.moe(), b, s),
+        MlpParams::Dense(m) => {
+            la.mlp.forward(&la.hn, m, d, cfg.intermediate_size);
+            out.copy_from_slice(&la.mlp.y);
+        }
+    }
     out.iter_mut().zip(&la.h).for_each(|(o, h)| *o += h);
 }
 
 /// Backward of `layer_output`: gs.dx holds d out on entry and d x through the residual on exit;
-/// overwrites gs.datt (d att). pressure (B, E) and z_scale: see `cpu::router::router_backward`.
+/// overwrites gs.datt (d att). pressure (B, E) and z_scale: see `cpu::router::router_backward`
+/// (unused in a dense layer).
 #[allow(clippy::too_many_arguments)]
 fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &mut LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], z_scale: f32) {
     let (d, h, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim);
@@ -146,7 +200,15 @@ fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &m
     // out = h + MoE(hn)
     let dh = sized(&mut gs.dh, t * d);
     dh.copy_from_slice(&gs.dx);
-    moe_backward(sized(&mut gs.dhn, t * d), &mut g.mlp, &mut la.moe, &gs.dx, pressure, z_scale, &w.mlp, &cfg.moe());
+    let dhn = sized(&mut gs.dhn, t * d);
+    match (&mut g.mlp, &w.mlp) {
+        (MlpParams::Moe(gm), MlpParams::Moe(m)) => moe_backward(dhn, gm, &mut la.moe, &gs.dx, pressure, z_scale, m, &cfg.moe()),
+        (MlpParams::Dense(gm), MlpParams::Dense(m)) => {
+            la.mlp.backward(gm, &gs.dx, &la.hn, m, d, cfg.intermediate_size);
+            dhn.copy_from_slice(&la.mlp.dx);
+        }
+        _ => unreachable!("gradients and weights come from one layout"),
+    }
     rmsnorm_backward(dh, g.post_attention_layernorm, &gs.dhn, &la.h, w.post_attention_layernorm, &la.rstd2, d);
     // h = x + o_proj(att)
     gs.dx.copy_from_slice(&gs.dh);
@@ -154,14 +216,15 @@ fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &m
 }
 
 /// Forward over tokens (B, S) with per-position validity `valid` (B*S). Fills `a` and returns the
-/// statistics; the logits are in `a.logits`. Fails with `NON_FINITE` naming the first layer whose
-/// output is not finite. bias (L, E): the routers' selection biases.
+/// statistics (a row per MoE layer); the logits are in `a.logits`. Fails with `NON_FINITE` naming
+/// the first layer whose output is not finite. bias (L_moe, E): the routers' selection biases.
 #[allow(clippy::too_many_arguments)]
 fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize) -> Result<ModelStats> {
     let (d, h, kv, hd, v, e, nl) =
         (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
     let t = b * s;
-    let mut stats = ModelStats::zeros(nl, b, e);
+    let moe_layers = cfg.moe_layers();
+    let mut stats = ModelStats::zeros(moe_layers.len(), b, e);
     // Every buffer of the previous forward is reused (each op overwrites its outputs): fresh
     // allocations of this size cost page faults on every step.
     (a.b, a.s) = (b, s);
@@ -179,11 +242,16 @@ fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: 
         let (cur, next) = a.layers.split_at_mut(l + 1);
         let la = &mut cur[l];
         attention_inputs(la, &mut a.qk, lw, cfg, &a.cos, &a.sin, s, 0);
-        attention_forward(sized(&mut la.att, t * h * hd), sized(&mut la.probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd);
+        attention_forward(sized(&mut la.att, t * h * hd), sized(&mut la.probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
         let out = sized(next.first_mut().map_or(&mut a.xlast, |n| &mut n.x), t * d);
-        layer_output(out, &mut rs, la, lw, &bias[l * e..][..e], cfg, &a.valid, b, s);
+        // Routing statistics, pressure and selection biases have a row per MoE layer only.
+        let m = moe_layers.iter().position(|&ml| ml == l);
+        let bias_l = m.map_or(&[][..], |m| &bias[m * e..][..e]);
+        layer_output(out, &mut rs, la, lw, bias_l, cfg, &a.valid, b, s);
         check_finite(&format!("output of layer {l}"), out)?;
-        stats.set_layer(l, &rs);
+        if let Some(m) = m {
+            stats.set_layer(m, &rs);
+        }
     }
     rmsnorm_forward(sized(&mut a.xf, t * d), sized(&mut a.rstd_f, t), &a.xlast, w.norm, d, cfg.rms_norm_eps as f32);
     matmul_forward(sized(&mut a.logits, t * v), &a.xf, w.head(), t, d, v);
@@ -194,7 +262,7 @@ fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: 
     Ok(stats)
 }
 
-/// Backward of `model_forward`: accumulates all parameter gradients. pressure (L, B, E);
+/// Backward of `model_forward`: accumulates all parameter gradients. pressure (L_moe, B, E);
 /// lm_scale multiplies the summed cross-entropy (1/T_glob); z_scale = beta / T_glob.
 fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], lm_scale: f32, z_scale: f32) {
     let (d, h, kv, hd, v, e) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts);
@@ -209,11 +277,13 @@ fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelP
     };
     matmul_backward(zeroed(&mut gs.dxf, t * d), dhead, &gs.dlogits, &a.xf, w.head(), t, d, v);
     rmsnorm_backward(zeroed(&mut gs.dx, t * d), g.norm, &gs.dxf, &a.xlast, w.norm, &a.rstd_f, d);
+    let moe_layers = cfg.moe_layers();
     for (l, la) in a.layers.iter_mut().enumerate().rev() {
         let (lw, lg) = (&w.layers[l], &mut g.layers[l]);
-        layer_output_backward(gs, lg, la, lw, cfg, &pressure[l * b * e..][..b * e], z_scale);
+        let pressure_l = moe_layers.iter().position(|&ml| ml == l).map_or(&[][..], |m| &pressure[m * b * e..][..b * e]);
+        layer_output_backward(gs, lg, la, lw, cfg, pressure_l, z_scale);
         let (dqr, dkr, dv) = (sized(&mut gs.dqr, t * h * hd), sized(&mut gs.dkr, t * kv * hd), sized(&mut gs.dv, t * kv * hd));
-        attention_backward(dqr, dkr, dv, &gs.datt, &la.probs, &la.qr, &la.kr, &la.v, s, h, kv, hd);
+        attention_backward(dqr, dkr, dv, &gs.datt, &la.probs, &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
         attention_inputs_backward(gs, lg, la, lw, cfg, &a.cos, &a.sin, s);
     }
     embedding_backward(g.embed_tokens, &gs.dx, &a.tokens, d);

@@ -1,10 +1,12 @@
 //! The MoE block on the CPU: router linear -> softmax -> top-k (-> renormalise) -> dropless SwiGLU experts as
-//! grouped GEMMs over tokens sorted by expert -> weighted combine. `moe_forward` is the list of op
-//! calls, `moe_backward` the same list reversed. Shared by the standalone `MoeLayer` and the model.
+//! grouped GEMMs over tokens sorted by expert -> weighted combine (-> + a sigmoid-gated shared
+//! expert, Qwen2-MoE). `moe_forward` is the list of op calls, `moe_backward` the same list
+//! reversed. Shared by the standalone `MoeLayer` and the model.
 
 use super::experts::*;
 use super::sized;
 use super::matmul::{matmul_backward, matmul_forward};
+use super::mlp::{sigmoid_gate_backward, sigmoid_gate_forward, MlpActs};
 use super::router::{router_backward, router_forward, router_stats};
 use crate::config::MoeConfig;
 use crate::layout::MoeParams;
@@ -30,7 +32,18 @@ pub struct MoeActs {
     u: Vec<f32>,       // (T*K, F)
     h: Vec<f32>,       // (T*K, F)
     ys: Vec<f32>,      // (T*K, C) expert outputs
+    shared: SharedActs,
     scratch: Scratch,
+}
+
+/// The shared expert's activations: its MLP, the gate logits (T), and the backward's dm (T, C),
+/// dlogits (T).
+#[derive(Debug, Default)]
+struct SharedActs {
+    mlp: MlpActs,
+    logits: Vec<f32>,
+    dm: Vec<f32>,
+    dlogits: Vec<f32>,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +98,11 @@ pub fn moe_forward(
         &acts.xs, &wt.experts, &acts.offsets, c, f,
     );
     combine_forward(out, &acts.ys, &acts.w, &acts.pos, c, k);
+    if let Some(sw) = &wt.shared {
+        let sh = &mut acts.shared;
+        sh.mlp.forward(x, &sw.mlp, c, cfg.shared_expert_intermediate_size);
+        sigmoid_gate_forward(out, sized(&mut sh.logits, t), x, sw.gate, &sh.mlp.y, c);
+    }
 }
 
 /// Backward of the block. Overwrites dx (T, C); accumulates into `grads`.
@@ -102,6 +120,14 @@ pub fn moe_backward(
 ) {
     let (c, f, e, k) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok);
     let t = acts.b * acts.s;
+    dx.fill(0.0);
+    if let (Some(sw), Some(sg)) = (&wt.shared, grads.shared.as_mut()) {
+        let sh = &mut acts.shared;
+        let (dm, dl) = (sized(&mut sh.dm, t * c), sized(&mut sh.dlogits, t));
+        sigmoid_gate_backward(dx, sg.gate, dm, dl, dout, &acts.x, sw.gate, &sh.mlp.y, &sh.logits, c);
+        sh.mlp.backward(&mut sg.mlp, &sh.dm, &acts.x, &sw.mlp, c, cfg.shared_expert_intermediate_size);
+        dx.iter_mut().zip(&sh.mlp.dx).for_each(|(a, b)| *a += b);
+    }
     let sc = &mut acts.scratch;
     combine_backward(sized(&mut sc.dys, t * k * c), sized(&mut sc.dw, t * k), dout, &acts.ys, &acts.w, &acts.rows, &acts.pos, c, k);
     experts_backward(
@@ -109,7 +135,6 @@ pub fn moe_backward(
         sized(&mut sc.dh, t * k * f), sized(&mut sc.dg, t * k * f), sized(&mut sc.du, t * k * f),
         &sc.dys, &acts.xs, &acts.g, &acts.u, &acts.h, &wt.experts, &acts.offsets, c, f,
     );
-    dx.fill(0.0);
     gather_backward(dx, &sc.dxs, &acts.pos, c, k);
     router_backward(
         sized(&mut sc.dlogits, t * e), &sc.dw, &acts.probs, &acts.lse, &acts.idx, &acts.w, &acts.mask,

@@ -158,8 +158,8 @@ pub fn experts_forward(
     g: &Gpu,
     enc: &mut Encoder,
     guh: &Buf,
-    ys: &Buf,
-    xs: &Buf,
+    ys: View,
+    xs: View,
     wt: &ExpertParams<View>,
     sorted: &Sorted,
     c: usize,
@@ -167,18 +167,19 @@ pub fn experts_forward(
 ) {
     let (n, e) = (sorted.n, sorted.e);
     check(wt, c, f, e);
-    for (buf, len) in [(guh, 3 * n * f), (ys, n * c), (xs, n * c)] {
-        View::from(buf).fits(len, "experts_forward");
+    View::from(guh).fits(3 * n * f, "experts_forward");
+    for x in [ys, xs] {
+        x.fits(n * c, "experts_forward");
     }
     // g, u, h = silu(g) * u in one product: gate_proj and up_proj columns interleaved (up_proj read
     // from gate_proj's buffer at its own offset)
     assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf), "gate_proj and up_proj must be views of one buffer");
     let sec = word(n * f);
     let up = GemmParams { n: word(f), k: word(c), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..bytemuck::Zeroable::zeroed() };
-    grouped(g, enc, Mode::Up, guh.into(), xs.into(), wt.gate_proj, xs, sorted, 2 * f, up);
+    grouped(g, enc, Mode::Up, guh.into(), xs, wt.gate_proj, xs.buf, sorted, 2 * f, up);
     // ys = h · down_proj_e^T
     let down = GemmParams { n: word(c), k: word(f), b_es: word(c * f), sec, ..bytemuck::Zeroable::zeroed() };
-    grouped(g, enc, Mode::Down, ys.into(), View { buf: guh, off: 2 * n * f }, wt.down_proj, guh, sorted, c, down);
+    grouped(g, enc, Mode::Down, ys, View { buf: guh, off: 2 * n * f }, wt.down_proj, guh, sorted, c, down);
 }
 
 /// Panics unless the weight views hold E experts of (F, C), (F, C) and (C, F).
@@ -190,17 +191,17 @@ fn check(wt: &ExpertParams<View>, c: usize, f: usize, e: usize) {
 
 /// `cpu::experts::experts_backward`: overwrites dxs (N, C) and dgu (2, N, F) = dg | du; accumulates
 /// the experts' weight gradients into `grads` (shaped as `wt`: (E, F, C), (E, F, C), (E, C, F)).
-/// dys (N, C), xs (N, C), guh (3, N, F) as saved by the forward. dys may be the same buffer as dxs:
+/// dys (N, C), xs (N, C), guh (3, N, F) as saved by the forward. dys may be the same view as dxs:
 /// it is dead before dxs is written.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(
     g: &Gpu,
     enc: &mut Encoder,
-    dxs: &Buf,
+    dxs: View,
     grads: &ExpertParams<View>,
     dgu: &Buf,
-    dys: &Buf,
-    xs: &Buf,
+    dys: View,
+    xs: View,
     guh: &Buf,
     wt: &ExpertParams<View>,
     sorted: &Sorted,
@@ -210,25 +211,27 @@ pub fn experts_backward(
     let (n, e) = (sorted.n, sorted.e);
     check(wt, c, f, e);
     check(grads, c, f, e);
-    for (buf, len) in [(dxs, n * c), (dgu, 2 * n * f), (dys, n * c), (xs, n * c), (guh, 3 * n * f)] {
-        View::from(buf).fits(len, "experts_backward");
+    for x in [dxs, dys, xs] {
+        x.fits(n * c, "experts_backward");
     }
+    View::from(dgu).fits(2 * n * f, "experts_backward");
+    View::from(guh).fits(3 * n * f, "experts_backward");
     assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf) && std::ptr::eq(grads.gate_proj.buf, grads.up_proj.buf));
     let sec = word(n * f);
     let z = bytemuck::Zeroable::zeroed;
     // dh = dys · down_proj_e, then dg, du through the SwiGLU
     let dh = GemmParams { n: word(f), k: word(c), b_es: word(c * f), sec, ..z() };
-    grouped(g, enc, Mode::Dh, dgu.into(), dys.into(), wt.down_proj, guh, sorted, f, dh);
+    grouped(g, enc, Mode::Dh, dgu.into(), dys, wt.down_proj, guh, sorted, f, dh);
     // down_proj_e += dys^T · h
     let h = View { buf: guh, off: 2 * n * f };
     let wd = GemmParams { m: word(c), n: word(f), halves: 1, sec, ..z() };
-    grouped(g, enc, Mode::Wgrad, grads.down_proj, dys.into(), h, xs, sorted, 0, wd);
+    grouped(g, enc, Mode::Wgrad, grads.down_proj, dys, h, xs.buf, sorted, 0, wd);
     // dxs = dg · gate_proj_e + du · up_proj_e, one product over 2F
     let dx = GemmParams { n: word(c), k: word(f), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..z() };
-    grouped(g, enc, Mode::Dx, dxs.into(), dgu.into(), wt.gate_proj, xs, sorted, c, dx);
+    grouped(g, enc, Mode::Dx, dxs, dgu.into(), wt.gate_proj, xs.buf, sorted, c, dx);
     // gate_proj_e += dg^T · xs;  up_proj_e += du^T · xs, one product over 2F rows
     let wgu = GemmParams { m: word(f), n: word(c), halves: 2, c_off2: word(grads.up_proj.off), sec, ..z() };
-    grouped(g, enc, Mode::Wgrad, grads.gate_proj, dgu.into(), xs.into(), xs, sorted, 0, wgu);
+    grouped(g, enc, Mode::Wgrad, grads.gate_proj, dgu.into(), xs, xs.buf, sorted, 0, wgu);
 }
 
 /// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]], from ys (N, C), w (T, K) and pos (N) u32. Overwrites out.

@@ -131,6 +131,7 @@ mod tests {
             num_experts: 6,
             num_experts_per_tok: 2,
             norm_topk_prob: true,
+            shared_expert_intermediate_size: 0,
             initializer_range: 0.2,
             seed: 5,
         };

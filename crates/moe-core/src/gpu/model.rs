@@ -10,41 +10,21 @@
 //! land in the sections q | k | v of one buffer (and their backward two GEMMs over the sections of
 //! one gradient buffer); the LM head runs by chunks of rows (`head`).
 
-use super::attention::{attention_backward, attention_forward};
+use super::attention::{attention_backward, attention_forward, Shape};
 use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
 use super::head::{chunk_rows, head_backward, head_forward};
 use super::matmul::{gemm, Gemm, View};
+use super::mlp::{mlp_backward, mlp_forward, GpuMlpActs};
 use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_backward_into, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
+use super::elementwise::{add_inplace, finite_flags};
 use super::store::DeviceStore;
-use super::{groups_1d, BindReservation, Buf, Encoder, Gpu, Kernel};
-use crate::config::ModelConfig;
+use super::{BindReservation, Buf, Encoder, Gpu};
+use crate::config::{ModelConfig, QkNorm};
 use crate::error::{MoeError, Result};
-use crate::layout::{LayerParams, Layout, ModelParams, MoeParams, ParamSpec};
+use crate::layout::{ExpertParams, LayerParams, Layout, MlpParams, ModelParams, MoeParams, ParamSpec};
 use crate::stats::ModelStats;
-
-const ADD: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "add_inplace");
-const FINITE: Kernel = Kernel::checked(include_str!("shaders/model.wgsl"), "finite_flags");
-
-/// model.wgsl's `Params`: n elements of x from x_off; slot: the flag finite_flags sets.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32, x_off: u32, slot: u32, _pad: u32,
-}
-
-/// y += x[x_off..], n elements.
-fn add_inplace(g: &Gpu, enc: &mut Encoder, y: &Buf, x: View, n: usize) {
-    let p = Params { n: n as u32, x_off: x.off as u32, slot: 0, _pad: 0 };
-    g.dispatch(enc, &ADD, &[x.buf, y], &p, groups_1d(n, 256));
-}
-
-/// flags[slot] = 1 when x holds a NaN or an infinity.
-fn finite_flags(g: &Gpu, enc: &mut Encoder, flags: &Buf, slot: usize, x: &Buf) {
-    let p = Params { n: x.len as u32, x_off: 0, slot: slot as u32, _pad: 0 };
-    g.dispatch(enc, &FINITE, &[x, flags], &p, groups_1d(x.len, 256));
-}
 
 /// Sizes of one layer's attention: T tokens of H query and KV key/value heads of D.
 #[derive(Clone, Copy)]
@@ -95,7 +75,9 @@ struct LayerActs {
     h: Buf,
     hn: Buf,
     rstd2: Buf,
+    /// the MoE block's (a layer with experts) or the dense MLP's
     moe: GpuMoeActs,
+    mlp: Option<GpuMlpActs>,
 }
 
 /// Everything one forward of B sequences of S tokens writes, allocated once per (B, S).
@@ -117,12 +99,14 @@ struct Acts {
     /// (head_rows, V): the last chunk's logits after a forward
     logits: Buf,
     losses: Buf,
-    /// per layer [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
+    /// per MoE layer [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
     stats: Buf,
     /// one finiteness flag per layer output, then one for the losses
     flags: Buf,
-    /// (L, E) the routers' selection biases
+    /// (L_moe, E) the routers' selection biases
     bias: Buf,
+    /// (T) ones: the rows a bias is added to and summed over (q/k/v biases)
+    ones: Buf,
     /// room in the bind-group cache for this forward's dispatches
     binds: BindReservation,
 }
@@ -134,8 +118,9 @@ impl Acts {
         let hs = Heads::new(cfg, t);
         let (h, kv, hd) = (hs.h, hs.kv, hs.d);
         let (cos, sin) = crate::cpu::rope::rope_tables(s, hd, cfg.rope_theta);
+        let nm = cfg.moe_layers().len();
         let layers = (0..nl)
-            .map(|_| {
+            .map(|l| {
                 Ok(LayerActs {
                     x: g.alloc(t * d)?,
                     xn: g.alloc(t * d)?,
@@ -153,6 +138,7 @@ impl Acts {
                     hn: g.alloc(t * d)?,
                     rstd2: g.alloc(t)?,
                     moe: GpuMoeActs::default(),
+                    mlp: if cfg.is_moe_layer(l) { None } else { Some(GpuMlpActs::new(g, t, cfg.intermediate_size)?) },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -173,9 +159,10 @@ impl Acts {
             head_rows,
             logits: g.alloc(head_rows * v)?,
             losses: g.alloc(t)?,
-            stats: g.alloc(nl * stats_len(b, e))?,
+            stats: g.alloc(nm * stats_len(b, e))?,
             flags: g.alloc(nl + 1)?,
-            bias: g.alloc(nl * e)?,
+            bias: g.alloc(nm * e)?,
+            ones: g.upload(&vec![1.0f32; t])?,
             binds: BindReservation::default(),
         })
     }
@@ -226,7 +213,7 @@ impl Grads {
             dkn: g.alloc(t * kv * hd)?,
             dqkv: g.alloc(t * hs.qkv())?,
             dxn: g.alloc(t * d)?,
-            pressure: g.alloc(cfg.num_hidden_layers * b * cfg.num_experts)?,
+            pressure: g.alloc(cfg.moe_layers().len() * b * cfg.num_experts)?,
             binds: BindReservation::default(),
         })
     }
@@ -249,6 +236,30 @@ fn v(buf: &Buf, off: usize) -> View<'_> {
 /// A block's tensors as views of a flat device buffer (params or grads).
 fn views<'a>(buf: &'a Buf, off: &MoeParams<usize>) -> MoeParams<View<'a>> {
     off.map(&mut |&o| View { buf, off: o })
+}
+
+/// A dense MLP's tensors as views of a flat device buffer.
+fn mlp_views<'a>(buf: &'a Buf, off: &ExpertParams<usize>) -> ExpertParams<View<'a>> {
+    off.map(&mut |&o| View { buf, off: o })
+}
+
+/// x (T, n) += bias (n) on every row: ones (T, 1) · bias (1, n), accumulated.
+fn bias_forward(g: &Gpu, enc: &mut Encoder, x: View, bias: View, ones: &Buf, t: usize, n: usize) {
+    gemm(g, enc, x, ones.into(), bias, Gemm { acc: true, ..Gemm::new(t, n, 1) });
+}
+
+/// dbias (n) += the sum over rows of dx (T, n): ones (1, T) · dx, accumulated.
+fn bias_backward(g: &Gpu, enc: &mut Encoder, dbias: View, dx: View, ones: &Buf, t: usize, n: usize) {
+    gemm(g, enc, dbias, ones.into(), dx, Gemm { trans_a: true, acc: true, ..Gemm::new(1, n, t) });
+}
+
+/// Rows and width of the q and k norms: per head (T*H rows of D) or over the token (T rows of H*D).
+fn qk_norm_rows(cfg: &ModelConfig, t: usize) -> [(usize, usize); 2] {
+    let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    match cfg.qk_norm() {
+        QkNorm::Full => [(t, h * d), (t, kv * d)],
+        QkNorm::PerHead | QkNorm::None => [(t * h, d), (t * kv, d)],
+    }
 }
 
 impl GpuModel {
@@ -297,26 +308,47 @@ impl GpuModel {
         g.clear(&mut enc, &a.flags);
         embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed_tokens), t, d);
         let stat_len = stats_len(b, e);
+        let moe_layers = cfg.moe_layers();
+        let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
         for (l, w) in off.layers.iter().enumerate() {
             let (cur, rest) = a.layers.split_at_mut(l + 1);
             let la = &mut cur[l];
             rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, w.input_layernorm), t, d, eps);
-            // q | k | v = xn · [q_proj; k_proj; v_proj]^T, one GEMM
+            // q | k | v = xn · [q_proj; k_proj; v_proj]^T, one GEMM (+ their biases)
             let qkv = Gemm { trans_b: true, c_sections: hs.sections(), ..Gemm::new(t, hs.qkv(), d) };
             gemm(g, &mut enc, (&la.qkv).into(), (&la.xn).into(), v(p, w.q_proj), qkv);
             let [q, k, vv] = hs.split(&la.qkv);
-            rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), q, v(p, w.q_norm), t * h, hd, eps);
-            rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), k, v(p, w.k_norm), t * kv, hd, eps);
-            rope_forward(g, &mut enc, (&la.qr).into(), (&la.qn).into(), (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
-            rope_forward(g, &mut enc, (&la.kr).into(), (&la.kn).into(), (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
-            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), vv, b, s, h, kv, hd);
+            if let Some(bias) = &w.qkv_bias {
+                bias_forward(g, &mut enc, q, v(p, bias.q), &a.ones, t, h * hd);
+                bias_forward(g, &mut enc, k, v(p, bias.k), &a.ones, t, kv * hd);
+                bias_forward(g, &mut enc, vv, v(p, bias.v), &a.ones, t, kv * hd);
+            }
+            // q_norm, k_norm where the architecture has them; the rotary embedding reads their output
+            let (qn, kn) = match (w.q_norm, w.k_norm) {
+                (Some(qw), Some(kw)) => {
+                    rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), q, v(p, qw), qrows, qd, eps);
+                    rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), k, v(p, kw), krows, kd, eps);
+                    ((&la.qn).into(), (&la.kn).into())
+                }
+                _ => (q, k),
+            };
+            rope_forward(g, &mut enc, (&la.qr).into(), qn, (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
+            rope_forward(g, &mut enc, (&la.kr).into(), kn, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
+            let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
+            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), vv, shape);
             // h = x + att · o_proj^T
             gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, ..Gemm::new(t, d, h * hd) });
-            add_inplace(g, &mut enc, &la.h, (&la.x).into(), t * d);
+            add_inplace(g, &mut enc, (&la.h).into(), (&la.x).into(), t * d);
             rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, w.post_attention_layernorm), t, d, eps);
             let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
-            moe_forward(g, &mut enc, out.into(), v(&a.stats, l * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, l * e), &views(p, &w.mlp), &moe_cfg, b, s)?;
-            add_inplace(g, &mut enc, out, (&la.h).into(), t * d);
+            match (&w.mlp, moe_layers.iter().position(|&m| m == l), la.mlp.as_ref()) {
+                (MlpParams::Moe(mw), Some(m), _) => {
+                    moe_forward(g, &mut enc, out.into(), v(&a.stats, m * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, m * e), &views(p, mw), &moe_cfg, b, s)?
+                }
+                (MlpParams::Dense(dw), None, Some(acts)) => mlp_forward(g, &mut enc, out.into(), acts, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size),
+                _ => unreachable!("the layout and the activations come from one config"),
+            }
+            add_inplace(g, &mut enc, out.into(), (&la.h).into(), t * d);
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
         rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, eps);
@@ -335,9 +367,10 @@ impl GpuModel {
         }
         let st: &[f32] = bytemuck::cast_slice(&r[0]);
         let losses: &[f32] = bytemuck::cast_slice(&r[1]);
-        let mut stats = ModelStats::zeros(nl, b, e);
-        for l in 0..nl {
-            stats.set_layer(l, &unpack_stats(&st[l * stat_len..][..stat_len], b, e));
+        let nm = moe_layers.len();
+        let mut stats = ModelStats::zeros(nm, b, e);
+        for m in 0..nm {
+            stats.set_layer(m, &unpack_stats(&st[m * stat_len..][..stat_len], b, e));
         }
         stats.set_losses(losses, s);
         let logits = want_logits.then(|| bytemuck::cast_slice(&r[3][..t * vs]).to_vec());
@@ -367,21 +400,46 @@ impl GpuModel {
         let (dx, dxf) = ((&gs.dx).into(), (&gs.dxf).into());
         head_backward(g, &mut enc, dxf, v(gr, *off.head()), &gs.dlogits, &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, lm_scale, t, d, vs, a.head_rows);
         rmsnorm_backward_into(g, &mut enc, dx, v(gr, off.norm), dxf, (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
+        let moe_layers = cfg.moe_layers();
+        let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
         for (l, w) in off.layers.iter().enumerate().rev() {
             let la = &mut a.layers[l];
-            // out = h + MoE(hn): dx (= dout) becomes dh
-            moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, &w.mlp), &mut la.moe, dx, (&la.hn).into(), &a.valid, v(&gs.pressure, l * b * e), z_scale, &views(p, &w.mlp), &moe_cfg)?;
+            // out = h + MLP(hn): dx (= dout) becomes dh
+            match (&w.mlp, moe_layers.iter().position(|&m| m == l), la.mlp.as_mut()) {
+                (MlpParams::Moe(mw), Some(m), _) => {
+                    let pressure = v(&gs.pressure, m * b * e);
+                    moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), &a.valid, pressure, z_scale, &views(p, mw), &moe_cfg)?
+                }
+                (MlpParams::Dense(dw), None, Some(acts)) => {
+                    mlp_backward(g, &mut enc, (&gs.dhn).into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size)?
+                }
+                _ => unreachable!("the layout and the activations come from one config"),
+            }
             rmsnorm_backward(g, &mut enc, dx, v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
             // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)): dx (= dh) becomes dxin
             gemm(g, &mut enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
             gemm(g, &mut enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, ..Gemm::new(d, h * hd, t) });
             let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(&gs.dqkv));
             let (dqr, dkr, datt, att, probs) = ((&gs.dqr).into(), (&gs.dkr).into(), (&gs.datt).into(), (&la.att).into(), (&la.probs).into());
-            attention_backward(g, &mut enc, dqr, dkr, dv, (&gs.ds).into(), datt, att, probs, (&la.qr).into(), (&la.kr).into(), vv, b, s, h, kv, hd);
-            rope_backward(g, &mut enc, (&gs.dqn).into(), dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
-            rope_backward(g, &mut enc, (&gs.dkn).into(), dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
-            rmsnorm_backward_into(g, &mut enc, dq, v(gr, w.q_norm), (&gs.dqn).into(), q, v(p, w.q_norm), (&la.rstd_q).into(), t * h, hd);
-            rmsnorm_backward_into(g, &mut enc, dk, v(gr, w.k_norm), (&gs.dkn).into(), k, v(p, w.k_norm), (&la.rstd_k).into(), t * kv, hd);
+            let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
+            attention_backward(g, &mut enc, dqr, dkr, dv, (&gs.ds).into(), datt, att, probs, (&la.qr).into(), (&la.kr).into(), vv, shape);
+            match (w.q_norm, w.k_norm) {
+                (Some(qw), Some(kw)) => {
+                    rope_backward(g, &mut enc, (&gs.dqn).into(), dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
+                    rope_backward(g, &mut enc, (&gs.dkn).into(), dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
+                    rmsnorm_backward_into(g, &mut enc, dq, v(gr, qw), (&gs.dqn).into(), q, v(p, qw), (&la.rstd_q).into(), qrows, qd);
+                    rmsnorm_backward_into(g, &mut enc, dk, v(gr, kw), (&gs.dkn).into(), k, v(p, kw), (&la.rstd_k).into(), krows, kd);
+                }
+                _ => {
+                    rope_backward(g, &mut enc, dq, dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
+                    rope_backward(g, &mut enc, dk, dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
+                }
+            }
+            if let Some(dbias) = &w.qkv_bias {
+                bias_backward(g, &mut enc, v(gr, dbias.q), dq, &a.ones, t, h * hd);
+                bias_backward(g, &mut enc, v(gr, dbias.k), dk, &a.ones, t, kv * hd);
+                bias_backward(g, &mut enc, v(gr, dbias.v), dv, &a.ones, t, kv * hd);
+            }
             // dxn = dq | dk | dv · [q_proj; k_proj; v_proj];  the weights += (dq | dk | dv)^T · xn
             let (dqkv, xn) = ((&gs.dqkv).into(), (&la.xn).into());
             gemm(g, &mut enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });

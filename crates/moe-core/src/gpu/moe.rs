@@ -8,6 +8,8 @@ use super::experts::{
     combine_backward, combine_forward, experts_backward, experts_forward, gather_backward, gather_forward, grouped_tiles,
     permute_forward, permute_scratch_len, Sorted,
 };
+use super::elementwise::add_inplace;
+use super::mlp::{mlp_backward, mlp_forward, sigmoid_gate_backward, sigmoid_gate_forward, GpuMlpActs};
 use super::matmul::{matmul_backward, matmul_forward, Tiles, View};
 use super::router::{router_backward, router_forward, router_stats};
 use super::{Buf, Encoder, Gpu};
@@ -46,6 +48,25 @@ pub struct GpuMoeActs {
     pub s: usize,
     saved: Option<Saved>,
     scratch: Option<Scratch>,
+    shared: Option<SharedActs>,
+}
+
+/// The shared expert's (Qwen2-MoE): its MLP, gate logits (T), output m (T, C), and the backward's
+/// dm (T, C), dlogits (T), dx (T, C).
+struct SharedActs {
+    t: usize,
+    mlp: GpuMlpActs,
+    logits: Buf,
+    m: Buf,
+    dm: Buf,
+    dlogits: Buf,
+    dx: Buf,
+}
+
+impl SharedActs {
+    fn new(g: &Gpu, t: usize, c: usize, f: usize) -> Result<Self> {
+        Ok(SharedActs { t, mlp: GpuMlpActs::new(g, t, f)?, logits: g.alloc(t)?, m: g.alloc(t * c)?, dm: g.alloc(t * c)?, dlogits: g.alloc(t)?, dx: g.alloc(t * c)? })
+    }
 }
 
 /// T = B * S tokens, N = T * K sorted rows.
@@ -147,8 +168,18 @@ pub fn moe_forward(
     router_stats(g, enc, stats, &a.probs, &a.lse, &a.idx, mask, b, s, e, k);
     permute_forward(g, enc, &a.offsets, &a.tiles, &a.rows, &a.pos, &a.counts, &a.idx, t * k, e, a.tile.bm);
     gather_forward(g, enc, &a.xs, x, &a.rows, t * k, c, k);
-    experts_forward(g, enc, &a.guh, &a.ys, &a.xs, &wt.experts, &a.sorted(), c, f);
+    experts_forward(g, enc, &a.guh, (&a.ys).into(), (&a.xs).into(), &wt.experts, &a.sorted(), c, f);
     combine_forward(g, enc, out, &a.ys, &a.w, &a.pos, t, c, k);
+    if let Some(sw) = &wt.shared {
+        let fs = cfg.shared_expert_intermediate_size;
+        if acts.shared.as_ref().is_none_or(|sh| sh.t != t) {
+            acts.shared = None;
+            acts.shared = Some(SharedActs::new(g, t, c, fs)?);
+        }
+        let sh = acts.shared.as_ref().expect("allocated above");
+        mlp_forward(g, enc, (&sh.m).into(), &sh.mlp, x, &sw.mlp, c, fs);
+        sigmoid_gate_forward(g, enc, out, &sh.logits, x, sw.gate, &sh.m, t, c);
+    }
     Ok(())
 }
 
@@ -182,11 +213,20 @@ pub fn moe_backward(
     }
     let sc = acts.scratch.as_ref().expect("allocated above");
     combine_backward(g, enc, &sc.drows, &sc.dw, dout, &a.ys, &a.w, &a.pos, t, c, k);
-    experts_backward(g, enc, &sc.drows, &grads.experts, &sc.dgu, &sc.drows, &a.xs, &a.guh, &wt.experts, &a.sorted(), c, f);
+    let drows = (&sc.drows).into();
+    experts_backward(g, enc, drows, &grads.experts, &sc.dgu, drows, (&a.xs).into(), &a.guh, &wt.experts, &a.sorted(), c, f);
     gather_backward(g, enc, dx, &sc.drows, &a.pos, t, c, k);
     let (dlogits, norm) = (&a.logits, cfg.norm_topk_prob);
     router_backward(g, enc, dlogits, &sc.dw, &a.probs, &a.lse, &a.idx, &a.w, mask, pressure, z_scale, b, s, e, k, norm);
     matmul_backward(g, enc, dx, grads.gate, dlogits.into(), x, wt.gate, t, c, e);
+    // The shared expert last: gather_backward above overwrites dx, what follows adds to it.
+    if let (Some(sw), Some(sg)) = (&wt.shared, &grads.shared) {
+        let fs = cfg.shared_expert_intermediate_size;
+        let sh = acts.shared.as_mut().ok_or_else(|| MoeError::InvalidState("the shared expert's backward needs its forward".into()))?;
+        sigmoid_gate_backward(g, enc, dx, sg.gate, &sh.dm, &sh.dlogits, dout, x, sw.gate, &sh.m, &sh.logits, t, c);
+        mlp_backward(g, enc, (&sh.dx).into(), &sg.mlp, &mut sh.mlp, (&sh.dm).into(), x, &sw.mlp, c, fs)?;
+        add_inplace(g, enc, dx, (&sh.dx).into(), t * c);
+    }
     Ok(())
 }
 
@@ -201,14 +241,16 @@ mod tests {
 
     /// The whole block against `cpu::moe` on B sequences of S tokens: output, statistics, dx and
     /// every gradient. Experts 2 and E-1 receive no tokens. Returns the most rows an expert received.
-    fn check_block(g: &Gpu, acts: &mut GpuMoeActs, [b, s, c, f, e, k]: [usize; 6], norm: bool) -> u32 {
-        eprintln!("block B={b} S={s} C={c} F={f} E={e} K={k} norm_topk={norm}");
+    /// `shared` > 0 adds a sigmoid-gated shared expert of that intermediate size (Qwen2-MoE).
+    fn check_block(g: &Gpu, acts: &mut GpuMoeActs, [b, s, c, f, e, k]: [usize; 6], norm: bool, shared: usize) -> u32 {
+        eprintln!("block B={b} S={s} C={c} F={f} E={e} K={k} norm_topk={norm} shared={shared}");
         let cfg = MoeConfig {
             hidden_size: c,
             moe_intermediate_size: f,
             num_experts: e,
             num_experts_per_tok: k,
             norm_topk_prob: norm,
+            shared_expert_intermediate_size: shared,
             initializer_range: 0.02,
             seed: 0,
         };
@@ -263,6 +305,12 @@ mod tests {
         assert_close("block d gate_proj", gw.experts.gate_proj, cw.experts.gate_proj, 1e-5, 1e-4);
         assert_close("block d up_proj", gw.experts.up_proj, cw.experts.up_proj, 1e-5, 1e-4);
         assert_close("block d down_proj", gw.experts.down_proj, cw.experts.down_proj, 1e-5, 1e-4);
+        if let (Some(gs), Some(cs)) = (&gw.shared, &cw.shared) {
+            assert_close("block d shared gate", gs.gate, cs.gate, 1e-5, 1e-4);
+            assert_close("block d shared gate_proj", gs.mlp.gate_proj, cs.mlp.gate_proj, 1e-5, 1e-4);
+            assert_close("block d shared up_proj", gs.mlp.up_proj, cs.mlp.up_proj, 1e-5, 1e-4);
+            assert_close("block d shared down_proj", gs.mlp.down_proj, cs.mlp.down_proj, 1e-5, 1e-4);
+        }
         let offsets = g.read_u32(&acts.saved.as_ref().unwrap().offsets).unwrap();
         (0..e).map(|i| offsets[i + 1] - offsets[i]).max().unwrap()
     }
@@ -273,14 +321,15 @@ mod tests {
         // One GpuMoeActs throughout: reused for equal shapes, reallocated when the shape changes.
         let mut acts = GpuMoeActs::default();
         force(Some(SMALL));
-        check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], false);
-        check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], true);
+        check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], false, 0);
+        check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], true, 0);
+        check_block(g, &mut acts, [2, 5, 12, 10, 6, 2], false, 9);
         // Experts with more rows than one 64-row tile, more columns than one tile.
-        let most = check_block(g, &mut acts, [2, 48, 70, 20, 6, 3], true);
+        let most = check_block(g, &mut acts, [2, 48, 70, 20, 6, 3], true, 0);
         assert!(most > SMALL.bm as u32, "no expert spans two row tiles ({most} rows at most)");
         // The same on the large tiles: experts past one 128-row tile, channels past one 128 tile.
         force(Some(BIG));
-        let most = check_block(g, &mut acts, [2, 96, 136, 20, 6, 3], true);
+        let most = check_block(g, &mut acts, [2, 96, 136, 20, 6, 3], true, 0);
         force(None);
         assert!(most > BIG.bm as u32, "no expert spans two large row tiles ({most} rows at most)");
     }

@@ -1,6 +1,7 @@
 // Causal grouped-query attention on the GPU (see cpu/attention.rs). Layouts: q, out, dout, dq
 // (T, H*D); k, v, dk, dv (T, KV*D); probs and ds (B, H, S, S), probs zero above the diagonal;
-// T = B*S. Query head h reads kv head h / (H/KV); scale = 1/sqrt(D).
+// T = B*S. Query head h reads kv head h / (H/KV); scale = 1/sqrt(D). With a sliding window
+// (win > 0) query i sees keys i - win < j <= i only (`visible`); probs and ds are zero elsewhere.
 //
 // Every product is a GEMM within one (sequence, head) on the GEMM core (gemm.wgsl, which this
 // module begins with): attn_gemm, its MODE override picking the product.
@@ -36,6 +37,7 @@ struct Params {
     scale: u32, rows: u32, q_off: u32, k_off: u32,
     v_off: u32, p_off: u32, o_off: u32, dq_off: u32,
     dk_off: u32, dv_off: u32, ds_off: u32, f_off: u32,
+    win: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 // rows = B*H*S; scale: f32 bits.
 
@@ -61,6 +63,11 @@ var<private> at_g: u32;
 // DS: delta of the block's rows.
 var<workgroup> dl: array<f32, BM>;
 var<workgroup> red_row: array<f32, 256>;
+
+// Whether query i sees key j: causal, within the sliding window when there is one.
+fn visible(i: u32, j: u32) -> bool {
+    return j <= i && (p.win == 0u || j + p.win > i);
+}
 
 // Offset of (position i, head hh, column col) of sequence at_b in a (T, heads*D) tensor.
 fn at(i: u32, heads: u32, hh: u32, col: u32) -> u32 {
@@ -114,12 +121,12 @@ fn store_c(m: u32, n: u32, v: vec4<f32>) {
         switch MODE {
             case SCORES: {
                 if (col >= p.s) { return; }
-                c[p.p_off + sq(at_h, m, col)] = select(0.0, scale * v[e], col <= m);
+                c[p.p_off + sq(at_h, m, col)] = select(0.0, scale * v[e], visible(m, col));
             }
             case DS: {
                 if (col >= p.s) { return; }
                 let at_ij = sq(at_h, m, col);
-                c[p.ds_off + at_ij] = select(0.0, scale * p_ds[p.p_off + at_ij] * (v[e] - dl[m % BM]), col <= m);
+                c[p.ds_off + at_ij] = select(0.0, scale * p_ds[p.p_off + at_ij] * (v[e] - dl[m % BM]), visible(m, col));
             }
             case PV, DQ: {
                 if (col >= p.d) { return; }
@@ -197,24 +204,26 @@ fn reduce_row(li: u32, x: f32, take_max: bool) -> f32 {
     return r;
 }
 
-// p_ij = exp(x_ij - max_j x_ij) / sum_j exp(x_ij - max), j <= i, in place. One workgroup per row.
+// p_ij = exp(x_ij - max_j x_ij) / sum_j exp(x_ij - max) over the visible j (lo <= j <= i), in
+// place. One workgroup per row.
 @compute @workgroup_size(256)
 fn attn_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     let r = wg.x + wg.y * nw.x; // row (b*H + h)*S + i
     if (r >= p.rows) { return; }
     let i = r % p.s;
+    let lo = select(0u, i + 1u - p.win, p.win > 0u && i + 1u > p.win);
     let base = p.p_off + r * p.s;
     var mx = -3.4028235e38;
-    for (var j = li; j <= i; j += 256u) { mx = max(mx, probs_w[base + j]); }
+    for (var j = lo + li; j <= i; j += 256u) { mx = max(mx, probs_w[base + j]); }
     mx = reduce_row(li, mx, true);
     var sum = 0.0;
-    for (var j = li; j <= i; j += 256u) {
+    for (var j = lo + li; j <= i; j += 256u) {
         let e = exp(probs_w[base + j] - mx);
         probs_w[base + j] = e;
         sum += e;
     }
     sum = reduce_row(li, sum, false);
     // Each invocation rescales the entries it wrote itself.
-    for (var j = li; j <= i; j += 256u) { probs_w[base + j] /= sum; }
+    for (var j = lo + li; j <= i; j += 256u) { probs_w[base + j] /= sum; }
 }
