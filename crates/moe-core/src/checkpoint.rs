@@ -1,14 +1,17 @@
 //! Checkpoints in Hugging Face's layout: `config.json` + `model.safetensors` with the Qwen3-MoE
 //! tensor names (loadable by `Qwen3MoeForCausalLM.from_pretrained`). A training checkpoint adds
 //! `training_state.safetensors`: AdamW moments, the step, and the trainer's own state (data
-//! position, RNG, balancer) as an opaque JSON string. Every file is written to a temporary name and
-//! renamed; both safetensors files carry one checkpoint id, so a torn write is detected on load.
+//! position, RNG, balancer) as an opaque JSON string; the trainer adds its tokenizer files. The
+//! folder is written whole and switched in atomically, with a sha256 per file checked on load
+//! (`crate::folder`); both safetensors files also carry one checkpoint id, so files of two saves
+//! never load together.
 //! Nonzero router selection biases (auxiliary-loss-free balancing) are saved under DeepSeek-V3's
 //! name `model.layers.{l}.mlp.gate.e_score_correction_bias`: Qwen3-MoE has no such tensor, so
 //! transformers ignores them (with a warning) and routes without them.
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
+use crate::folder::{Folder, Writer};
 use crate::layout::{hf_tensors, Layout, ModelParams};
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -43,21 +46,8 @@ fn bias_name(l: usize) -> String {
     format!("model.layers.{l}.mlp.gate.e_score_correction_bias")
 }
 
-fn io(path: &Path, e: std::io::Error) -> MoeError {
-    MoeError::Io(format!("{}: {e}", path.display()))
-}
-
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> MoeError {
     MoeError::CheckpointCorrupt(format!("{}: {what}", path.display()))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
@@ -69,10 +59,12 @@ fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, S
     safetensors::serialize(views, Some(meta)).map_err(|e| MoeError::Internal(e.to_string()))
 }
 
-/// Saves the model (and, with `state`, the training state) into `dir`, creating it if needed.
-/// router_bias (L, E) is saved only when it is not all zero.
-pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+/// Saves the model (and, with `trainer`, the training state) as the folder `dir`, with `files`
+/// (name, bytes) beside them (the trainer's tokenizer). The folder is replaced whole, atomically:
+/// a reader sees the previous save or this one, never a mix. router_bias (L, E) is saved only when
+/// it is not all zero.
+pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>, files: &[(String, Vec<u8>)]) -> Result<()> {
+    let mut out = Writer::begin(dir)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}-{}", std::process::id(), store.opt.step);
     let meta = |extra: &[(&str, String)]| {
@@ -80,34 +72,29 @@ pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f3
         m.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         m
     };
-    let state_path = dir.join(STATE_FILE);
-    match trainer {
-        Some(trainer) => {
-            let n = store.params.len();
-            let bytes = serialize(
-                vec![("optimizer.exp_avg".into(), vec![n], &store.opt.m), ("optimizer.exp_avg_sq".into(), vec![n], &store.opt.v)],
-                meta(&[("step", store.opt.step.to_string()), ("trainer_state", trainer.to_string())]),
-            )?;
-            write_atomic(&state_path, &bytes)?;
-        }
-        None if state_path.exists() => std::fs::remove_file(&state_path).map_err(|e| io(&state_path, e))?,
-        None => {}
+    if let Some(trainer) = trainer {
+        let n = store.params.len();
+        let bytes = serialize(
+            vec![("optimizer.exp_avg".into(), vec![n], &store.opt.m), ("optimizer.exp_avg_sq".into(), vec![n], &store.opt.v)],
+            meta(&[("step", store.opt.step.to_string()), ("trainer_state", trainer.to_string())]),
+        )?;
+        out.file(STATE_FILE, &bytes)?;
     }
     let cfg_json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| MoeError::Internal(e.to_string()))?;
-    write_atomic(&dir.join(CONFIG_FILE), cfg_json.as_bytes())?;
+    out.file(CONFIG_FILE, cfg_json.as_bytes())?;
     let mut tensors: Vec<_> = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
     if router_bias.iter().any(|&b| b != 0.0) {
         let e = cfg.num_experts;
         tensors.extend(router_bias.chunks(e).enumerate().map(|(l, b)| (bias_name(l), vec![e], b)));
     }
-    write_atomic(&dir.join(MODEL_FILE), &serialize(tensors, meta(&[]))?)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => corrupt(path, "missing"),
-        _ => io(path, e),
-    })
+    out.file(MODEL_FILE, &serialize(tensors, meta(&[]))?)?;
+    for (name, bytes) in files {
+        if [CONFIG_FILE, MODEL_FILE, STATE_FILE].contains(&name.as_str()) {
+            return Err(MoeError::InvalidArgument(format!("files: {name} is written by the save itself")));
+        }
+        out.file(name, bytes)?;
+    }
+    out.commit(&id)
 }
 
 /// Reads tensor `name` with the expected shape as f32. BF16 and F16 tensors (how Hugging Face
@@ -134,18 +121,37 @@ fn metadata(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
-/// Reads and validates the checkpoint in `dir`. Nothing is applied anywhere.
+/// Reads and validates the checkpoint in `dir`: every file against the folder's manifest. A folder
+/// replaced by another save while it was read is read again, so a reader gets one whole save.
+/// Nothing is applied anywhere.
 pub fn load(dir: &Path) -> Result<Loaded> {
+    let mut attempts = 0;
+    loop {
+        let folder = Folder::open(dir)?;
+        match load_from(&folder) {
+            Err(e) if attempts < 8 && matches!(e, MoeError::CheckpointCorrupt(_)) && folder.id().is_some() && folder.replaced() => attempts += 1,
+            r => return r,
+        }
+    }
+}
+
+fn load_from(folder: &Folder) -> Result<Loaded> {
+    let dir = folder.dir.as_path();
     let cfg_path = dir.join(CONFIG_FILE);
-    let cfg_json: serde_json::Value = serde_json::from_slice(&read(&cfg_path)?).map_err(|e| corrupt(&cfg_path, e))?;
+    let cfg_json: serde_json::Value = serde_json::from_slice(&folder.read(CONFIG_FILE)?).map_err(|e| corrupt(&cfg_path, e))?;
     let cfg = ModelConfig::from_json(cfg_json).map_err(|e| corrupt(&cfg_path, e))?;
+    // Sizes from a file are checked like any other before a byte is allocated for them.
+    crate::memory::check_model(&cfg).map_err(|e| match e {
+        MoeError::InvalidConfig(m) => corrupt(&cfg_path, m),
+        e => e,
+    })?;
     let layout = hf_tensors(&ModelParams::layout(&cfg).specs());
     let len = layout.last().map_or(0, |s| s.offset + s.len());
 
     let model_path = dir.join(MODEL_FILE);
-    let bytes = read(&model_path)?;
+    let bytes = folder.read(MODEL_FILE)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&model_path, e))?;
-    let mut params = vec![0.0f32; len];
+    let mut params = crate::memory::zeros("checkpoint parameters", len)?;
     for s in &layout {
         params[s.range()].copy_from_slice(&tensor(&st, &model_path, &s.name, &s.shape)?);
     }
@@ -162,10 +168,21 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         return Err(corrupt(&model_path, format!("unexpected tensor {extra}")));
     }
     let id = metadata(&bytes, &model_path)?.get(ID_KEY).cloned();
+    if let (Some(m), Some(id)) = (folder.id(), &id) {
+        if m != id {
+            return Err(corrupt(&model_path, "belongs to another save than the folder's manifest"));
+        }
+    }
+    // The other files the manifest lists (the trainer's tokenizer) are checked too.
+    for name in folder.manifest.iter().flat_map(|m| m.files.keys()) {
+        if ![CONFIG_FILE, MODEL_FILE, STATE_FILE].contains(&name.as_str()) {
+            folder.read(name)?;
+        }
+    }
 
     let state_path = dir.join(STATE_FILE);
-    let state = if state_path.exists() {
-        let bytes = read(&state_path)?;
+    let state = if folder.has(STATE_FILE) {
+        let bytes = folder.read(STATE_FILE)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&state_path, e))?;
         let meta = metadata(&bytes, &state_path)?;
         if meta.get(ID_KEY) != id.as_ref() || id.is_none() {
