@@ -34,7 +34,7 @@ pub fn human(bytes: u128) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} bytes") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 || v >= 1024.0 { format!("{bytes} bytes") } else { format!("{v:.1} {}", units[u]) }
 }
 
 /// Fails unless `bytes` (None: the size arithmetic overflowed) fits the budget.

@@ -201,7 +201,8 @@ fn to_json(path: &str, v: Unknown, depth: usize) -> R<Value> {
         ValueType::Number => {
             let x = number(path, v)?;
             if !x.is_finite() {
-                return Err(err(format!("is {x}: must be a finite number")));
+                let js = if x.is_nan() { "NaN" } else if x > 0.0 { "Infinity" } else { "-Infinity" };
+                return Err(err(format!("is {js}: must be a finite number")));
             }
             if x.fract() == 0.0 && x.abs() <= 9007199254740992.0 {
                 return Ok(if x < 0.0 { Value::from(x as i64) } else { Value::from(x as u64) });

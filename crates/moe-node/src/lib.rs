@@ -494,6 +494,21 @@ pub fn lr_at(env: Env, options: Option<Unknown>, step: Unknown) -> Result<f64> {
     .map_err(|e| js_error(&env, e))
 }
 
+/// Checks a model configuration as `new MoeModel` does — every field, their relations, the memory
+/// its parameters would need — without allocating the model; returns it with defaults filled in.
+#[napi(ts_args_type = "config: ModelConfig", ts_return_type = "Required<ModelConfig>")]
+pub fn check_model_config(env: Env, config: Option<Unknown>) -> Result<serde_json::Value> {
+    (|| {
+        if args::absent(&config) {
+            return Err(MoeError::InvalidConfig("config must be an object".into()));
+        }
+        let cfg = guard(|| moe_core::ModelConfig::from_json(args::json_object("config", config)?))?;
+        moe_core::memory::check_model(&cfg)?;
+        serde_json::to_value(&cfg).map_err(|e| MoeError::Internal(e.to_string()))
+    })()
+    .map_err(|e| js_error(&env, e))
+}
+
 /// Valid positions per sequence (B) of `numSequences` sequences packed in `numTokens` tokens, with
 /// an optional mask (B, S): exactly what `MoeModel.forward` reports as `validTokens` (position t
 /// predicts token t + 1 and counts when t < S - 1 and the target's mask entry is 1). The trainer
