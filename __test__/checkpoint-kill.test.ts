@@ -46,7 +46,7 @@ const signature = (dir: string) => {
   return `${existsSync(p) ? `${statSync(p).size}:${statSync(p).mtimeMs}` : '-'}|${c ?? '-'}`;
 };
 
-test('100 kills at random moments, inside saves too: every resume succeeds and ends identical to the uninterrupted run', async (t) => {
+test('at least 100 kills at random moments, inside saves too: every resume succeeds and ends identical to the uninterrupted run', async (t) => {
   t.timeout(25 * 60_000);
   const root = mkdtempSync(join(tmpdir(), 'moe-kill-'));
   const cfgFile = join(root, 'config.json');
@@ -92,7 +92,7 @@ test('100 kills at random moments, inside saves too: every resume succeeds and e
       if (end.signal === 'SIGKILL' || end.signal === 'SIGABRT') {
         kills++;
         if (end.signal === 'SIGABRT') failpointAborts++;
-        if (saveInProgress(dir)) insideSave++;
+        else if (saveInProgress(dir)) insideSave++;
         continue;
       }
       if (end.code !== 0) failures.push(`start ${starts} (${resume ? 'resume' : 'new'}): exit ${end.code}: ${stderr.trim().split('\n').pop()}`);
@@ -111,7 +111,7 @@ test('100 kills at random moments, inside saves too: every resume succeeds and e
     rmSync(dir, { recursive: true });
   }
   t.deepEqual(failures, [], 'every start after a kill succeeded');
-  t.log(`${kills} kills (${failpointAborts} by the failpoint inside a save, ${insideSave} with a save in progress), ${resumes} resumes, ${rounds} runs finished, each identical to the uninterrupted run`);
-  t.true(insideSave >= 10, `kills inside saves: ${insideSave}`);
+  t.log(`${kills} kills: ${kills - failpointAborts} SIGKILLs at random moments (${insideSave} of them inside a save), ${failpointAborts} aborts by the failpoint inside a save between two files; ${resumes} resumes, ${rounds} runs finished, each identical to the uninterrupted run`);
+  t.true(insideSave + failpointAborts >= 20, `kills inside saves: ${insideSave} + ${failpointAborts}`);
   rmSync(root, { recursive: true });
 });

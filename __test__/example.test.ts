@@ -35,6 +35,7 @@ test('trainSteps stops with a checkpoint when the loop breaks early', async (t) 
     if (m.step === 4) break;
   }
   t.deepEqual(seen, [0, 1, 2, 3, 4]);
-  t.true(existsSync(join(dir, 'checkpoints', 'step-00000005', 'model.safetensors')));
+  const { latestCheckpoint } = await import('../src/trainer/runfolder.js');
+  t.true(existsSync(join(latestCheckpoint(dir)!, 'model.safetensors')));
   rmSync(dir, { recursive: true });
 });

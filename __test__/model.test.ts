@@ -105,7 +105,7 @@ test('generate continues a prompt, greedy or seeded', async (t) => {
   const a = await m.generate(Uint32Array.of(4), 8, { temperature: 1, topK: 5, seed: 3 });
   t.deepEqual(await m.generate(Uint32Array.of(4), 8, { temperature: 1, topK: 5, seed: 3 }), a);
   await t.throwsAsync(m.generate(Uint32Array.of(99), 2), { code: 'TOKEN_OUT_OF_RANGE' });
-  t.throws(() => m.generate(Uint32Array.of(1), 2, { temprature: 1 } as never), { code: 'INVALID_CONFIG' });
+  await t.throwsAsync(m.generate(Uint32Array.of(1), 2, { temprature: 1 } as never), { code: 'INVALID_CONFIG' });
 });
 
 test('a non-finite forward names the layer and leaves no activations to backpropagate', async (t) => {

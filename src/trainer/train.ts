@@ -243,7 +243,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       const best = bestSoFar();
       const bestCkpt = listCheckpoints(opts.outDir).filter((c) => c.best).pop();
       return {
-        name, config: cfg, domains: data.domains, numExperts: E, topK: K, evals, seconds, stepsDone, machine: machine(),
+        name, config: cfg, domains: data.domains, numExperts: E, topK: K, evals, seconds, stepsDone, interrupted: false, machine: machine(),
         checkpoint: latestCheckpoint(opts.outDir) ?? undefined,
         ...(cfg.train.saveBest && best && bestCkpt ? { best: { checkpoint: bestCkpt.dir, step: bestCkpt.step, metric: cfg.train.bestMetric, value: best.value } } : {}),
         ...extra,
