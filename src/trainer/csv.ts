@@ -1,6 +1,6 @@
 // The metrics as CSV beside metrics.jsonl, for spreadsheets and plotting tools: metrics.csv has a
-// row per step, evals.csv a row per evaluation. (No maintained TensorBoard event writer exists for
-// Node, and the Rust ones are unmaintained; TensorBoard users can convert the CSV.)
+// row per step, evals.csv a row per evaluation. (No maintained TensorBoard event-file writer was
+// found for Node or Rust, so CSV is what plotting tools get.)
 
 import type { EvalRow, StepMetrics } from '../results.js';
 
