@@ -203,7 +203,7 @@ export declare class Tokenizer {
    * `eosToken`: its end-of-text token; absent, the first of <|endoftext|>, </s>,
    * <|end_of_text|>, <eos>, <|im_end|> it has.
    */
-  static fromFile(path: string, eosToken?: string | undefined | null): Tokenizer
+  static fromFile(path: string, eosToken?: string): Tokenizer
   /** Token ids of `text` (no special tokens added). */
   encode(text: string): Uint32Array
   decode(ids: Uint32Array): string

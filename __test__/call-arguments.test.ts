@@ -6,7 +6,7 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { MoeLayer, MoeModel, lrAt, validTokens, type ModelConfig } from '../index.js';
+import { Dataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, lrAt, validTokens, type ModelConfig } from '../index.js';
 import { Balancer, LocalGroup, SOLO, type MicroStats } from '../src/balance/index.js';
 import { NATIVE_ERROR_CODES, TS_ERROR_CODES } from '../src/errors.js';
 
@@ -68,6 +68,17 @@ test('NaN and Infinity in a config or options name the field; wrong types get do
   t.throws(() => new LocalGroup(2).comm(2), { code: 'INVALID_ARGUMENT' });
   const codes = new Set<string>([...NATIVE_ERROR_CODES, ...TS_ERROR_CODES]);
   t.true(codes.has('INVALID_ARGUMENT'));
+});
+
+test('the data entry points check their arguments too', (t) => {
+  t.throws(() => Tokenizer.fromFile(bad(3)), { code: 'INVALID_ARGUMENT', message: /path must be a string/ });
+  const tok = Tokenizer.bytes();
+  t.throws(() => tok.decode(bad([104, 105])), { code: 'INVALID_ARGUMENT', message: /ids must be a Uint32Array/ });
+  t.throws(() => tok.encode(bad(undefined)), { code: 'INVALID_ARGUMENT', message: /text must be a string/ });
+  t.throws(() => Dataset.open(bad(undefined)), { code: 'INVALID_ARGUMENT', message: /dir must be a string/ });
+  t.throws(() => new DatasetPrep(bad({ inputs: ['x'], out: 'y', vocabsize: 300 })), { code: 'INVALID_CONFIG', message: /options\.vocabsize is not an option/ });
+  t.throws(() => new DatasetPrep(bad({ inputs: 'x', out: 'y' })), { code: 'INVALID_CONFIG', message: /options\.inputs must be an array of strings/ });
+  t.throws(() => new DatasetPrep(bad({ inputs: ['x'], out: 'y', tokenizer: 'bpe', vocabSize: 2.5 })), { code: 'INVALID_CONFIG', message: /options\.vocabSize must be an integer/ });
 });
 
 test('async methods reject their Promise for every failure, option errors included', async (t) => {

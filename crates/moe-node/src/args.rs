@@ -121,6 +121,7 @@ macro_rules! typed {
 typed!(u32s, Uint32ArraySlice, u32, sys::TypedarrayType::uint32_array, "Uint32Array");
 typed!(f32s, Float32ArraySlice, f32, sys::TypedarrayType::float32_array, "Float32Array");
 typed!(u8s, Uint8ArraySlice, u8, sys::TypedarrayType::uint8_array, "Uint8Array");
+typed!(f64s, Float64ArraySlice, f64, sys::TypedarrayType::float64_array, "Float64Array");
 
 /// A Float32Array to write into (e.g. `getGrads(out)`).
 pub(crate) fn f32_out(what: &str, v: Unknown) -> R<Float32Array> {
