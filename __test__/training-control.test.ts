@@ -98,6 +98,7 @@ test('the whole config is checked before any data is read; the CLI has --version
   t.false(schema.additionalProperties ?? true);
   t.truthy(schema.properties.model.properties.num_experts_per_tok);
   t.deepEqual(schema.properties.optim.properties.schedule.enum, ['constant', 'linear', 'cosine', 'wsd']);
+  t.notThrows(() => parseTrainConfig({ $schema: './moe-config.schema.json', train: { steps: 3 } }), 'a config may name its schema');
 });
 
 test('settings that silently disable learning or do not do what they say are warned about', async (t) => {

@@ -42,6 +42,8 @@ const BEST_METRIC = /^(?:[^.\s]+\.)?(loss|bitsPerByte|perplexity)$/;
 
 export const trainConfigSchema = z
   .object({
+    /** the JSON Schema this file follows (`moe config schema`), for editors; ignored */
+    $schema: z.string().optional(),
     /** Model overrides on top of DEMO_MODEL (Hugging Face Qwen3MoeConfig names; vocab_size follows the tokenizer). */
     model: modelSectionSchema.default({}),
     data: z

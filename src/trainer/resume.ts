@@ -11,7 +11,7 @@ import { parseTrainConfig, type TrainConfig } from './config.js';
 /** Config fields a resumed run may change. */
 const SAFE = new Set([
   'train.steps', 'train.evalEvery', 'train.evalTokens', 'train.checkpointEvery', 'train.keepLast', 'train.bestMetric',
-  'train.saveBest', 'train.patience', 'train.device', 'train.progress', 'train.onNonFinite',
+  'train.saveBest', 'train.patience', 'train.device', 'train.progress', 'train.onNonFinite', '$schema',
 ]);
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -60,8 +60,9 @@ pub(crate) fn guard<T, E: Coded>(f: impl FnOnce() -> std::result::Result<T, E>) 
 /// A core object shared between its JS wrapper and its tasks, with the order of its calls.
 /// Asynchronous calls run one at a time in the order they were made (each takes a ticket when it
 /// is made, on the JS thread, and waits for its turn on the libuv pool); a synchronous call made
-/// while an asynchronous one is pending fails with `INVALID_STATE`, so it never observes or changes
-/// state under a running call. `dispose` frees the object once the calls made before it are done.
+/// while an asynchronous one is pending — from the call until its Promise settles — fails with
+/// `INVALID_STATE`, so it never observes or changes state under a running call, whatever the
+/// timing. `dispose` frees the object once the calls made before it are done.
 pub(crate) struct Handle<M> {
     obj: Mutex<Option<M>>,
     order: Mutex<Order>,
@@ -110,9 +111,15 @@ impl<M> Handle<M> {
         }
     }
 
+    /// The call of ticket `t` has settled on the JS thread (its Promise resolved or rejected, or it
+    /// never ran): synchronous calls may run again once none is pending.
+    fn settle(&self, t: u64) {
+        order_lock(self).pending.remove(&t);
+    }
+
+    /// Ticket `t` has finished its work (or will never run): the next call may run.
     fn release(&self, t: u64) {
         let mut o = order_lock(self);
-        o.pending.remove(&t);
         if t == o.done {
             o.done += 1;
             loop {
@@ -185,7 +192,10 @@ type Work<M, T> = Box<dyn FnOnce(&mut M) -> moe_core::Result<T> + Send>;
 /// so that an async method reports every failure as a rejected Promise.
 pub struct CoreTask<M: Send, T: Send, J> {
     shared: Option<Shared<M>>,
+    /// the turn of this call, until its work is done
     ticket: Option<u64>,
+    /// the same ticket, until the call settles on the JS thread
+    unsettled: Option<u64>,
     work: std::result::Result<Work<M, T>, Option<MoeError>>,
     convert: fn(T) -> J,
 }
@@ -204,8 +214,8 @@ where
 {
     let queued = checked.and_then(|w| shared.ticket(method).map(|t| (w, t)));
     AsyncTask::new(match queued {
-        Ok((w, t)) => CoreTask { shared: Some(shared.clone()), ticket: Some(t), work: Ok(Box::new(w)), convert },
-        Err(e) => CoreTask { shared: None, ticket: None, work: Err(Some(e)), convert },
+        Ok((w, t)) => CoreTask { shared: Some(shared.clone()), ticket: Some(t), unsettled: Some(t), work: Ok(Box::new(w)), convert },
+        Err(e) => CoreTask { shared: None, ticket: None, unsettled: None, work: Err(Some(e)), convert },
     })
 }
 
@@ -227,6 +237,9 @@ impl<M: Send, T: Send + 'static, J: ToNapiValue + TypeName> Task for CoreTask<M,
         }
     }
     fn resolve(&mut self, env: Env, out: Self::Output) -> Result<J> {
+        if let (Some(shared), Some(t)) = (&self.shared, self.unsettled.take()) {
+            shared.settle(t);
+        }
         out.map(self.convert).map_err(|e| js_error(&env, e))
     }
 }
@@ -234,8 +247,13 @@ impl<M: Send, T: Send + 'static, J: ToNapiValue + TypeName> Task for CoreTask<M,
 impl<M: Send, T: Send, J> Drop for CoreTask<M, T, J> {
     fn drop(&mut self) {
         // A task that never ran must not hold up the calls made after it.
-        if let (Some(shared), Some(t)) = (&self.shared, self.ticket.take()) {
-            shared.release(t);
+        if let Some(shared) = &self.shared {
+            if let Some(t) = self.ticket.take() {
+                shared.release(t);
+            }
+            if let Some(t) = self.unsettled.take() {
+                shared.settle(t);
+            }
         }
     }
 }
