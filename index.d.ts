@@ -39,6 +39,7 @@ export declare class DatasetPrep {
  * A standalone MoE layer (router + dropless SwiGLU experts) on the CPU or the GPU. Parameters and gradients
  * are addressed by their Hugging Face names: `gate.weight` [E, d],
  * `experts.{e}.gate_proj.weight` / `up_proj.weight` [F, d], `experts.{e}.down_proj.weight` [d, F].
+ * Calls run in the order they are made, as on `MoeModel`.
  */
 export declare class MoeLayer {
   /**
@@ -51,10 +52,11 @@ export declare class MoeLayer {
    * Forward on `numSequences` equal-length sequences packed in x (T, hidden_size). Resolves to the
    * output and per-sequence routing statistics. With `store: false` it keeps no activations.
    */
-  forward(x: Float32Array, numSequences: number, options?: ForwardOptions | undefined | null): Promise<ForwardResult>
+  forward(x: Float32Array, numSequences: number, options?: ForwardOptions): Promise<ForwardResult>
   /**
    * Backward of the last stored forward: dOut (T, hidden_size), pressure (B, E), zScale = beta/T_glob.
-   * Accumulates parameter gradients; resolves to dx (T, hidden_size).
+   * Accumulates parameter gradients; resolves to dx (T, hidden_size). A stored forward serves one
+   * backward: a second one fails with INVALID_STATE.
    */
   backward(dOut: Float32Array, pressure: Float32Array, zScale: number): Promise<Float32Array>
   /** Where it runs: "gpu" or "cpu". */
@@ -84,46 +86,64 @@ export declare class MoeLayer {
    * All gradients as one flat array in parameter order (read, all-reduce, write back);
    * copied into `out` when given, a buffer reused from step to step.
    */
-  getGrads(out?: Float32Array | undefined | null): Float32Array
+  getGrads(out?: Float32Array): Float32Array
   /** Replaces all gradients (e.g. with their all-reduced sum). */
   setGrads(data: Float32Array): void
   zeroGrad(): void
   /**
    * One AdamW step on the accumulated gradients (see AdamWOptions); resolves to the
-   * gradient norm before clipping.
+   * gradient norm before clipping. Bad options reject the Promise (INVALID_CONFIG).
    */
   step(options: AdamWOptions): Promise<number>
-  /** Frees the memory now; any later call fails with INVALID_STATE. */
+  /**
+   * Frees the memory once the calls made before are done; any later call fails with
+   * INVALID_STATE.
+   */
   dispose(): void
 }
 
 /**
  * A Qwen3-MoE causal language model on the CPU or the GPU. Parameters use the Hugging Face names
  * (`model.layers.{l}.mlp.experts.{e}.up_proj.weight`, ...); checkpoints load in transformers.
+ *
+ * Calls on one model run in the order they are made: asynchronous ones queue behind each other,
+ * and a synchronous one made while an asynchronous one is pending fails with `INVALID_STATE`
+ * (await first). Arguments are checked before anything runs (`INVALID_ARGUMENT`,
+ * `INVALID_CONFIG` for option fields, naming them); asynchronous methods report every failure as
+ * a rejected Promise. The native memory is reported to V8, so a dropped model is collected.
  */
 export declare class MoeModel {
   /** A freshly initialised model (seeded by `config.seed`) on `options.device`. */
   constructor(config: ModelConfig, options?: DeviceOptions)
-  /** A model read from a checkpoint folder (config.json + model.safetensors [+ training state]). */
+  /**
+   * A model read from a checkpoint folder (config.json + model.safetensors [+ training state]),
+   * every file checked against the folder's checksums.
+   */
   static fromCheckpoint(dir: string, options?: DeviceOptions): Promise<MoeModel>
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
   /** Optimiser steps taken (restored by checkpoints). */
   get optimizerStep(): number
   /**
-   * Forward on tokens (B, S) with B = numSequences: the loss and the per-layer, per-sequence
-   * routing statistics. `store: false` keeps no activations (evaluation, statistics pre-pass).
+   * Forward on tokens (B, S) with B = numSequences: the summed loss and the per-layer,
+   * per-sequence routing statistics. `store: false` keeps no activations (evaluation,
+   * statistics pre-pass).
    */
-  forward(tokens: Uint32Array, numSequences: number, options?: ModelForwardOptions | undefined | null): Promise<ModelForwardResult>
+  forward(tokens: Uint32Array, numSequences: number, options?: ModelForwardOptions): Promise<ModelForwardResult>
   /** Logits (B*S, vocab_size) of every position; stores nothing. */
   logits(tokens: Uint32Array, numSequences: number): Promise<Float32Array>
-  /** Backward of the last stored forward with router pressure (L, B, E); accumulates gradients. */
+  /**
+   * Backward of the last stored forward with router pressure (L, B, E); accumulates gradients.
+   * A stored forward serves one backward: a second one fails with INVALID_STATE.
+   */
   backward(pressure: Float32Array, scales: BackwardScales): Promise<void>
   /**
-   * Writes config.json + model.safetensors into `dir`; with `trainerState` (JSON) also the
-   * optimiser state: a training checkpoint. Every file is replaced atomically.
+   * Writes the checkpoint folder `dir`: config.json + model.safetensors; with `trainerState`
+   * (JSON) also the optimiser state (a training checkpoint); with `files` (name → text) those
+   * files too. The folder is written whole beside `dir` and switched in atomically, with a
+   * sha256 per file in `moe_checkpoint.json`: a reader sees the previous save or this one.
    */
-  save(dir: string, trainerState?: string | undefined | null): Promise<void>
+  save(dir: string, trainerState?: string | null, files?: Record<string, string>): Promise<void>
   /**
    * Loads a checkpoint of the same architecture into this model (optimiser included when the
    * checkpoint has it); resolves to the saved trainer state. On error nothing changes.
@@ -158,16 +178,19 @@ export declare class MoeModel {
    * All gradients as one flat array in parameter order (read, all-reduce, write back);
    * copied into `out` when given, a buffer reused from step to step.
    */
-  getGrads(out?: Float32Array | undefined | null): Float32Array
+  getGrads(out?: Float32Array): Float32Array
   /** Replaces all gradients (e.g. with their all-reduced sum). */
   setGrads(data: Float32Array): void
   zeroGrad(): void
   /**
    * One AdamW step on the accumulated gradients (see AdamWOptions); resolves to the
-   * gradient norm before clipping.
+   * gradient norm before clipping. Bad options reject the Promise (INVALID_CONFIG).
    */
   step(options: AdamWOptions): Promise<number>
-  /** Frees the memory now; any later call fails with INVALID_STATE. */
+  /**
+   * Frees the memory once the calls made before are done; any later call fails with
+   * INVALID_STATE.
+   */
   dispose(): void
 }
 
@@ -180,7 +203,7 @@ export declare class Tokenizer {
    * `eosToken`: its end-of-text token; absent, the first of <|endoftext|>, </s>,
    * <|end_of_text|>, <eos>, <|im_end|> it has.
    */
-  static fromFile(path: string, eosToken?: string | undefined | null): Tokenizer
+  static fromFile(path: string, eosToken?: string): Tokenizer
   /** Token ids of `text` (no special tokens added). */
   encode(text: string): Uint32Array
   decode(ids: Uint32Array): string
@@ -208,7 +231,7 @@ export interface AdamWOptions {
   eps?: number
   weightDecay?: number
   maxGradNorm?: number
-  /** warm-up then cosine decay of lr to minLr, by the optimiser's own step count */
+  /** the learning rate by step, counted by the optimiser's own step count (see LrSchedule) */
   schedule?: LrSchedule
 }
 
@@ -218,6 +241,12 @@ export interface BackwardScales {
   /** beta / T_glob of the router z-loss (default 0) */
   zScale?: number
 }
+
+/**
+ * Checks a model configuration as `new MoeModel` does — every field, their relations, the memory
+ * its parameters would need — without allocating the model; returns it with defaults filled in.
+ */
+export declare function checkModelConfig(config: ModelConfig): Required<ModelConfig>
 
 /** Type-only mirror of `moe_data::Manifest` (manifest.json of a dataset). */
 export interface DatasetManifest {
@@ -260,14 +289,24 @@ export interface GenerateOptions {
 
 /**
  * The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
- * own warm-up + cosine schedule, so that logs never re-derive it.
+ * own schedule (see LrSchedule), so that logs never re-derive it.
  */
 export declare function lrAt(options: AdamWOptions, step: number): number
 
+/**
+ * lr(t) for optimiser step t (1-based). Every kind warms up linearly over `warmupSteps`; then,
+ * with p = (t - warmupSteps) / (totalSteps - warmupSteps) clamped to [0, 1]: `constant` keeps lr,
+ * `linear` goes from lr to minLr, `cosine` (the default) follows minLr + (lr - minLr)(1 + cos πp)/2,
+ * `wsd` (warm-up, stable, decay) keeps lr until the last `decaySteps` (default totalSteps / 5) and
+ * then goes linearly to minLr. Past totalSteps each stays at its final value.
+ */
 export interface LrSchedule {
+  kind?: 'constant' | 'linear' | 'cosine' | 'wsd'
   warmupSteps: number
   totalSteps: number
   minLr?: number
+  /** `wsd` only: steps of the final decay */
+  decaySteps?: number
 }
 
 /** Type-only mirror of `moe_core::ModelConfig`: Hugging Face Qwen3MoeConfig field names. */
@@ -297,11 +336,17 @@ export interface ModelForwardOptions {
   store?: boolean
 }
 
-/** Per layer and per sequence routing statistics of one forward, and its loss (DESIGN §3). */
+/**
+ * Per layer and per sequence routing statistics of one forward, and its loss (DESIGN §3).
+ * Sums are over valid positions; divide by `validTokens` for means.
+ */
 export interface ModelForwardResult {
-  /** summed cross-entropy (nats) over valid positions */
-  loss: number
-  /** (B) summed cross-entropy per sequence */
+  /**
+   * cross-entropy summed over every valid position, in nats (not a mean: divide by the sum of
+   * `validTokens` for the mean per token)
+   */
+  lossSum: number
+  /** (B) cross-entropy summed over each sequence's valid positions, in nats */
   lossSums: Float32Array
   /** (B) valid positions per sequence */
   validTokens: Float32Array
@@ -393,4 +438,4 @@ export interface RoutingStats {
  * predicts token t + 1 and counts when t < S - 1 and the target's mask entry is 1). The trainer
  * sums it into T_glob before a step's first forward.
  */
-export declare function validTokens(numTokens: number, numSequences: number, mask?: Uint8Array | undefined | null): Float32Array
+export declare function validTokens(numTokens: number, numSequences: number, mask?: Uint8Array): Float32Array

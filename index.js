@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { Dataset, JsDataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, JsTokenizer, lrAt, validTokens } = nativeBinding
+const { Dataset, JsDataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, JsTokenizer, checkModelConfig, lrAt, validTokens } = nativeBinding
 export { Dataset }
 export { JsDataset }
 export { DatasetPrep }
@@ -781,6 +781,7 @@ export { MoeLayer }
 export { MoeModel }
 export { Tokenizer }
 export { JsTokenizer }
+export { checkModelConfig }
 export { lrAt }
 export { validTokens }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -14,6 +14,7 @@ test('the README example is examples/train.ts and runs', (t) => {
   t.regex(r.stdout, /^step 0: loss \d/m);
   t.regex(r.stdout, /^legal: \d+\.\d+ bits\/byte$/m);
   t.regex(r.stdout, /^layer 1: MI\(domain; expert\) = /m);
+  t.regex(r.stdout, /^eval at step 30: \d+\.\d+ bits\/byte$/m, 'the evaluation arrives as an event of trainSteps');
 });
 
 test('trainSteps stops with a checkpoint when the loop breaks early', async (t) => {
@@ -34,6 +35,7 @@ test('trainSteps stops with a checkpoint when the loop breaks early', async (t) 
     if (m.step === 4) break;
   }
   t.deepEqual(seen, [0, 1, 2, 3, 4]);
-  t.true(existsSync(join(dir, 'checkpoint', 'model.safetensors')));
+  const { latestCheckpoint } = await import('../src/trainer/runfolder.js');
+  t.true(existsSync(join(latestCheckpoint(dir)!, 'model.safetensors')));
   rmSync(dir, { recursive: true });
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { EMBEDDED_CORPUS, resolveDataset } from '../src/data/dataset.js';
 import { DataPipeline } from '../src/data/pipeline.js';
 import type { StepMetrics } from '../src/results.js';
+import { latestCheckpoint, readMetricsRows } from '../src/trainer/runfolder.js';
 import { train } from '../src/trainer/train.js';
 
 /** The committed slice's documents per domain and split, read from its files and manifest. */
@@ -67,7 +68,7 @@ const tiny = (out: string, steps: number) => ({
   out,
 });
 
-const losses = (dir: string) => readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
+const losses = (dir: string) => readMetricsRows(join(dir, 'metrics.jsonl')).filter((r): r is StepMetrics => r.kind === 'step');
 
 test('a tiny run learns, logs every metric, and evaluates every domain', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'moe-run-'));
@@ -108,7 +109,7 @@ test('an interrupted run resumes to exactly the straight run', async (t) => {
   t.false(resumed.interrupted);
   t.deepEqual(losses(b).map((m) => m.loss), losses(a).map((m) => m.loss));
   t.deepEqual(resumed.evals, straight.evals);
-  t.deepEqual(readFileSync(join(b, 'checkpoint', 'model.safetensors')).subarray(-4096), readFileSync(join(a, 'checkpoint', 'model.safetensors')).subarray(-4096));
+  t.deepEqual(readFileSync(join(latestCheckpoint(b)!, 'model.safetensors')).subarray(-4096), readFileSync(join(latestCheckpoint(a)!, 'model.safetensors')).subarray(-4096));
   rmSync(a, { recursive: true });
   rmSync(b, { recursive: true });
 });
@@ -122,7 +123,7 @@ test('the CLI answers bad input with one line and status 2', (t) => {
     [['train', '--config', 'no-such-file.json'], /^moe: error \[INVALID_CONFIG\]: no-such-file\.json/],
     [['train', '--bogus'], /error: unknown option '--bogus'/],
     [['frobnicate'], /error: unknown command 'frobnicate'/],
-    [['eval', 'no-such-run'], /^moe: error \[CHECKPOINT_CORRUPT\]/],
+    [['eval', 'no-such-run'], /^moe: error \[CHECKPOINT_MISSING\]/],
     [['compare', '--runs', 'micro,nonsense', '--steps', '1'], /^moe: error \[INVALID_CONFIG\]: unknown run "nonsense"/],
     [['train', '--corpus', 'no-such-corpus', '--no-progress'], /^moe: error \[CORPUS_MISSING\]/],
   ];
@@ -147,13 +148,13 @@ test('SIGTERM stops `moe train` after the current step and saves a checkpoint', 
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   const metrics = join(dir, 'metrics.jsonl');
-  while (!(existsSync(metrics) && readFileSync(metrics, 'utf8').split('\n').length > 3)) await new Promise((r) => setTimeout(r, 100));
+  while (!(existsSync(metrics) && losses(dir).length > 2)) await new Promise((r) => setTimeout(r, 100));
   child.kill('SIGTERM');
   const code = await new Promise((r) => child.on('exit', r));
   t.is(code, 0, stderr);
   const m = /interrupted at step (\d+); checkpoint saved/.exec(stderr);
   t.truthy(m, stderr);
-  t.true(existsSync(join(dir, 'checkpoint', 'training_state.safetensors')));
+  t.true(existsSync(join(latestCheckpoint(dir)!, 'training_state.safetensors')));
   t.is(losses(dir).length, Number(m![1]));
   rmSync(dir, { recursive: true });
 });

@@ -93,7 +93,7 @@ if (spawnSync('mpirun', ['--version']).status === 0 && existsSync('mpi/moe-train
   const t = spawnSync('mpirun', ['-np', '2', process.execPath, 'dist/cli.js', 'train', '--comm', 'mpi', '--no-progress', '--out', dir, '--steps', '12', '--set', 'data.tokenizer={"kind":"byte"}', '--set', 'train.evalTokens=128'], { env: mpiEnv, encoding: 'utf8' });
   if (t.status === 0) {
     const { readFileSync, rmSync } = await import('node:fs');
-    const ms = readFileSync(`${dir}/metrics.jsonl`, 'utf8').trim().split('\n').slice(2).map((l) => JSON.parse(l).stepMs as number).sort((a, b) => a - b);
+    const ms = readFileSync(`${dir}/metrics.jsonl`, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.kind === 'step').slice(2).map((r) => r.stepMs as number).sort((a, b) => a - b);
     mpiStepMs = ms[ms.length >> 1];
     rmSync(dir, { recursive: true });
   }

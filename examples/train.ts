@@ -11,11 +11,13 @@ const config: TrainConfigInput = {
   train: { steps: 30, evalEvery: 30, evalTokens: 2048, progress: false },
 };
 
-const steps = trainSteps(config, { outDir: 'runs/example' });
+// `force`: this script may run again into the same folder; a run folder is otherwise never replaced.
+const steps = trainSteps(config, { outDir: 'runs/example', force: true });
 let next = await steps.next();
 while (!next.done) {
-  const m = next.value;
-  if (m.step % 10 === 0) console.log(`step ${m.step}: loss ${m.loss.toFixed(3)}, LBL global ${m.lblGlobal[0].toFixed(3)}`);
+  const e = next.value; // a step's metrics, or an evaluation as it happens
+  if (e.kind === 'step' && e.step % 10 === 0) console.log(`step ${e.step}: loss ${e.loss.toFixed(3)}, LBL global ${e.lblGlobal[0].toFixed(3)}`);
+  if (e.kind === 'eval') console.log(`eval at step ${e.step}: ${e.mean.bitsPerByte.toFixed(3)} bits/byte`);
   next = await steps.next();
 }
 const run = next.value; // the RunResult: evaluations per domain and per layer
@@ -23,6 +25,6 @@ const last = run.evals[run.evals.length - 1];
 for (const [domain, e] of Object.entries(last.perDomain)) console.log(`${domain}: ${e.bitsPerByte.toFixed(3)} bits/byte`);
 last.layers.forEach((l, i) => console.log(`layer ${i}: MI(domain; expert) = ${l.mutualInformation.toFixed(3)} bits`));
 
-const model = await MoeModel.fromCheckpoint('runs/example/checkpoint');
+const model = await MoeModel.fromCheckpoint(run.checkpoint!); // runs/example/checkpoints/step-00000030
 const prompt = Uint32Array.from(Buffer.from('The '));
 console.log('The ' + Buffer.from(await model.generate(prompt, 40, { temperature: 0.8, seed: 1 })).toString('latin1'));

@@ -14,7 +14,7 @@ for (const s of seeds) {
     const dir = join(root, s, v);
     if (!existsSync(join(dir, 'result.json'))) continue;
     const result = JSON.parse(readFileSync(join(dir, 'result.json'), 'utf8')) as RunResult;
-    const lines = readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n');
+    const lines = readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').filter((l) => !l.includes('"kind":"eval"'));
     const list = byVariant.get(result.name) ?? [];
     list.push({ result, last: JSON.parse(lines[lines.length - 1]) });
     byVariant.set(result.name, list);

@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// The `moe` command line: train, eval, compare, report, sample, corpus build. Every failure prints
-// one line (`moe: error [CODE]: message`) and exits with status 2; no stack traces for bad input.
+// The `moe` command line: train, eval, compare, report, sample, data, corpus build, config schema.
+// Every failure prints one line (`moe: error [CODE]: message`) and exits with status 2; no stack
+// traces for bad input.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
+import { z } from 'zod';
 import { Dataset, MoeModel, Tokenizer, type DatasetManifest } from '../index.js';
 import { MoeTrainerError } from './errors.js';
 import { MpiCommunicator } from './balance/mpi.js';
@@ -14,15 +16,25 @@ import { prepareDataset } from './data/dataset.js';
 import { DataPipeline } from './data/pipeline.js';
 import { writeReport } from './report/write.js';
 import type { RunResult } from './results.js';
-import { datasetOf, parseTrainConfig } from './trainer/config.js';
+import { datasetOf, parseTrainConfig, trainConfigSchema } from './trainer/config.js';
 import { evaluate } from './trainer/evaluate.js';
+import { checkpointOf } from './trainer/runfolder.js';
 import { train } from './trainer/train.js';
+
+/** Keys that would reach an object's prototype instead of a config field. */
+const FORBIDDEN = new Set(['__proto__', 'constructor', 'prototype']);
 
 /** Sets `a.b.c = value` in a nested object; the value is parsed as JSON when it is JSON. */
 function setPath(obj: Record<string, unknown>, path: string, raw: string): void {
   const keys = path.split('.');
+  if (keys.some((k) => k === '' || FORBIDDEN.has(k))) throw new MoeTrainerError('INVALID_CONFIG', `--set ${path}: not a config field`);
   let at = obj;
-  for (const k of keys.slice(0, -1)) at = (at[k] ??= {}) as Record<string, unknown>;
+  for (const [i, k] of keys.slice(0, -1).entries()) {
+    if (!Object.hasOwn(at, k)) at[k] = {};
+    const next = at[k];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) throw new MoeTrainerError('INVALID_CONFIG', `--set ${path}: ${keys.slice(0, i + 1).join('.')} is not a section`);
+    at = next as Record<string, unknown>;
+  }
   let value: unknown = raw;
   try {
     value = JSON.parse(raw);
@@ -51,6 +63,7 @@ function configFrom(o: ConfigFlags): Record<string, unknown> {
     } catch (e) {
       throw new MoeTrainerError('INVALID_CONFIG', `${o.config}: ${(e as Error).message}`);
     }
+    if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new MoeTrainerError('INVALID_CONFIG', `${o.config}: a config is a JSON object`);
   }
   for (const s of o.set) {
     const eq = s.indexOf('=');
@@ -90,6 +103,22 @@ function stopSignal(): AbortSignal {
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
+/** An integer flag value in [min, max]: "abc", 2.5 or 0 (below min) fail instead of running on NaN. */
+function intFlag(flag: string, v: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new MoeTrainerError('INVALID_ARGUMENT', `${flag} expects an integer in [${min}, ${max}], got "${v}"`);
+  return n;
+}
+
+/** A finite number flag value in [min, max]. */
+function numFlag(flag: string, v: string, min: number, max = Number.MAX_VALUE): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new MoeTrainerError('INVALID_ARGUMENT', `${flag} expects a number in [${min}, ${max}], got "${v}"`);
+  return n;
+}
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
 /** A dataset as a table: documents and tokens per domain and split. */
 function datasetSummary(dir: string, m: DatasetManifest): string {
   const t = m.tokenizer;
@@ -107,16 +136,19 @@ function readResult(dir: string): RunResult {
 
 const program = new Command('moe')
   .description('Train Mixture-of-Experts language models with the load-balancing scope of your choice')
+  .version(VERSION, '-V, --version', 'the version of moe-trainer')
   .showHelpAfterError('(add --help for usage)')
   .exitOverride();
 
 configOptions(program.command('train').description('train one model'))
   .option('--scope <scope>', 'balance scope of a single LBL term: sequence | micro | dp | global | global-exact')
   .option('--coef <alpha>', 'coefficient of that term (LBL = 1 at perfect balance)')
-  .option('-o, --out <dir>', 'run folder (metrics.jsonl, result.json, checkpoint/)', 'runs/train')
-  .option('--resume', 'continue the run in --out from its checkpoint')
+  .option('-o, --out <dir>', 'run folder (metrics.jsonl, metrics.csv, evals.csv, result.json, checkpoints/)', 'runs/train')
+  .option('--resume', 'continue the run in --out from its latest checkpoint; --steps N extends it, --set/--config may change only evaluation, checkpoint and device settings')
+  .option('--force', 'start a new run in --out even though it holds one (its files are removed)')
   .addOption(new Option('--comm <kind>', 'data-parallel ranks: virtual ranks in this process, or one process per rank under mpirun').choices(['local', 'mpi']).default('local'))
-  .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean; comm: 'local' | 'mpi' }) => {
+  .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean; force?: boolean; comm: 'local' | 'mpi' }) => {
+    if (o.resume && o.force) throw new MoeTrainerError('INVALID_ARGUMENT', '--resume and --force exclude each other');
     const cfg = configFrom(o);
     if (o.scope !== undefined || o.coef !== undefined) {
       const base = parseTrainConfig(cfg).balance;
@@ -125,7 +157,7 @@ configOptions(program.command('train').description('train one model'))
     const comm = o.comm === 'mpi' ? await MpiCommunicator.create() : undefined;
     let r;
     try {
-      r = await train(cfg, { outDir: o.out, resume: o.resume, signal: stopSignal(), log: comm && comm.rank > 0 ? undefined : log, comm });
+      r = await train(cfg, { outDir: o.out, resume: o.resume, force: o.force, signal: stopSignal(), log: comm && comm.rank > 0 ? undefined : log, comm });
     } catch (e) {
       comm?.abort(e as Error); // the other processes must not wait for this one
       throw e;
@@ -134,16 +166,18 @@ configOptions(program.command('train').description('train one model'))
     if (comm && comm.rank > 0) return;
     if (r.interrupted) log(`interrupted at step ${r.stepsDone}; checkpoint saved. Resume with: moe train --resume --out ${o.out}${comm ? ' --comm mpi' : ''}`);
     else console.log(comparisonTable([r]));
+    if (r.earlyStopped) log(`stopped early at step ${r.stepsDone} (train.patience)`);
   });
 
 program
   .command('eval')
   .description("evaluate a run's checkpoint per domain (bits per byte, perplexity, specialisation)")
-  .argument('<run>', 'run folder')
+  .argument('<run>', 'run folder (its latest checkpoint) or a checkpoint folder')
   .addOption(new Option('--split <split>', 'held-out split').choices(['validation', 'test']).default('test'))
   .option('--tokens <n>', 'predicted tokens per domain', '32768')
   .action(async (run: string, o: { split: 'validation' | 'test'; tokens: string }) => {
-    const ckpt = join(run, 'checkpoint');
+    const tokens = intFlag('--tokens', o.tokens, 1);
+    const ckpt = checkpointOf(run);
     const model = await MoeModel.fromCheckpoint(ckpt);
     const state = JSON.parse(model.trainerState ?? 'null');
     if (!state) throw new MoeTrainerError('CHECKPOINT_CORRUPT', `${ckpt}: no trainer state`);
@@ -151,7 +185,7 @@ program
     const { dataset, tokenizer } = await datasetOf(cfg, { log });
     const weights = cfg.data.weights ?? Object.fromEntries(dataset.manifest.domains.map((d) => [d.name, 1]));
     const data = new DataPipeline(dataset, tokenizer, { seqLen: cfg.data.seqLen, microBatch: cfg.batch.microBatch, ranks: 1, accumSteps: 1, weights, mixedMicroBatches: false, seed: cfg.train.seed });
-    const e = await evaluate(model, data, o.split, Number(o.tokens), state.step);
+    const e = await evaluate(model, data, o.split, tokens, state.step);
     const runLike: RunResult = { name: run, config: cfg, domains: data.domains, numExperts: model.config.num_experts, topK: model.config.num_experts_per_tok, evals: [e], seconds: state.seconds, stepsDone: state.step, machine: '' };
     console.log(`${o.split} split:`);
     console.log(comparisonTable([runLike]));
@@ -162,8 +196,9 @@ configOptions(program.command('compare').description('train several balance conf
   .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global, free-<scope> (auxiliary-loss-free)', 'micro,global')
   .option('-o, --out <dir>', 'folder for the run folders', 'runs/compare')
   .option('--report <file>', 'also write the HTML report here')
-  .action(async (o: ConfigFlags & { runs: string; out: string; report?: string }) => {
-    const { runs, dirs } = await compare(configFrom(o), o.runs.split(',').map((s) => s.trim()).filter(Boolean), o.out, { signal: stopSignal(), log });
+  .option('--force', 'replace run folders of an earlier comparison in --out')
+  .action(async (o: ConfigFlags & { runs: string; out: string; report?: string; force?: boolean }) => {
+    const { runs, dirs } = await compare(configFrom(o), o.runs.split(',').map((s) => s.trim()).filter(Boolean), o.out, { signal: stopSignal(), log, force: o.force });
     console.log('\n' + comparisonTable(runs));
     if (o.report) {
       await writeReport(dirs, o.report, { title: `moe compare: ${o.runs}` });
@@ -186,19 +221,23 @@ program
 program
   .command('sample')
   .description("generate text from a run's checkpoint")
-  .argument('<run>', 'run folder (or a checkpoint folder)')
+  .argument('<run>', 'run folder (its latest checkpoint) or a checkpoint folder')
   .option('-p, --prompt <text>', 'prompt', 'The ')
   .option('-n, --tokens <n>', 'new tokens', '200')
   .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', '0.8')
   .option('-k, --top-k <k>', 'sample among the k most likely tokens', '40')
   .option('--seed <n>', 'sampling seed', '0')
   .action(async (run: string, o: { prompt: string; tokens: string; temperature: string; topK: string; seed: string }) => {
-    const ckpt = existsSync(join(run, 'checkpoint')) ? join(run, 'checkpoint') : run;
+    const n = intFlag('--tokens', o.tokens, 1);
+    const options = { temperature: numFlag('--temperature', o.temperature, 0), topK: intFlag('--top-k', o.topK, 1, 2 ** 32 - 1), seed: intFlag('--seed', o.seed, 0) };
+    const ckpt = checkpointOf(run);
+    if (!existsSync(join(ckpt, 'tokenizer.json'))) throw new MoeTrainerError('CHECKPOINT_MISSING', `${ckpt} has no tokenizer.json: moe sample needs a checkpoint written by moe train`);
     const model = await MoeModel.fromCheckpoint(ckpt);
     const tokenizer = Tokenizer.fromFile(ckpt);
     const prompt = tokenizer.encode(o.prompt);
     const room = model.config.max_position_embeddings - prompt.length;
-    const out = await model.generate(prompt, Math.min(Number(o.tokens), room), { temperature: Number(o.temperature), topK: Number(o.topK), seed: Number(o.seed) });
+    if (room < 1) throw new MoeTrainerError('INVALID_ARGUMENT', `--prompt: ${prompt.length} tokens leave no room in max_position_embeddings ${model.config.max_position_embeddings}`);
+    const out = await model.generate(prompt, Math.min(n, room), options);
     console.log(o.prompt + tokenizer.decode(out));
     model.dispose();
   });
@@ -252,6 +291,19 @@ data
   .action((dir: string) => {
     Dataset.open(dir).verify();
     console.log(`${dir}: every file matches its manifest checksum`);
+  });
+
+program
+  .command('config')
+  .description('the training config')
+  .command('schema')
+  .description('write the JSON Schema of training configs (for editor completion and checking)')
+  .option('-o, --out <file>', 'write it here instead of stdout')
+  .action((o: { out?: string }) => {
+    const schema = z.toJSONSchema(trainConfigSchema, { io: 'input', unrepresentable: 'any' });
+    const text = JSON.stringify({ ...schema, title: 'moe-trainer training config' }, null, 2) + '\n';
+    if (o.out) writeFileSync(o.out, text);
+    else process.stdout.write(text);
   });
 
 program

@@ -5,6 +5,7 @@
 /** Codes of the native crates (`MoeError` in crates/moe-core/src/error.rs, `DataError` in crates/moe-data/src/error.rs). */
 export const NATIVE_ERROR_CODES = [
   'INVALID_CONFIG',
+  'INVALID_ARGUMENT',
   'SHAPE_MISMATCH',
   'NON_FINITE',
   'TOKEN_OUT_OF_RANGE',
@@ -31,6 +32,9 @@ export const TS_ERROR_CODES = [
   'BALANCE_STATE',
   'CORPUS_FETCH',
   'RUN_NOT_FOUND',
+  'RUN_EXISTS',
+  'RUN_LOCKED',
+  'RESUME_CONFLICT',
   'RUN_INCOMPLETE',
   'NO_RUNS',
   'MPI_UNAVAILABLE',

@@ -2,7 +2,7 @@
 // here as functions: models and layers (native), the balance engine, the trainer loop (a Promise,
 // a callback per step, or an async iterator), evaluation, metrics, data, tokenizers, reports.
 
-export { Dataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, validTokens } from '../index.js';
+export { checkModelConfig, Dataset, DatasetPrep, lrAt, MoeLayer, MoeModel, Tokenizer, validTokens } from '../index.js';
 export type {
   AdamWOptions, BackwardScales, DatasetManifest, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule,
   ModelConfig, ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, PrepareOptions, PrepareProgress,
@@ -18,8 +18,9 @@ export { imbalance, jsDivergence, maxOverUniform, mutualInformation, selectionFr
 export { BYTE_VOCAB, DEMO_MODEL } from './presets.js';
 export { renderReport, type RunData } from './report/render.js';
 export { writeReport } from './report/write.js';
-export type { DomainEval, EvalResult, LayerSpecialisation, RunResult, StepMetrics } from './results.js';
-export { datasetOf, parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
+export type { DomainEval, EvalResult, EvalRow, LayerSpecialisation, MetricsRow, RunResult, StepMetrics } from './results.js';
+export { configWarnings, datasetOf, modelSectionSchema, parseTrainConfig, trainConfigSchema, type TrainConfig, type TrainConfigInput } from './trainer/config.js';
+export { checkpointOf, latestCheckpoint, listCheckpoints, readMetricsRows, type CheckpointEntry } from './trainer/runfolder.js';
 export { evaluate } from './trainer/evaluate.js';
 export { trainSteps } from './trainer/steps.js';
-export { train, type RunOptions } from './trainer/train.js';
+export { metricOf, train, type RunOptions } from './trainer/train.js';

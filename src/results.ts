@@ -1,9 +1,12 @@
 // The data a training run leaves behind, shared by the trainer (writer), `moe compare` and
-// `moe report` (readers). A run folder holds `result.json` (RunResult) and `metrics.jsonl`
-// (one StepMetrics per line).
+// `moe report` (readers). A run folder holds `result.json` (RunResult), `metrics.jsonl` (one
+// JSON object per line: a StepMetrics row per step, `kind: "step"`, and an EvalRow per evaluation,
+// `kind: "eval"`), `metrics.csv` (the step rows as a table) and `checkpoints/`.
 
 /** Per-step training metrics (DESIGN §7), one JSON object per line of metrics.jsonl. */
 export interface StepMetrics {
+  kind: 'step';
+  /** the step's index, 0-based (the optimiser step it took is step + 1) */
   step: number;
   /** mean cross-entropy per valid token (nats) */
   loss: number;
@@ -17,11 +20,25 @@ export interface StepMetrics {
   globalImbalance: number[];
   /** per layer: mean over micro-batches of max/mean - 1 of their expert counts */
   microImbalance: number[];
+  /** L2 norm of the whole gradient before clipping */
   gradNorm: number;
+  /** the learning rate this step applied (the core's schedule) */
   lr: number;
+  /** valid tokens of the global batch per second of step time */
   tokensPerSec: number;
+  /** wall-clock milliseconds of the step */
   stepMs: number;
 }
+
+/** One evaluation as logged live: a row of metrics.jsonl, an `onEval` call, an event of `trainSteps`. */
+export interface EvalRow extends EvalResult {
+  kind: 'eval';
+  /** the split evaluated */
+  split: 'validation';
+}
+
+/** A line of metrics.jsonl. */
+export type MetricsRow = StepMetrics | EvalRow;
 
 /** Held-out figures of one domain. */
 export interface DomainEval {
@@ -48,6 +65,7 @@ export interface LayerSpecialisation {
 }
 
 export interface EvalResult {
+  /** optimiser steps taken when it was evaluated */
   step: number;
   perDomain: Record<string, DomainEval>;
   /** token-weighted over domains */
@@ -72,5 +90,11 @@ export interface RunResult {
   stepsDone: number;
   /** stopped early by SIGINT/SIGTERM (a checkpoint was saved) */
   interrupted?: boolean;
+  /** stopped early because the chosen validation metric did not improve for `train.patience` evaluations */
+  earlyStopped?: boolean;
+  /** the last checkpoint folder (self-contained: `MoeModel.fromCheckpoint` and transformers load it) */
+  checkpoint?: string;
+  /** the best checkpoint by `train.saveBest` and its metric value, when saveBest is on */
+  best?: { checkpoint: string; step: number; metric: string; value: number };
   machine: string;
 }

@@ -40,7 +40,7 @@ export interface StepBalance {
   biasUpdate: Float32Array | null;
 }
 
-const fail = (code: 'BALANCE_STATE' | 'INVALID_CONFIG' | 'SHAPE_MISMATCH', msg: string): never => {
+const fail = (code: 'BALANCE_STATE' | 'INVALID_CONFIG' | 'INVALID_ARGUMENT' | 'SHAPE_MISMATCH' | 'NON_FINITE', msg: string): never => {
   throw new MoeTrainerError(code, msg);
 };
 
@@ -93,6 +93,7 @@ export class Balancer {
    * core counts them (`validTokens`); `endStep` checks it against the statistics.
    */
   async beginStep(localTokens: number): Promise<void> {
+    if (typeof localTokens !== 'number' || !Number.isInteger(localTokens) || localTokens < 0) fail('INVALID_ARGUMENT', `beginStep: localTokens must be a non-negative integer, got ${String(localTokens)}`);
     if (this.micro !== -1) fail('BALANCE_STATE', 'beginStep called twice without endStep');
     const t = Float64Array.of(localTokens);
     await this.comm.allReduceSum(t);
@@ -109,6 +110,7 @@ export class Balancer {
    * forwards of its A micro-batches, all-reduced. Touches no buffer.
    */
   async setExactCounts(all: MicroStats[]): Promise<void> {
+    if (!Array.isArray(all) || all.length !== this.dims.accumSteps) fail('INVALID_ARGUMENT', `setExactCounts: expects the statistics of this rank's ${this.dims.accumSteps} micro-batches, got ${Array.isArray(all) ? all.length : typeof all}`);
     if (this.micro !== 0) fail('BALANCE_STATE', 'setExactCounts belongs after beginStep and before the first micro-step');
     all.forEach((s) => this.checkShapes(s));
     await this.exact?.setCounts(all, this.comm);
@@ -204,16 +206,36 @@ export class Balancer {
     for (let q = 0; q < b; q++) tokens[0] += s.validTokens[q];
   }
 
+  /**
+   * Statistics as a forward reports them: typed arrays of the right lengths, finite, non-negative,
+   * counts and token totals integral. A refused call changes nothing.
+   */
   private checkShapes(s: MicroStats): void {
     const { layers: L, experts: E, seqsPerMicro: b } = this.dims;
-    const want: [string, number, number][] = [
-      ['counts', s.counts.length, L * b * E],
-      ['scoreSums', s.scoreSums.length, L * b * E],
-      ['zSums', s.zSums.length, L * b],
-      ['validTokens', s.validTokens.length, b],
+    if (typeof s !== 'object' || s === null) fail('INVALID_ARGUMENT', `stats must be a forward's statistics object, got ${s === null ? 'null' : typeof s}`);
+    const want: [keyof MicroStats, number, boolean][] = [
+      ['counts', L * b * E, true],
+      ['scoreSums', L * b * E, false],
+      ['zSums', L * b, false],
+      ['validTokens', b, true],
     ];
-    for (const [name, got, exp] of want) {
-      if (got !== exp) fail('SHAPE_MISMATCH', `stats.${name}: expected ${exp} values (L=${L}, b=${b}, E=${E}), got ${got}`);
+    for (const [name, exp, integral] of want) {
+      const xs = s[name] as ArrayLike<number> | undefined;
+      if (!(xs instanceof Float32Array || xs instanceof Float64Array)) fail('INVALID_ARGUMENT', `stats.${name} must be a Float32Array or Float64Array, got ${xs === null ? 'null' : typeof xs}`);
+      if (xs!.length !== exp) fail('SHAPE_MISMATCH', `stats.${name}: expected ${exp} values (L=${L}, b=${b}, E=${E}), got ${xs!.length}`);
+      for (let i = 0; i < exp; i++) {
+        const v = xs![i];
+        if (!Number.isFinite(v)) fail('NON_FINITE', `stats.${name}[${i}] = ${v}`);
+        if (v < 0 || (integral && !Number.isInteger(v))) fail('INVALID_ARGUMENT', `stats.${name}[${i}] = ${v}: must be ${integral ? 'a non-negative integer' : 'non-negative'}`);
+      }
+    }
+    // Per sequence, each layer chooses K experts for every valid token.
+    for (let l = 0; l < L; l++) {
+      for (let q = 0; q < b; q++) {
+        let c = 0;
+        for (let i = 0; i < E; i++) c += s.counts[(l * b + q) * E + i];
+        if (c !== this.dims.topK * s.validTokens[q]) fail('INVALID_ARGUMENT', `stats.counts of layer ${l}, sequence ${q} sum to ${c}, but ${s.validTokens[q]} valid tokens choose ${this.dims.topK * s.validTokens[q]} experts`);
+      }
     }
   }
 }

@@ -2,6 +2,8 @@
 // implementation where R "virtual ranks" are concurrent async tasks of one Node process.
 // Real processes (MPI) implement the same interface.
 
+import { MoeTrainerError } from '../errors.js';
+
 /** What data parallelism needs: sum-all-reduce in place, this rank's index and the group size. */
 export interface Communicator {
   readonly rank: number;
@@ -30,13 +32,13 @@ export class LocalGroup {
   private scratch = new Float64Array(0);
 
   constructor(readonly size: number) {
-    if (!Number.isInteger(size) || size < 1) throw new RangeError(`group size must be a positive integer, got ${size}`);
+    if (typeof size !== 'number' || !Number.isInteger(size) || size < 1) throw new MoeTrainerError('INVALID_ARGUMENT', `LocalGroup: size must be a positive integer, got ${String(size)}`);
     this.calls = new Array(size).fill(0);
   }
 
   /** The communicator of virtual rank `rank`. */
   comm(rank: number): Communicator {
-    if (!Number.isInteger(rank) || rank < 0 || rank >= this.size) throw new RangeError(`rank ${rank} is not in 0..${this.size - 1}`);
+    if (typeof rank !== 'number' || !Number.isInteger(rank) || rank < 0 || rank >= this.size) throw new MoeTrainerError('INVALID_ARGUMENT', `LocalGroup.comm: rank ${String(rank)} is not in 0..${this.size - 1}`);
     return { rank, size: this.size, allReduceSum: (data) => this.allReduceSum(rank, data), abort: (err) => this.abort(err) };
   }
 

@@ -56,6 +56,7 @@ function run(name: string, seed: number, specialise: boolean): RunData {
     const lblMicro = Array.from({ length: L }, (_, l) => (specialise ? 1.12 + 0.05 * l : 1.01) + 0.03 * r() + 0.3 * Math.exp(-step / 6));
     const lblGlobal = Array.from({ length: L }, () => (specialise ? 1.02 : 1.01) + 0.02 * r() + 0.25 * Math.exp(-step / 6));
     return {
+      kind: 'step',
       step,
       loss: curve(step, floor) + 0.08 * (r() - 0.5),
       lbl: { [name]: specialise ? lblGlobal : lblMicro },

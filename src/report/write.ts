@@ -49,7 +49,8 @@ async function readRun(dir: string): Promise<RunData> {
     .split('\n')
     .map((line, i) => [line, i] as const)
     .filter(([line]) => line.trim() !== '')
-    .map(([line, i]) => parseJson(line, `${metricsPath}:${i + 1}`) as StepMetrics);
+    .map(([line, i]) => parseJson(line, `${metricsPath}:${i + 1}`) as StepMetrics)
+    .filter((m) => (m as { kind?: string }).kind !== 'eval'); // evaluation rows: result.json holds them
   return { result, metrics };
 }
 

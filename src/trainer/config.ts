@@ -1,19 +1,51 @@
 // The training configuration: defaults grouped by section (nanoGPT style), validated by zod so a
-// bad value fails with one readable line naming the field.
+// bad value fails with one readable line naming the field — the whole config, the model section
+// included (by the core's own checks), before any data is read. `moe config schema` writes the
+// JSON Schema of this file's schema for editors.
 
 import { z } from 'zod';
+import { checkModelConfig } from '../../index.js';
 import { balanceConfigSchema } from '../balance/config.js';
 import { resolve } from 'node:path';
 import { absoluteInput, resolveDataset, type OpenDataset, type PrepareRun, type PrepareSettings } from '../data/dataset.js';
 import { MoeTrainerError } from '../errors.js';
-import { DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
+import { BYTE_VOCAB, DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
+import type { ModelConfig } from '../../index.js';
 
 const int = (min: number) => z.number().int().min(min);
 
+/**
+ * The model section: overrides on top of DEMO_MODEL with the Hugging Face `Qwen3MoeConfig` field
+ * names (a typo is an error); vocab_size follows the tokenizer and the seed is `train.seed`.
+ */
+export const modelSectionSchema = z
+  .object({
+    hidden_size: int(1).optional(),
+    num_hidden_layers: int(1).optional(),
+    num_attention_heads: int(1).optional(),
+    num_key_value_heads: int(1).optional(),
+    head_dim: int(2).optional(),
+    moe_intermediate_size: int(1).optional(),
+    num_experts: int(1).optional(),
+    num_experts_per_tok: int(1).optional(),
+    norm_topk_prob: z.boolean().optional(),
+    rms_norm_eps: z.number().positive().optional(),
+    rope_theta: z.number().positive().optional(),
+    max_position_embeddings: int(1).optional(),
+    tie_word_embeddings: z.boolean().optional(),
+    initializer_range: z.number().positive().optional(),
+  })
+  .strict();
+
+/** Validation metrics a run can select the best checkpoint by (lower is better): the mean over domains or one domain's. */
+const BEST_METRIC = /^(?:[^.\s]+\.)?(loss|bitsPerByte|perplexity)$/;
+
 export const trainConfigSchema = z
   .object({
+    /** the JSON Schema this file follows (`moe config schema`), for editors; ignored */
+    $schema: z.string().optional(),
     /** Model overrides on top of DEMO_MODEL (Hugging Face Qwen3MoeConfig names; vocab_size follows the tokenizer). */
-    model: z.record(z.string(), z.unknown()).default({}),
+    model: modelSectionSchema.default({}),
     data: z
       .object({
         /**
@@ -63,9 +95,16 @@ export const trainConfigSchema = z
     balance: balanceConfigSchema.prefault({ terms: [{ scope: 'global', coef: 0.05 }], zLoss: 1e-3 }),
     optim: z
       .object({
+        /** peak learning rate */
         lr: z.number().positive().default(3e-3),
+        /** where linear, cosine and wsd end */
         minLr: z.number().nonnegative().default(3e-4),
+        /** linear warm-up from 0 over this many steps, for every schedule */
         warmupSteps: int(0).default(30),
+        /** the learning rate after the warm-up (the core's schedules; see README "Schedules") */
+        schedule: z.enum(['constant', 'linear', 'cosine', 'wsd']).default('cosine'),
+        /** wsd: steps of the final decay to minLr (default: a fifth of train.steps) */
+        decaySteps: int(1).optional(),
         weightDecay: z.number().nonnegative().default(0.1),
         beta1: z.number().min(0).lt(1).default(0.9),
         beta2: z.number().min(0).lt(1).default(0.95),
@@ -82,6 +121,14 @@ export const trainConfigSchema = z
         evalTokens: int(1).default(16384),
         /** steps between checkpoints (0 = only at the end and on SIGINT/SIGTERM) */
         checkpointEvery: int(0).default(0),
+        /** the latest step checkpoints kept in checkpoints/ (older ones are removed once a newer one is in) */
+        keepLast: int(1).default(2),
+        /** the validation metric that selects the best checkpoint and drives early stopping (lower is better): loss, bitsPerByte, perplexity (token-weighted mean over domains), or DOMAIN.loss etc. */
+        bestMetric: z.string().regex(BEST_METRIC, 'must be loss, bitsPerByte, perplexity, or DOMAIN.loss / DOMAIN.bitsPerByte / DOMAIN.perplexity').default('loss'),
+        /** keep the checkpoint of the best evaluation so far in checkpoints/best-step-N */
+        saveBest: z.boolean().default(false),
+        /** stop when bestMetric has not improved for this many evaluations in a row (absent = never) */
+        patience: int(1).optional(),
         /** what to do when the loss is not finite: stop with an error, or skip the step */
         onNonFinite: z.enum(['stop', 'skip']).default('stop'),
         /** show a progress bar on stderr */
@@ -111,7 +158,37 @@ export function parseTrainConfig(input: unknown): TrainConfig {
   if (cfg.optim.minLr > cfg.optim.lr) throw new MoeTrainerError('INVALID_CONFIG', 'optim.minLr must not exceed optim.lr');
   // A run shorter than its warm-up warms up over the whole run.
   cfg.optim.warmupSteps = Math.min(cfg.optim.warmupSteps, cfg.train.steps);
+  if (cfg.optim.decaySteps !== undefined && cfg.optim.schedule !== 'wsd') throw new MoeTrainerError('INVALID_CONFIG', 'optim.decaySteps belongs to optim.schedule "wsd"');
+  if (cfg.optim.decaySteps !== undefined && cfg.optim.decaySteps > cfg.train.steps - cfg.optim.warmupSteps) throw new MoeTrainerError('INVALID_CONFIG', 'optim.decaySteps must not exceed train.steps - optim.warmupSteps');
+  // The model section, checked now by the core (relations between fields, sizes against memory),
+  // with the vocabulary the tokenizer will have where it is known.
+  const t = cfg.data.tokenizer;
+  checkModelConfig(modelConfigOf(cfg, t.kind === 'bpe' ? t.vocabSize : BYTE_VOCAB));
   return cfg;
+}
+
+/**
+ * Settings that are valid but silently do less than they seem to: each warning is one line.
+ * The trainer logs them at the start of a run.
+ */
+export function configWarnings(cfg: TrainConfig): string[] {
+  const m = { ...DEMO_MODEL, ...cfg.model };
+  const out: string[] = [];
+  if (m.num_experts_per_tok === 1 && m.norm_topk_prob) {
+    out.push('model: num_experts_per_tok = 1 with norm_topk_prob = true renormalises the one chosen weight to exactly 1, so the router gets no gradient from the language-model loss (only from the balance terms); set norm_topk_prob: false or choose 2+ experts');
+  }
+  const { ranks: R, accumSteps: A, microBatch: b } = cfg.batch;
+  for (const term of cfg.balance.terms) {
+    const scope = term.scope;
+    if (term.coef === 0) out.push(`balance: the ${scope ?? `bsz=${term.balanceSequences}`} term has coef 0 and does nothing`);
+    if ((scope === 'global' || scope === 'global-exact') && R === 1 && A === 1) out.push(`balance: scope ${scope} with batch.ranks = 1 and batch.accumSteps = 1 balances over one micro-batch: it equals scope micro`);
+    if (scope === 'dp' && R === 1) out.push('balance: scope dp with batch.ranks = 1 balances over one micro-batch: it equals scope micro');
+    if (scope === 'sequence' && b === 1) out.push('balance: scope sequence with batch.microBatch = 1 equals scope micro');
+    if (term.balanceSequences !== undefined && term.balanceSequences === b) out.push(`balance: balanceSequences = ${b} = batch.microBatch equals scope micro`);
+  }
+  const lf = cfg.balance.lossFree;
+  if (lf && (lf.scope === 'global' || lf.scope === 'global-exact') && R === 1 && A === 1) out.push(`balance.lossFree: scope ${lf.scope} with batch.ranks = 1 and batch.accumSteps = 1 equals scope micro`);
+  return out;
 }
 
 /** The dataset a run reads: `data.corpus` resolved, prepared once with the run's tokenizer, splits and fields. */
@@ -130,8 +207,8 @@ export function datasetOf(cfg: TrainConfig, run: PrepareRun = {}): Promise<OpenD
   return resolveDataset(cfg.data.corpus, settings, run);
 }
 
-/** The model config of a training config, for a tokenizer of `vocabSize` tokens. */
-export function modelConfigOf(cfg: TrainConfig, vocabSize: number): Record<string, unknown> {
-  const maxPos = Number(cfg.model.max_position_embeddings ?? DEMO_MODEL.max_position_embeddings);
-  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, maxPos) };
+/** The model config of a training config, for a tokenizer of `vocabSize` tokens (seeded by train.seed). */
+export function modelConfigOf(cfg: TrainConfig, vocabSize: number): ModelConfig {
+  const maxPos = cfg.model.max_position_embeddings ?? DEMO_MODEL.max_position_embeddings!;
+  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, maxPos), seed: cfg.train.seed };
 }

@@ -32,7 +32,7 @@ export async function evaluate(model: MoeModel, data: DataPipeline, split: Split
       const tokensIn = new Uint32Array(B * data.cfg.seqLen);
       group.forEach((s, j) => tokensIn.set(s, j * data.cfg.seqLen));
       const out = await model.forward(tokensIn, B, { store: false });
-      nats += out.loss;
+      nats += out.lossSum;
       tokens += out.validTokens.reduce((a, v) => a + v, 0);
       bytes += group.reduce((a, s) => a + data.targetBytes(s), 0);
       for (let l = 0; l < L; l++) {

@@ -1,16 +1,21 @@
-// `trainSteps`: the training loop as an async iterator of step metrics, for scripts that want to
-// react to every step (dashboards, early stopping) without callbacks. Breaking out of the loop
-// stops training after the current step and saves a checkpoint, like SIGINT does.
+// `trainSteps`: the training loop as an async iterator of its events — a StepMetrics per step
+// (`kind: "step"`) and an EvalRow per evaluation (`kind: "eval"`), in order — for scripts that want
+// to react to every step (dashboards, their own early stopping) without callbacks. Breaking out of
+// the loop stops training after the current step and saves a checkpoint, like SIGINT does.
 
-import type { RunResult, StepMetrics } from '../results.js';
+import type { EvalRow, RunResult, StepMetrics } from '../results.js';
 import { train, type RunOptions } from './train.js';
 
-export async function* trainSteps(config: unknown, opts: Omit<RunOptions, 'onStep' | 'signal'>): AsyncGenerator<StepMetrics, RunResult> {
-  const queue: StepMetrics[] = [];
+export async function* trainSteps(config: unknown, opts: Omit<RunOptions, 'onStep' | 'onEval' | 'signal'>): AsyncGenerator<StepMetrics | EvalRow, RunResult> {
+  const queue: (StepMetrics | EvalRow)[] = [];
   let wake: (() => void) | null = null;
   const stop = new AbortController();
   let finished = false;
-  const run = train(config, { ...opts, signal: stop.signal, onStep: (m) => (queue.push(m), wake?.()) }).finally(() => {
+  const push = (e: StepMetrics | EvalRow) => {
+    queue.push(e);
+    wake?.();
+  };
+  const run = train(config, { ...opts, signal: stop.signal, onStep: push, onEval: push }).finally(() => {
     finished = true;
     wake?.();
   });

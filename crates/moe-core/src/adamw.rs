@@ -26,16 +26,45 @@ pub struct AdamWConfig {
     pub schedule: Option<LrSchedule>,
 }
 
-/// lr(t) for step t (1-based): lr * t / warmup_steps while t <= warmup_steps, then
-/// min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2, progress = (t - warmup) / (total - warmup),
-/// clamped to [0, 1] (min_lr after total_steps).
+/// The learning rate by step (one source of truth: the optimiser applies it, `lrAt` reports it).
+/// Every kind warms up linearly, lr(t) = lr * t / warmup_steps for t <= warmup_steps (t 1-based);
+/// after the warm-up, with p = (t - warmup_steps) / (total_steps - warmup_steps) clamped to [0, 1]:
+/// - `constant`: lr
+/// - `linear`: lr + (min_lr - lr) * p
+/// - `cosine` (the default): min_lr + (lr - min_lr) * (1 + cos(pi p)) / 2
+/// - `wsd` (warm-up, stable, decay): lr until the last `decay_steps` steps (default total_steps / 5),
+///   then linearly down to min_lr at total_steps.
+///
+/// Past total_steps every kind stays at its final value (min_lr; lr for `constant`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LrSchedule {
+    #[serde(default)]
+    pub kind: ScheduleKind,
     pub warmup_steps: u64,
     pub total_steps: u64,
     #[serde(default)]
     pub min_lr: f32,
+    /// `wsd` only: steps of the final decay (default total_steps / 5).
+    #[serde(default)]
+    pub decay_steps: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+    Wsd,
+}
+
+impl LrSchedule {
+    /// The `wsd` decay length.
+    fn decay(&self) -> u64 {
+        self.decay_steps.unwrap_or(self.total_steps / 5).min(self.total_steps - self.warmup_steps)
+    }
 }
 
 fn default_beta1() -> f32 {
@@ -50,7 +79,7 @@ fn default_eps() -> f32 {
 
 impl AdamWConfig {
     pub fn from_json(v: serde_json::Value) -> Result<Self> {
-        let cfg: AdamWConfig = serde_json::from_value(v).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        let cfg: AdamWConfig = crate::error::from_json(v)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -79,11 +108,17 @@ impl AdamWConfig {
             if !(s.min_lr >= 0.0 && s.min_lr <= self.lr) {
                 return bad("schedule.minLr must lie in [0, lr]");
             }
+            if s.decay_steps.is_some_and(|d| d > s.total_steps - s.warmup_steps) {
+                return bad("schedule.decaySteps must not exceed totalSteps - warmupSteps");
+            }
+            if s.decay_steps.is_some() && s.kind != ScheduleKind::Wsd {
+                return bad("schedule.decaySteps belongs to kind \"wsd\"");
+            }
         }
         Ok(())
     }
 
-    /// The learning rate of step t (1-based).
+    /// The learning rate of step t (1-based); see `LrSchedule`.
     pub fn lr_at(&self, t: u64) -> f32 {
         let Some(s) = &self.schedule else { return self.lr };
         if t <= s.warmup_steps {
@@ -91,7 +126,20 @@ impl AdamWConfig {
         }
         let span = (s.total_steps - s.warmup_steps).max(1) as f64;
         let progress = ((t - s.warmup_steps) as f64 / span).min(1.0);
-        s.min_lr + (self.lr - s.min_lr) * (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
+        match s.kind {
+            ScheduleKind::Constant => self.lr,
+            ScheduleKind::Linear => self.lr + (s.min_lr - self.lr) * progress as f32,
+            ScheduleKind::Cosine => s.min_lr + (self.lr - s.min_lr) * (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32,
+            ScheduleKind::Wsd => {
+                let decay = s.decay();
+                let start = s.total_steps - decay;
+                if t <= start || decay == 0 {
+                    return if t > s.total_steps { s.min_lr } else { self.lr };
+                }
+                let p = ((t - start) as f64 / decay as f64).min(1.0);
+                self.lr + (s.min_lr - self.lr) * p as f32
+            }
+        }
     }
 }
 
@@ -183,13 +231,43 @@ mod tests {
     #[test]
     fn schedule_warms_up_then_follows_the_cosine() {
         let mut c = cfg(0.0);
-        c.schedule = Some(LrSchedule { warmup_steps: 10, total_steps: 110, min_lr: 0.01 });
+        c.schedule = Some(LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 10, total_steps: 110, min_lr: 0.01, decay_steps: None });
         assert!((c.lr_at(1) - 0.01).abs() < 1e-7);
         assert!((c.lr_at(10) - 0.1).abs() < 1e-7);
         assert!((c.lr_at(60) - 0.055).abs() < 1e-6, "half way: (lr + min_lr) / 2");
         assert!((c.lr_at(110) - 0.01).abs() < 1e-7);
         assert!((c.lr_at(500) - 0.01).abs() < 1e-7);
         assert_eq!(cfg(0.0).lr_at(77), 0.1);
+    }
+
+    #[test]
+    fn every_schedule_kind_has_its_values() {
+        let at = |kind, decay: Option<u64>, t| {
+            let mut c = cfg(0.0);
+            c.schedule = Some(LrSchedule { kind, warmup_steps: 10, total_steps: 110, min_lr: 0.01, decay_steps: decay });
+            c.validate().unwrap();
+            c.lr_at(t)
+        };
+        let close = |a: f32, b: f32| assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        for kind in [ScheduleKind::Constant, ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Wsd] {
+            close(at(kind, None, 5), 0.05); // half-way through the warm-up, whatever the kind
+            close(at(kind, None, 10), 0.1);
+        }
+        close(at(ScheduleKind::Constant, None, 60), 0.1);
+        close(at(ScheduleKind::Constant, None, 500), 0.1);
+        close(at(ScheduleKind::Linear, None, 60), 0.055); // half-way: (lr + min_lr) / 2
+        close(at(ScheduleKind::Linear, None, 35), 0.1 - 0.09 * 0.25);
+        close(at(ScheduleKind::Linear, None, 110), 0.01);
+        close(at(ScheduleKind::Cosine, None, 35), 0.01 + 0.09 * (1.0 + (std::f32::consts::PI / 4.0).cos()) / 2.0);
+        // wsd: stable until the last 22 steps (110 / 5), then linear to min_lr.
+        close(at(ScheduleKind::Wsd, None, 88), 0.1);
+        close(at(ScheduleKind::Wsd, None, 99), 0.1 - 0.09 * 0.5);
+        close(at(ScheduleKind::Wsd, None, 110), 0.01);
+        close(at(ScheduleKind::Wsd, None, 200), 0.01);
+        close(at(ScheduleKind::Wsd, Some(50), 85), 0.1 - 0.09 * 0.5);
+        let mut c = cfg(0.0);
+        c.schedule = Some(LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 10, total_steps: 110, min_lr: 0.0, decay_steps: Some(5) });
+        assert_eq!(c.validate().unwrap_err().code(), "INVALID_CONFIG");
     }
 
     #[test]

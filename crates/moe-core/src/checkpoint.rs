@@ -3,14 +3,17 @@
 //! `MixtralForCausalLM.from_pretrained`); loading also reads what transformers writes (`crate::hf`:
 //! shards, fused experts, bf16/f16). A training checkpoint adds
 //! `training_state.safetensors`: AdamW moments, the step, and the trainer's own state (data
-//! position, RNG, balancer) as an opaque JSON string. Every file is written to a temporary name and
-//! renamed; both safetensors files carry one checkpoint id, so a torn write is detected on load.
+//! position, RNG, balancer) as an opaque JSON string; the trainer adds its tokenizer files. The
+//! folder is written whole and switched in atomically, with a sha256 per file checked on load
+//! (`crate::folder`); both safetensors files also carry one checkpoint id, so files of two saves
+//! never load together.
 //! Nonzero router selection biases (auxiliary-loss-free balancing) are saved under DeepSeek-V3's
 //! name `model.layers.{l}.mlp.gate.e_score_correction_bias`: the four architectures have no such
 //! tensor, so transformers ignores them (with a warning) and routes without them.
 
 use crate::config::ModelConfig;
 use crate::error::{MoeError, Result};
+use crate::folder::{Folder, Writer};
 use crate::hf::Weights;
 use crate::layout::{Layout, ModelParams};
 use crate::params::ParamStore;
@@ -46,21 +49,8 @@ fn bias_name(l: usize) -> String {
     format!("model.layers.{l}.mlp.gate.e_score_correction_bias")
 }
 
-fn io(path: &Path, e: std::io::Error) -> MoeError {
-    MoeError::Io(format!("{}: {e}", path.display()))
-}
-
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> MoeError {
     MoeError::CheckpointCorrupt(format!("{}: {what}", path.display()))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
@@ -72,10 +62,12 @@ fn serialize(tensors: Vec<(String, Vec<usize>, &[f32])>, meta: HashMap<String, S
     safetensors::serialize(views, Some(meta)).map_err(|e| MoeError::Internal(e.to_string()))
 }
 
-/// Saves the model (and, with `state`, the training state) into `dir`, creating it if needed.
-/// router_bias (L_moe, E) is saved only when it is not all zero.
-pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+/// Saves the model (and, with `trainer`, the training state) as the folder `dir`, with `files`
+/// (name, bytes) beside them (the trainer's tokenizer). The folder is replaced whole, atomically:
+/// a reader sees the previous save or this one, never a mix. router_bias (L_moe, E) is saved only when
+/// it is not all zero.
+pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f32], trainer: Option<&str>, files: &[(String, Vec<u8>)]) -> Result<()> {
+    let mut out = Writer::begin(dir)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}-{}", std::process::id(), store.opt.step);
     let meta = |extra: &[(&str, String)]| {
@@ -83,51 +75,66 @@ pub fn save(dir: &Path, cfg: &ModelConfig, store: &ParamStore, router_bias: &[f3
         m.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         m
     };
-    let state_path = dir.join(STATE_FILE);
-    match trainer {
-        Some(trainer) => {
-            let n = store.params.len();
-            let bytes = serialize(
-                vec![("optimizer.exp_avg".into(), vec![n], &store.opt.m), ("optimizer.exp_avg_sq".into(), vec![n], &store.opt.v)],
-                meta(&[("step", store.opt.step.to_string()), ("trainer_state", trainer.to_string())]),
-            )?;
-            write_atomic(&state_path, &bytes)?;
-        }
-        None if state_path.exists() => std::fs::remove_file(&state_path).map_err(|e| io(&state_path, e))?,
-        None => {}
+    if let Some(trainer) = trainer {
+        let n = store.params.len();
+        let bytes = serialize(
+            vec![("optimizer.exp_avg".into(), vec![n], &store.opt.m), ("optimizer.exp_avg_sq".into(), vec![n], &store.opt.v)],
+            meta(&[("step", store.opt.step.to_string()), ("trainer_state", trainer.to_string())]),
+        )?;
+        out.file(STATE_FILE, &bytes)?;
     }
     let cfg_json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| MoeError::Internal(e.to_string()))?;
-    write_atomic(&dir.join(CONFIG_FILE), cfg_json.as_bytes())?;
+    out.file(CONFIG_FILE, cfg_json.as_bytes())?;
     let mut tensors: Vec<_> = store.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), &store.params[s.range()])).collect();
     if router_bias.iter().any(|&b| b != 0.0) {
         let e = cfg.num_experts;
         tensors.extend(cfg.moe_layers().into_iter().zip(router_bias.chunks(e)).map(|(l, b)| (bias_name(l), vec![e], b)));
     }
-    write_atomic(&dir.join(MODEL_FILE), &serialize(tensors, meta(&[]))?)
+    out.file(MODEL_FILE, &serialize(tensors, meta(&[]))?)?;
+    for (name, bytes) in files {
+        if [CONFIG_FILE, MODEL_FILE, STATE_FILE].contains(&name.as_str()) {
+            return Err(MoeError::InvalidArgument(format!("files: {name} is written by the save itself")));
+        }
+        out.file(name, bytes)?;
+    }
+    out.commit(&id)
 }
 
 /// Reads and validates the checkpoint in `dir` — ours, or any transformers wrote for one of the
-/// architectures of `config` (weights as `crate::hf` reads them). Nothing is applied anywhere.
+/// architectures of `config` (weights as `crate::hf` reads them). Every file our manifest lists is
+/// checked against it first; a folder replaced by another save while it was read is read again,
+/// so a reader gets one whole save. Nothing is applied anywhere.
 /// Errors: `CHECKPOINT_MISSING` (no folder, no config.json, no weights), `UNSUPPORTED_MODEL` (an
 /// architecture, field or value this model does not implement, named), `CHECKPOINT_CORRUPT`
-/// (anything unreadable or inconsistent, file and tensor named).
+/// (anything unreadable, damaged or inconsistent, file and tensor named).
 pub fn load(dir: &Path) -> Result<Loaded> {
-    if !dir.is_dir() {
-        return Err(MoeError::CheckpointMissing(format!("{}: no such folder", dir.display())));
+    let mut attempts = 0;
+    loop {
+        let folder = Folder::open(dir)?;
+        match load_from(&folder) {
+            Err(e) if attempts < 8 && matches!(e, MoeError::CheckpointCorrupt(_)) && folder.id().is_some() && folder.replaced() => attempts += 1,
+            r => return r,
+        }
     }
+}
+
+fn load_from(folder: &Folder) -> Result<Loaded> {
+    let dir = folder.dir.as_path();
+    folder.verify()?;
     let cfg_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read(&cfg_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => MoeError::CheckpointMissing(format!("{}: does not exist", cfg_path.display())),
-        _ => io(&cfg_path, e),
-    })?;
-    let cfg_json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| corrupt(&cfg_path, e))?;
+    let cfg_json: serde_json::Value = serde_json::from_slice(&folder.read(CONFIG_FILE)?).map_err(|e| corrupt(&cfg_path, e))?;
     let cfg = ModelConfig::from_json(cfg_json).map_err(|e| match e {
         MoeError::Unsupported(m) => MoeError::Unsupported(format!("{}: {m}", cfg_path.display())),
         e => corrupt(&cfg_path, e),
     })?;
+    // Sizes from a file are checked like any other before a byte is allocated for them.
+    crate::memory::check_model(&cfg).map_err(|e| match e {
+        MoeError::InvalidConfig(m) => corrupt(&cfg_path, m),
+        e => e,
+    })?;
     let mut weights = Weights::open(dir)?;
     let specs = ModelParams::layout(&cfg).specs();
-    let mut params = vec![0.0f32; specs.last().map_or(0, |s| s.offset + s.len())];
+    let mut params = crate::memory::zeros("checkpoint parameters", specs.last().map_or(0, |s| s.offset + s.len()))?;
     weights.read_params(&specs, &mut params)?;
     let (nl, e) = (cfg.moe_layers().len(), cfg.num_experts);
     let biases: Vec<String> = cfg.moe_layers().into_iter().map(bias_name).collect();
@@ -143,9 +150,14 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         return Err(corrupt(path, format!("unexpected tensor {extra}")));
     }
     let id = weights.metadata(ID_KEY);
+    if let (Some(m), Some(id)) = (folder.id(), &id) {
+        if m != id {
+            return Err(corrupt(&dir.join(MODEL_FILE), "belongs to another save than the folder's manifest"));
+        }
+    }
 
     let state_path = dir.join(STATE_FILE);
-    let state = if state_path.exists() {
+    let state = if folder.has(STATE_FILE) {
         let mut st = Weights::file(&state_path)?;
         if st.metadata(ID_KEY) != id || id.is_none() {
             return Err(corrupt(&state_path, "belongs to another save than model.safetensors (interrupted write?)"));

@@ -264,7 +264,7 @@ impl ModelConfig {
             }
             known.insert("rope_theta".into(), theta);
         }
-        let cfg: ModelConfig = serde_json::from_value(Value::Object(known)).map_err(|e| bad(e.to_string()))?;
+        let cfg: ModelConfig = crate::error::from_json(Value::Object(known))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -471,7 +471,7 @@ pub struct MoeConfig {
 
 impl MoeConfig {
     pub fn from_json(v: serde_json::Value) -> Result<Self> {
-        let cfg: MoeConfig = serde_json::from_value(v).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
+        let cfg: MoeConfig = crate::error::from_json(v)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -5,6 +5,9 @@
 pub enum MoeError {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// A positional argument of a public call has the wrong type or lies outside its range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("shape mismatch: {0}")]
     ShapeMismatch(String),
     #[error("non-finite value: {0}")]
@@ -27,7 +30,7 @@ pub enum MoeError {
     InvalidState(String),
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
-    #[error("out of GPU memory: {0}")]
+    #[error("out of memory: {0}")]
     OutOfMemory(String),
     #[error("no GPU: {0}")]
     NoDevice(String),
@@ -39,6 +42,7 @@ impl MoeError {
     pub fn code(&self) -> &'static str {
         match self {
             MoeError::InvalidConfig(_) => "INVALID_CONFIG",
+            MoeError::InvalidArgument(_) => "INVALID_ARGUMENT",
             MoeError::ShapeMismatch(_) => "SHAPE_MISMATCH",
             MoeError::NonFinite(_) => "NON_FINITE",
             MoeError::TokenOutOfRange(_) => "TOKEN_OUT_OF_RANGE",
@@ -98,4 +102,14 @@ pub fn failpoints_from_env() -> Result<()> {
         Ok(())
     });
     r.clone().map_err(MoeError::InvalidConfig)
+}
+
+/// Deserialises a JSON configuration or options object; an error (`INVALID_CONFIG`) names the field
+/// it is about (`schedule.warmupSteps: invalid type: floating point 2.5, expected u64`).
+pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        MoeError::InvalidConfig(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
+    })
 }

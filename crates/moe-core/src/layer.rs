@@ -27,6 +27,7 @@ impl MoeLayer {
     /// A layer with weights drawn from N(0, initializer_range²) by a ChaCha8 generator seeded with `cfg.seed`.
     pub fn new(cfg: MoeConfig) -> Result<Self> {
         cfg.validate()?;
+        crate::memory::check_layer(&cfg)?;
         let layout = MoeParams::layout(&cfg);
         let store = Placed::new(ParamStore::init(&layout.specs(), cfg.initializer_range, cfg.seed)?);
         let router_bias = vec![0.0; cfg.num_experts];
@@ -82,6 +83,9 @@ impl MoeLayer {
             }
         };
         check_finite("input", x)?;
+        if self.device() == Device::Cpu {
+            crate::memory::check_layer_forward(&self.cfg, t)?;
+        }
         let s = t / num_seqs;
         let (cfg, bias) = (&self.cfg, &self.router_bias);
         let r = match &mut self.backend {
@@ -95,10 +99,11 @@ impl MoeLayer {
     }
 
     /// Backward of the last stored forward. dout (T, C); pressure (B, E) per sequence and expert;
-    /// z_scale = beta / T_glob. Returns dx (T, C); accumulates parameter gradients.
+    /// z_scale = beta / T_glob. Returns dx (T, C); accumulates parameter gradients. A stored forward
+    /// serves one backward (a second fails with `INVALID_STATE`).
     pub fn backward(&mut self, dout: &[f32], pressure: &[f32], z_scale: f32) -> Result<Vec<f32>> {
         let Some((b, s)) = self.stored else {
-            return Err(MoeError::InvalidState("backward needs a forward with store = true first".into()));
+            return Err(MoeError::InvalidState("backward needs a forward with store = true since the last backward".into()));
         };
         let (t, c, e) = (b * s, self.cfg.hidden_size, self.cfg.num_experts);
         check_len("dout", dout.len(), t * c)?;
@@ -112,11 +117,14 @@ impl MoeLayer {
         match &mut self.backend {
             Backend::Cpu(l) => {
                 let host = &mut self.store.host;
-                Ok(l.backward(&mut self.layout.views_mut(&mut host.grads), &self.layout.views(&host.params), cfg, dout, pressure, z_scale))
+                let dx = l.backward(&mut self.layout.views_mut(&mut host.grads), &self.layout.views(&host.params), cfg, dout, pressure, z_scale);
+                self.stored = None;
+                Ok(dx)
             }
             Backend::Gpu(l) => {
                 let dx = l.backward(self.store.device_copy()?, &self.layout, cfg, dout, pressure, z_scale)?;
                 self.store.device_wrote_grads();
+                self.stored = None;
                 Ok(dx)
             }
         }

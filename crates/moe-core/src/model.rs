@@ -30,6 +30,7 @@ pub struct Model {
 impl Model {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
         cfg.validate()?;
+        crate::memory::check_model(&cfg)?;
         let layout = ModelParams::layout(&cfg);
         let store = ParamStore::init(&layout.specs(), cfg.initializer_range, cfg.seed)?;
         let router_bias = vec![0.0; cfg.moe_layers().len() * cfg.num_experts];
@@ -69,7 +70,7 @@ impl Model {
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity
     /// (`valid_positions`).
-    fn validate(&self, tokens: &[u32], mask: Option<&[u8]>, b: usize) -> Result<(usize, Vec<u8>)> {
+    fn validate(&self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<(usize, Vec<u8>)> {
         if b == 0 || tokens.is_empty() || tokens.len() % b != 0 {
             return Err(MoeError::ShapeMismatch(format!("{} tokens are not {b} sequences of equal length", tokens.len())));
         }
@@ -80,14 +81,18 @@ impl Model {
         if let Some(i) = tokens.iter().position(|&t| t as usize >= self.cfg.vocab_size) {
             return Err(MoeError::TokenOutOfRange(format!("tokens[{i}] = {} but vocab_size is {}", tokens[i], self.cfg.vocab_size)));
         }
-        Ok((s, valid_positions(tokens.len(), b, mask)?))
+        let valid = valid_positions(tokens.len(), b, mask)?;
+        if self.device() == Device::Cpu {
+            crate::memory::check_forward(&self.cfg, b, s, store)?;
+        }
+        Ok((s, valid))
     }
 
     /// Forward on B sequences. With `store` the activations are kept for `backward`; without, the
     /// stored ones are left untouched (evaluation and statistics-only forwards).
     pub fn forward(&mut self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<ModelStats> {
         fail::fail_point!("model.forward");
-        let (s, valid) = self.validate(tokens, mask, b)?;
+        let (s, valid) = self.validate(tokens, mask, b, store)?;
         let r = self.run_forward(tokens, &valid, b, s, store, false).map(|(stats, _)| stats);
         if store {
             self.stored = r.is_ok().then_some(b);
@@ -97,7 +102,7 @@ impl Model {
 
     /// Logits (T, V) of every position, nothing stored.
     pub fn logits(&mut self, tokens: &[u32], b: usize) -> Result<Vec<f32>> {
-        let (s, valid) = self.validate(tokens, None, b)?;
+        let (s, valid) = self.validate(tokens, None, b, false)?;
         Ok(self.run_forward(tokens, &valid, b, s, false, true)?.1.unwrap_or_default())
     }
 
@@ -112,9 +117,11 @@ impl Model {
     /// Backward of the last stored forward; accumulates gradients. pressure (L_moe, B, E), a row per
     /// layer with experts;
     /// lm_scale multiplies the summed cross-entropy (1/T_glob); z_scale = beta / T_glob.
+    /// A stored forward serves one backward: a second one fails with `INVALID_STATE` (it would add
+    /// the same gradients again).
     pub fn backward(&mut self, pressure: &[f32], lm_scale: f32, z_scale: f32) -> Result<()> {
         let Some(b) = self.stored else {
-            return Err(MoeError::InvalidState("backward needs a successful forward with store = true first".into()));
+            return Err(MoeError::InvalidState("backward needs a successful forward with store = true since the last backward".into()));
         };
         check_len("pressure", pressure.len(), self.cfg.moe_layers().len() * b * self.cfg.num_experts)?;
         check_finite("pressure", pressure)?;
@@ -132,13 +139,15 @@ impl Model {
                 self.store.device_wrote_grads();
             }
         }
+        self.stored = None;
         Ok(())
     }
 
     /// Saves `config.json` + `model.safetensors`, and with `trainer` (the trainer's JSON state) the
-    /// optimiser state too. See `checkpoint`.
-    pub fn save(&mut self, dir: &std::path::Path, trainer: Option<&str>) -> Result<()> {
-        crate::checkpoint::save(dir, &self.cfg, self.store.host()?, &self.router_bias, trainer)
+    /// optimiser state too, plus `files` (name, bytes), as one folder switched in atomically. See
+    /// `checkpoint`.
+    pub fn save(&mut self, dir: &std::path::Path, trainer: Option<&str>, files: &[(String, Vec<u8>)]) -> Result<()> {
+        crate::checkpoint::save(dir, &self.cfg, self.store.host()?, &self.router_bias, trainer, files)
     }
 
     /// A model built from a checkpoint, with its optimiser state when the checkpoint has one.
@@ -208,7 +217,17 @@ pub fn valid_positions(n: usize, b: usize, mask: Option<&[u8]>) -> Result<Vec<u8
 
 /// Valid positions per sequence (B) of B sequences of `n / B` tokens: what a forward reports as
 /// `valid_tokens`, and what the trainer sums into T_glob before the first forward of a step.
+/// Counted without a buffer of n flags (n may be any size a caller names).
 pub fn valid_tokens(n: usize, b: usize, mask: Option<&[u8]>) -> Result<Vec<f32>> {
-    let valid = valid_positions(n, b, mask)?;
-    Ok(valid.chunks(n / b).map(|seq| seq.iter().map(|&v| v as f32).sum()).collect())
+    if b == 0 || n == 0 || n % b != 0 {
+        return Err(MoeError::ShapeMismatch(format!("{n} tokens are not {b} sequences of equal length")));
+    }
+    let s = n / b;
+    match mask {
+        None => Ok(vec![(s - 1) as f32; b]),
+        Some(m) => {
+            check_len("mask", m.len(), n)?;
+            Ok(m.chunks(s).map(|seq| seq[1..].iter().filter(|&&v| v != 0).count() as f32).collect())
+        }
+    }
 }

@@ -24,7 +24,7 @@ impl ParamStore {
         let n = specs.last().map_or(0, |s| s.offset + s.len());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, std as f32).map_err(|e| MoeError::InvalidConfig(e.to_string()))?;
-        let mut params = vec![0.0f32; n];
+        let mut params = crate::memory::zeros("parameters", n)?;
         for s in &specs {
             let p = &mut params[s.range()];
             if s.shape.len() >= 2 {
@@ -33,7 +33,8 @@ impl ParamStore {
                 p.fill(1.0);
             }
         }
-        Ok(ParamStore { specs, params, grads: vec![0.0; n], opt: AdamWState::new(n) })
+        let (grads, m, v) = (crate::memory::zeros("gradients", n)?, crate::memory::zeros("AdamW moments", n)?, crate::memory::zeros("AdamW moments", n)?);
+        Ok(ParamStore { specs, params, grads, opt: AdamWState { m, v, step: 0 } })
     }
 
     /// The buffers of a layout around given parameters (a loaded checkpoint): gradients and AdamW

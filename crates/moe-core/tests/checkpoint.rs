@@ -2,7 +2,7 @@
 //! a straight one, every bad checkpoint is refused with the model untouched, and the key/value-cache
 //! decoder reproduces the full forward.
 
-use moe_core::adamw::{AdamWConfig, LrSchedule};
+use moe_core::adamw::{AdamWConfig, LrSchedule, ScheduleKind};
 use moe_core::generate::{generate, Decoder, GenerateOptions};
 use moe_core::{Model, ModelConfig};
 use serde_json::json;
@@ -34,7 +34,7 @@ fn opt() -> AdamWConfig {
         eps: 1e-8,
         weight_decay: 0.1,
         max_grad_norm: Some(1.0),
-        schedule: Some(LrSchedule { warmup_steps: 2, total_steps: 10, min_lr: 1e-3 }),
+        schedule: Some(LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 2, total_steps: 10, min_lr: 1e-3, decay_steps: None }),
     }
 }
 
@@ -53,7 +53,7 @@ fn train_step(m: &mut Model, step: usize) -> f64 {
 fn save_then_load_gives_identical_logits_and_hf_layout() {
     let dir = tmp("roundtrip");
     let mut m = Model::new(cfg()).unwrap();
-    m.save(&dir, None).unwrap();
+    m.save(&dir, None, &[]).unwrap();
     let (mut back, trainer) = Model::from_checkpoint(&dir).unwrap();
     assert!(trainer.is_none());
     assert_eq!(m.logits(&TOKENS, 2).unwrap(), back.logits(&TOKENS, 2).unwrap());
@@ -79,7 +79,7 @@ fn resume_is_bit_exact() {
     (0..4).for_each(|s| {
         train_step(&mut first, s);
     });
-    first.save(&dir, Some(r#"{"data":{"position":4}}"#)).unwrap();
+    first.save(&dir, Some(r#"{"data":{"position":4}}"#), &[]).unwrap();
     drop(first);
     let (mut resumed, trainer) = Model::from_checkpoint(&dir).unwrap();
     assert_eq!(trainer.as_deref(), Some(r#"{"data":{"position":4}}"#));
@@ -96,7 +96,7 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     let good = tmp("good");
     let mut saved = Model::new(cfg()).unwrap();
     train_step(&mut saved, 0);
-    saved.save(&good, Some("{}")).unwrap();
+    saved.save(&good, Some("{}"), &[]).unwrap();
     let mut live = Model::new(ModelConfig { seed: 99, ..cfg() }).unwrap();
     let before = live.logits(&TOKENS, 2).unwrap();
     let before_m = live.store.host().unwrap().opt.m.clone();
@@ -140,18 +140,20 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
     expect("torn-write", "CHECKPOINT_CORRUPT", true, &|d| {
         // A training state from another save next to this model file.
         let other = tmp("other");
-        Model::new(cfg()).unwrap().save(&other, Some("{}")).unwrap();
+        Model::new(cfg()).unwrap().save(&other, Some("{}"), &[]).unwrap();
         std::fs::copy(other.join("training_state.safetensors"), d.join("training_state.safetensors")).unwrap();
         std::fs::remove_dir_all(other).unwrap();
     });
     expect("other-architecture", "SHAPE_MISMATCH", false, &|d| {
         // Same names, wider MoE: the config and tensors agree with each other but not with `live`.
-        Model::new(ModelConfig { moe_intermediate_size: 7, ..cfg() }).unwrap().save(d, None).unwrap();
+        Model::new(ModelConfig { moe_intermediate_size: 7, ..cfg() }).unwrap().save(d, None, &[]).unwrap();
     });
     expect("wrong-shape", "SHAPE_MISMATCH", true, &|d| {
         // config.json says 6 but the tensors were written for 7.
-        Model::new(ModelConfig { moe_intermediate_size: 7, ..cfg() }).unwrap().save(d, None).unwrap();
+        Model::new(ModelConfig { moe_intermediate_size: 7, ..cfg() }).unwrap().save(d, None, &[]).unwrap();
         std::fs::copy(good.join("config.json"), d.join("config.json")).unwrap();
+        // As a folder written by another tool would be: no manifest, so the shapes are what fails.
+        std::fs::remove_file(d.join("moe_checkpoint.json")).unwrap();
     });
     let nowhere = std::env::temp_dir().join("moe-ckpt-no-such-folder");
     assert_eq!(Model::from_checkpoint(&nowhere).err().map(|e| e.code()), Some("CHECKPOINT_MISSING"));
@@ -167,12 +169,14 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
 fn half_checkpoint_loads_widened<H: bytemuck::Pod>(dtype: safetensors::Dtype, narrow: fn(f32) -> H, widen: fn(H) -> f32) {
     let dir = tmp(&format!("{dtype:?}"));
     let mut m = Model::new(cfg()).unwrap();
-    m.save(&dir, None).unwrap();
+    m.save(&dir, None, &[]).unwrap();
     let st = m.store.host().unwrap();
     let halves: Vec<(String, Vec<usize>, Vec<H>)> = st.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), st.params[s.range()].iter().map(|&x| narrow(x)).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> =
         halves.iter().map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytemuck::cast_slice(d)).unwrap())).collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    // A folder as Hugging Face would ship it: no manifest of ours.
+    std::fs::remove_file(dir.join("moe_checkpoint.json")).unwrap();
     let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
     let st = back.store.host().unwrap();
     for (s, (_, _, d)) in st.specs.iter().zip(&halves) {
@@ -228,7 +232,7 @@ fn generation_is_greedy_at_temperature_zero_and_seeded_otherwise() {
 fn router_biases_are_saved_only_when_set_and_restore_the_routing() {
     let dir = tmp("bias");
     let mut m = Model::new(cfg()).unwrap();
-    m.save(&dir, None).unwrap();
+    m.save(&dir, None, &[]).unwrap();
     let names = |dir: &PathBuf| -> Vec<String> {
         let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
         safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect()
@@ -237,12 +241,70 @@ fn router_biases_are_saved_only_when_set_and_restore_the_routing() {
     let bias: Vec<f32> = (0..2 * 4).map(|i| [0.3, -0.2, 0.0, 0.1][i % 4]).collect();
     m.set_router_bias(&bias).unwrap();
     let routed = m.forward(&TOKENS, None, 2, false).unwrap().counts;
-    m.save(&dir, None).unwrap();
+    m.save(&dir, None, &[]).unwrap();
     assert!(names(&dir).contains(&"model.layers.1.mlp.gate.e_score_correction_bias".to_string()));
     let (mut back, _) = Model::from_checkpoint(&dir).unwrap();
     assert_eq!(back.router_bias(), &bias[..]);
     assert_eq!(back.forward(&TOKENS, None, 2, false).unwrap().counts, routed, "the same routing after loading");
     assert_eq!(m.set_router_bias(&[1.0]).unwrap_err().code(), "SHAPE_MISMATCH");
     assert_eq!(m.set_router_bias(&[f32::NAN; 8]).unwrap_err().code(), "NON_FINITE");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_inside_tensor_data_is_caught_by_the_checksum() {
+    let dir = tmp("flip");
+    let mut m = Model::new(cfg()).unwrap();
+    m.save(&dir, Some("{}"), &[("tokenizer.json".into(), b"{}".to_vec())]).unwrap();
+    assert!(dir.join("moe_checkpoint.json").exists() && dir.join("tokenizer.json").exists());
+    Model::from_checkpoint(&dir).unwrap();
+    for file in ["model.safetensors", "training_state.safetensors", "tokenizer.json"] {
+        let good = std::fs::read(dir.join(file)).unwrap();
+        let mut bad = good.clone();
+        let at = bad.len().saturating_sub(7); // inside the data (the header comes first), for the safetensors files
+        bad[at] ^= 0x10;
+        std::fs::write(dir.join(file), &bad).unwrap();
+        let e = Model::from_checkpoint(&dir).err().expect("a damaged file is refused");
+        assert_eq!(e.code(), "CHECKPOINT_CORRUPT", "{file}: {e}");
+        assert!(e.to_string().contains(file), "{file}: the message names the file: {e}");
+        std::fs::write(dir.join(file), &good).unwrap();
+    }
+    Model::from_checkpoint(&dir).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sizes_a_config_json_asks_for_are_checked_before_allocation() {
+    let dir = tmp("huge");
+    let mut m = Model::new(cfg()).unwrap();
+    m.save(&dir, None, &[]).unwrap();
+    std::fs::remove_file(dir.join("moe_checkpoint.json")).unwrap();
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    c["vocab_size"] = json!(1u64 << 31);
+    c["num_experts"] = json!(1u64 << 20);
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let e = Model::from_checkpoint(&dir).err().unwrap();
+    assert_eq!(e.code(), "OUT_OF_MEMORY", "{e}");
+    c["hidden_size"] = json!(u64::MAX / 2);
+    c["moe_intermediate_size"] = json!(u64::MAX / 2);
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let e = Model::from_checkpoint(&dir).err().unwrap();
+    assert_eq!(e.code(), "CHECKPOINT_CORRUPT", "{e}");
+    assert!(e.to_string().contains("overflow"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_save_replaces_the_folder_whole_and_a_model_only_save_drops_the_training_state() {
+    let dir = tmp("whole");
+    let mut m = Model::new(cfg()).unwrap();
+    m.save(&dir, Some("{}"), &[("tokenizer.json".into(), b"{}".to_vec())]).unwrap();
+    m.save(&dir, None, &[]).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors", "moe_checkpoint.json"]);
+    let parent: Vec<String> = std::fs::read_dir(dir.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains("whole")).collect();
+    assert_eq!(parent.len(), 1, "no temporary folder stays: {parent:?}");
+    assert_eq!(m.save(std::path::Path::new(""), None, &[]).err().map(|e| e.code()), Some("INVALID_ARGUMENT"));
     std::fs::remove_dir_all(dir).unwrap();
 }

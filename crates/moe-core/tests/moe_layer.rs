@@ -126,6 +126,10 @@ fn backward_accumulates_parameter_grads() {
     layer.forward(&p.x, Some(&p.mask), B, true).unwrap();
     let dx1 = layer.backward(&p.dout, &p.pressure, Z_SCALE).unwrap();
     let once = layer.store.host().unwrap().grads.clone();
+    // A stored forward serves one backward; the second needs its own forward.
+    assert_eq!(layer.backward(&p.dout, &p.pressure, Z_SCALE).err().map(|e| e.code()), Some("INVALID_STATE"));
+    assert_eq!(layer.store.host().unwrap().grads, once, "the refused backward added nothing");
+    layer.forward(&p.x, Some(&p.mask), B, true).unwrap();
     let dx2 = layer.backward(&p.dout, &p.pressure, Z_SCALE).unwrap();
     assert_eq!(dx1, dx2, "dx is overwritten, not accumulated");
     for (g2, g1) in layer.store.host().unwrap().grads.iter().zip(&once) {

@@ -1,6 +1,7 @@
 //! Datasets and tokenizers (moe-data): `Tokenizer`, `DatasetPrep` (a prepare job with progress) and
 //! `Dataset` (a prepared dataset, memory-mapped).
 
+use crate::args::{self, absent};
 use crate::{guard, js_error};
 use moe_data::dataset::Dataset as CoreDataset;
 use moe_data::prepare::{prepare, PrepareOptions as CoreOptions, Progress};
@@ -30,19 +31,23 @@ impl JsTokenizer {
     /// A `tokenizer.json`, or a folder holding one (GPT-2's, Qwen's, a dataset's, a checkpoint's).
     /// `eosToken`: its end-of-text token; absent, the first of <|endoftext|>, </s>,
     /// <|end_of_text|>, <eos>, <|im_end|> it has.
-    #[napi(factory)]
-    pub fn from_file(env: Env, path: String, eos_token: Option<String>) -> Result<Self> {
-        guard(|| Tok::from_file(Path::new(&path), eos_token.as_deref())).map(|t| JsTokenizer { inner: Arc::new(t) }).map_err(|e| js_error(&env, e))
+    #[napi(factory, ts_args_type = "path: string, eosToken?: string")]
+    pub fn from_file(env: Env, path: Unknown, eos_token: Option<Unknown>) -> Result<Self> {
+        let path = args::string("path", path).map_err(|e| js_error(&env, e))?;
+        let eos = if absent(&eos_token) { None } else { Some(args::string("eosToken", eos_token.unwrap()).map_err(|e| js_error(&env, e))?) };
+        guard(|| Tok::from_file(Path::new(&path), eos.as_deref())).map(|t| JsTokenizer { inner: Arc::new(t) }).map_err(|e| js_error(&env, e))
     }
 
     /// Token ids of `text` (no special tokens added).
-    #[napi]
-    pub fn encode(&self, env: Env, text: String) -> Result<Uint32Array> {
+    #[napi(ts_args_type = "text: string")]
+    pub fn encode(&self, env: Env, text: Unknown) -> Result<Uint32Array> {
+        let text = args::string("text", text).map_err(|e| js_error(&env, e))?;
         guard(|| self.inner.encode(&text)).map(Uint32Array::new).map_err(|e| js_error(&env, e))
     }
 
-    #[napi]
-    pub fn decode(&self, env: Env, ids: Uint32Array) -> Result<String> {
+    #[napi(ts_args_type = "ids: Uint32Array")]
+    pub fn decode(&self, env: Env, ids: Unknown) -> Result<String> {
+        let ids = args::u32s("ids", ids).map_err(|e| js_error(&env, e))?;
         guard(|| self.inner.decode(&ids)).map_err(|e| js_error(&env, e))
     }
 
@@ -79,7 +84,7 @@ impl JsTokenizer {
 }
 
 /// Options of a prepare job (see `moe data prepare`).
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct PrepareOptions {
     /// `PATH` or `DOMAIN=PATH`: folders of domain folders, .jsonl / .jsonl.gz / .parquet files,
     /// corpus folders (MANIFEST.json)
@@ -101,6 +106,36 @@ pub struct PrepareOptions {
     pub force: Option<bool>,
     /// BPE: train on at most this many megabytes of training text
     pub bpe_sample_mb: Option<f64>,
+}
+
+/// The options object, every field checked (unknown keys refused).
+fn prepare_options(options: Option<Unknown>) -> moe_core::Result<PrepareOptions> {
+    use moe_core::MoeError;
+    if absent(&options) {
+        return Err(MoeError::InvalidConfig("options must be an object with inputs and out".into()));
+    }
+    let keys = ["inputs", "out", "tokenizer", "vocabSize", "textField", "domainField", "idField", "splitField", "validation", "test", "force", "bpeSampleMb"];
+    let o = args::options("options", options, &keys)?;
+    let inputs = match o.field("inputs", args::json)? {
+        Some(serde_json::Value::Array(xs)) if xs.iter().all(|x| x.is_string()) => xs.into_iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => return Err(MoeError::InvalidConfig("options.inputs must be an array of strings".into())),
+    };
+    let out = o.field("out", args::string)?.ok_or_else(|| MoeError::InvalidConfig("options.out is required".into()))?;
+    let s = |k: &str| o.field(k, args::string);
+    Ok(PrepareOptions {
+        inputs,
+        out,
+        tokenizer: s("tokenizer")?,
+        vocab_size: o.field("vocabSize", |w, v| args::count(w, v, 1))?.map(|n| n as u32),
+        text_field: s("textField")?,
+        domain_field: s("domainField")?,
+        id_field: s("idField")?,
+        split_field: s("splitField")?,
+        validation: o.field("validation", args::number)?,
+        test: o.field("test", args::number)?,
+        force: o.field("force", args::boolean)?,
+        bpe_sample_mb: o.field("bpeSampleMb", args::number)?,
+    })
 }
 
 fn core_options(o: PrepareOptions) -> moe_data::Result<CoreOptions> {
@@ -179,8 +214,9 @@ pub struct DatasetPrep {
 
 #[napi]
 impl DatasetPrep {
-    #[napi(constructor)]
-    pub fn new(env: Env, options: PrepareOptions) -> Result<Self> {
+    #[napi(constructor, ts_args_type = "options: PrepareOptions")]
+    pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
+        let options = prepare_options(options).map_err(|e| js_error(&env, e))?;
         let opts = guard(|| core_options(options)).map_err(|e| js_error(&env, e))?;
         Ok(DatasetPrep { opts: std::sync::Mutex::new(Some(opts)), progress: Arc::default() })
     }
@@ -238,8 +274,9 @@ pub struct JsDataset {
 #[napi]
 impl JsDataset {
     /// Opens a dataset folder (manifest schema and file sizes checked; see `verify`).
-    #[napi(factory)]
-    pub fn open(env: Env, dir: String) -> Result<Self> {
+    #[napi(factory, ts_args_type = "dir: string")]
+    pub fn open(env: Env, dir: Unknown) -> Result<Self> {
+        let dir = args::string("dir", dir).map_err(|e| js_error(&env, e))?;
         guard(|| CoreDataset::open(Path::new(&dir))).map(|d| JsDataset { inner: Arc::new(d) }).map_err(|e| js_error(&env, e))
     }
 
@@ -249,21 +286,30 @@ impl JsDataset {
     }
 
     /// Tokens of a domain's split.
-    #[napi]
-    pub fn tokens(&self, env: Env, domain: String, split: String) -> Result<f64> {
+    #[napi(ts_args_type = "domain: string, split: string")]
+    pub fn tokens(&self, env: Env, domain: Unknown, split: Unknown) -> Result<f64> {
+        let (domain, split) = (args::string("domain", domain), args::string("split", split));
+        let (domain, split) = (domain.map_err(|e| js_error(&env, e))?, split.map_err(|e| js_error(&env, e))?);
         let split = split_of(&env, &split)?;
         let d = guard(|| self.inner.domain(&domain)).map_err(|e| js_error(&env, e))?;
         Ok(self.inner.tokens(d, split) as f64)
     }
 
     /// (starts.length, n) tokens: the window of n tokens at each start of a domain's split.
-    #[napi]
-    pub fn gather(&self, env: Env, domain: String, split: String, starts: Float64Array, n: u32) -> Result<Uint32Array> {
+    #[napi(ts_args_type = "domain: string, split: string, starts: Float64Array, n: number")]
+    pub fn gather(&self, env: Env, domain: Unknown, split: Unknown, starts: Unknown, n: Unknown) -> Result<Uint32Array> {
+        let checked = (|| Ok((args::string("domain", domain)?, args::string("split", split)?, args::f64s("starts", starts)?, args::count("n", n, 0)?)))();
+        let (domain, split, starts, n) = checked.map_err(|e: moe_core::MoeError| js_error(&env, e))?;
         let split = split_of(&env, &split)?;
+        let len = starts.len().checked_mul(n).filter(|&l| (l as u128) * 4 <= moe_core::memory::budget());
+        let Some(len) = len else {
+            return Err(js_error(&env, moe_core::MoeError::OutOfMemory(format!("gather: {} windows of {n} tokens do not fit in memory", starts.len()))));
+        };
         guard(|| {
             let d = self.inner.domain(&domain)?;
-            let n = n as usize;
-            let mut out = vec![0u32; starts.len() * n];
+            let mut out: Vec<u32> = Vec::new();
+            out.try_reserve_exact(len).map_err(|_| DataError::Internal(format!("gather: {len} tokens could not be allocated")))?;
+            out.resize(len, 0);
             for (w, &at) in out.chunks_mut(n.max(1)).zip(starts.iter()) {
                 if !(at >= 0.0 && at.fract() == 0.0) {
                     return Err(DataError::Config(format!("window start {at} is not a non-negative integer")));

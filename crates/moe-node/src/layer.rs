@@ -1,11 +1,12 @@
 //! `MoeLayer`: the standalone MoE block.
 
-use crate::{guard, js_error, shared_methods, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
+use crate::args::{self, absent};
+use crate::model::device_option;
+use crate::{guard, js_error, shared, shared_methods, task, with, CoreTask, Info, ParameterInfo, Shared};
 use moe_core::{MoeConfig, MoeError};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
-use std::sync::{Arc, Mutex};
 
 type Core = moe_core::MoeLayer;
 
@@ -49,7 +50,7 @@ pub struct ForwardResult {
     pub stats: RoutingStats,
 }
 
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct ForwardOptions {
     /// (T) 1 = valid token; absent = all valid
     pub mask: Option<Uint8Array>,
@@ -74,9 +75,11 @@ fn forward_result(o: moe_core::ForwardOutput) -> ForwardResult {
 /// A standalone MoE layer (router + dropless SwiGLU experts) on the CPU or the GPU. Parameters and gradients
 /// are addressed by their Hugging Face names: `gate.weight` [E, d],
 /// `experts.{e}.gate_proj.weight` / `up_proj.weight` [F, d], `experts.{e}.down_proj.weight` [d, F].
-#[napi]
+/// Calls run in the order they are made, as on `MoeModel`.
+#[napi(custom_finalize)]
 pub struct MoeLayer {
     inner: Shared<Core>,
+    info: Info,
 }
 
 #[napi]
@@ -85,34 +88,49 @@ impl MoeLayer {
     /// num_experts_per_tok, norm_topk_prob (default false), initializer_range (0.02), seed (0).
     /// The layer runs on `options.device`.
     #[napi(constructor, ts_args_type = "config: MoeLayerConfig, options?: DeviceOptions")]
-    pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
-        let device = options.and_then(|o| o.device);
-        let layer = guard(|| -> moe_core::Result<Core> {
-            let mut l = MoeConfig::from_json(config).and_then(Core::new)?;
-            l.to_device(device.as_deref())?;
-            Ok(l)
-        })
+    pub fn new(env: Env, config: Option<Unknown>, options: Option<Unknown>) -> Result<Self> {
+        let mut layer = (|| {
+            if absent(&config) {
+                return Err(MoeError::InvalidConfig("config must be an object".into()));
+            }
+            let (config, device) = (args::json_object("config", config)?, device_option(options)?);
+            guard(|| -> moe_core::Result<Core> {
+                let mut l = MoeConfig::from_json(config).and_then(Core::new)?;
+                l.to_device(device.as_deref())?;
+                Ok(l)
+            })
+        })()
         .map_err(|e| js_error(&env, e))?;
-        Ok(MoeLayer { inner: Arc::new(Mutex::new(Some(layer))) })
+        let config = serde_json::to_value(&layer.cfg).unwrap_or_default();
+        let device = layer.device();
+        let info = Info::new(&env, device, config, layer.store.host().ok());
+        Ok(MoeLayer { inner: shared(layer), info })
     }
 
     /// Forward on `numSequences` equal-length sequences packed in x (T, hidden_size). Resolves to the
     /// output and per-sequence routing statistics. With `store: false` it keeps no activations.
-    #[napi(ts_return_type = "Promise<ForwardResult>")]
-    pub fn forward(&self, x: Float32Array, num_sequences: u32, options: Option<ForwardOptions>) -> AsyncTask<CoreTask<Core, moe_core::ForwardOutput, ForwardResult>> {
-        let (mask, store) = options.map_or((None, true), |o| (o.mask.map(|m| m.to_vec()), o.store.unwrap_or(true)));
-        let x = x.to_vec();
-        task(&self.inner, forward_result, move |l| l.forward(&x, mask.as_deref(), num_sequences as usize, store))
+    #[napi(ts_args_type = "x: Float32Array, numSequences: number, options?: ForwardOptions", ts_return_type = "Promise<ForwardResult>")]
+    pub fn forward(&self, x: Unknown, num_sequences: Unknown, options: Option<Unknown>) -> AsyncTask<CoreTask<Core, moe_core::ForwardOutput, ForwardResult>> {
+        let checked = (|| {
+            let (x, b) = (args::f32s("x", x)?, args::count("numSequences", num_sequences, 1)?);
+            let o = args::options("options", options, &["mask", "store"])?;
+            let (mask, store) = (o.field("mask", args::u8s)?, o.field("store", args::boolean)?.unwrap_or(true));
+            Ok(move |l: &mut Core| l.forward(&x, mask.as_deref(), b, store))
+        })();
+        task(&self.inner, "MoeLayer.forward", forward_result, checked)
     }
 
     /// Backward of the last stored forward: dOut (T, hidden_size), pressure (B, E), zScale = beta/T_glob.
-    /// Accumulates parameter gradients; resolves to dx (T, hidden_size).
-    #[napi(ts_return_type = "Promise<Float32Array>")]
-    pub fn backward(&self, d_out: Float32Array, pressure: Float32Array, z_scale: f64) -> AsyncTask<CoreTask<Core, Vec<f32>, Float32Array>> {
-        let (dout, pressure) = (d_out.to_vec(), pressure.to_vec());
-        task(&self.inner, Float32Array::new, move |l| l.backward(&dout, &pressure, z_scale as f32))
+    /// Accumulates parameter gradients; resolves to dx (T, hidden_size). A stored forward serves one
+    /// backward: a second one fails with INVALID_STATE.
+    #[napi(ts_args_type = "dOut: Float32Array, pressure: Float32Array, zScale: number", ts_return_type = "Promise<Float32Array>")]
+    pub fn backward(&self, d_out: Unknown, pressure: Unknown, z_scale: Unknown) -> AsyncTask<CoreTask<Core, Vec<f32>, Float32Array>> {
+        let checked = (|| {
+            let (dout, pressure, z) = (args::f32s("dOut", d_out)?, args::f32s("pressure", pressure)?, args::number("zScale", z_scale)?);
+            Ok(move |l: &mut Core| l.backward(&dout, &pressure, z as f32))
+        })();
+        task(&self.inner, "MoeLayer.backward", Float32Array::new, checked)
     }
-
 }
 
-shared_methods!(MoeLayer, "Required<MoeLayerConfig>");
+shared_methods!(MoeLayer, "Required<MoeLayerConfig>", "MoeLayer");

@@ -1,13 +1,13 @@
 //! `MoeModel`: the Qwen3-MoE language model.
 
-use crate::{guard, js_error, shared_methods, task, with, CoreTask, DeviceOptions, ParameterInfo, Shared};
+use crate::args::{self, absent};
+use crate::{guard, js_error, shared, shared_methods, task, with, CoreTask, Info, ParameterInfo, Shared};
 use moe_core::generate::{generate, GenerateOptions};
 use moe_core::{MoeError, ModelConfig, ModelStats};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 type Core = moe_core::Model;
 
@@ -48,11 +48,13 @@ pub struct ModelConfigInput {
 }
 
 /// Per layer and per sequence routing statistics of one forward, and its loss (DESIGN §3).
+/// Sums are over valid positions; divide by `validTokens` for means.
 #[napi(object)]
 pub struct ModelForwardResult {
-    /// summed cross-entropy (nats) over valid positions
-    pub loss: f64,
-    /// (B) summed cross-entropy per sequence
+    /// cross-entropy summed over every valid position, in nats (not a mean: divide by the sum of
+    /// `validTokens` for the mean per token)
+    pub loss_sum: f64,
+    /// (B) cross-entropy summed over each sequence's valid positions, in nats
     pub loss_sums: Float32Array,
     /// (B) valid positions per sequence
     pub valid_tokens: Float32Array,
@@ -68,7 +70,7 @@ pub struct ModelForwardResult {
 
 fn forward_result(s: ModelStats) -> ModelForwardResult {
     ModelForwardResult {
-        loss: s.loss,
+        loss_sum: s.loss,
         loss_sums: Float32Array::new(s.loss_sums),
         valid_tokens: Float32Array::new(s.valid_tokens),
         counts: Float32Array::new(s.counts),
@@ -78,7 +80,7 @@ fn forward_result(s: ModelStats) -> ModelForwardResult {
     }
 }
 
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct ModelForwardOptions {
     /// (B, S) 1 = token t is a prediction target (position t - 1's loss counts); absent = all
     pub mask: Option<Uint8Array>,
@@ -86,7 +88,7 @@ pub struct ModelForwardOptions {
     pub store: Option<bool>,
 }
 
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct BackwardScales {
     /// multiplies the summed cross-entropy: 1 / T_glob
     pub lm_scale: f64,
@@ -104,53 +106,90 @@ pub struct GenerateOptionsInput {
 }
 
 pub struct LoadTask {
-    dir: PathBuf,
-    device: Option<String>,
+    /// the folder and device, or the error of the argument checks
+    args: moe_core::Result<(PathBuf, Option<String>)>,
 }
 
 impl Task for LoadTask {
     type Output = moe_core::Result<(Core, Option<String>)>;
     type JsValue = MoeModel;
     fn compute(&mut self) -> Result<Self::Output> {
-        Ok(guard(|| {
-            let (mut m, trainer) = Core::from_checkpoint(&self.dir)?;
-            m.to_device(self.device.as_deref())?;
-            Ok((m, trainer))
+        let args = std::mem::replace(&mut self.args, Err(MoeError::Internal("a task ran twice".into())));
+        Ok(args.and_then(|(dir, device)| {
+            guard(|| {
+                let (mut m, trainer) = Core::from_checkpoint(&dir)?;
+                m.to_device(device.as_deref())?;
+                Ok((m, trainer))
+            })
         }))
     }
     fn resolve(&mut self, env: Env, out: Self::Output) -> Result<MoeModel> {
         let (m, trainer) = out.map_err(|e| js_error(&env, e))?;
-        Ok(MoeModel { inner: Arc::new(Mutex::new(Some(m))), trainer_state: trainer })
+        Ok(MoeModel::wrap(&env, m, trainer))
     }
+}
+
+/// The `device` of a DeviceOptions object.
+pub(crate) fn device_option(options: Option<Unknown>) -> moe_core::Result<Option<String>> {
+    let o = args::options("options", options, &["device"])?;
+    let device = o.field("device", args::string)?;
+    if let Some(d) = &device {
+        if !["auto", "gpu", "cpu"].contains(&d.as_str()) {
+            return Err(MoeError::InvalidConfig(format!("options.device must be \"auto\", \"gpu\" or \"cpu\", got \"{d}\"")));
+        }
+    }
+    Ok(device)
 }
 
 /// A Qwen3-MoE causal language model on the CPU or the GPU. Parameters use the Hugging Face names
 /// (`model.layers.{l}.mlp.experts.{e}.up_proj.weight`, ...); checkpoints load in transformers.
-#[napi]
+///
+/// Calls on one model run in the order they are made: asynchronous ones queue behind each other,
+/// and a synchronous one made while an asynchronous one is pending fails with `INVALID_STATE`
+/// (await first). Arguments are checked before anything runs (`INVALID_ARGUMENT`,
+/// `INVALID_CONFIG` for option fields, naming them); asynchronous methods report every failure as
+/// a rejected Promise. The native memory is reported to V8, so a dropped model is collected.
+#[napi(custom_finalize)]
 pub struct MoeModel {
     inner: Shared<Core>,
     trainer_state: Option<String>,
+    info: Info,
+}
+
+impl MoeModel {
+    fn wrap(env: &Env, mut m: Core, trainer_state: Option<String>) -> MoeModel {
+        let config = serde_json::to_value(&m.cfg).unwrap_or_default();
+        let device = m.device();
+        let info = Info::new(env, device, config, m.store.host().ok());
+        MoeModel { inner: shared(m), trainer_state, info }
+    }
 }
 
 #[napi]
 impl MoeModel {
     /// A freshly initialised model (seeded by `config.seed`) on `options.device`.
     #[napi(constructor, ts_args_type = "config: ModelConfig, options?: DeviceOptions")]
-    pub fn new(env: Env, config: serde_json::Value, options: Option<DeviceOptions>) -> Result<Self> {
-        let device = options.and_then(|o| o.device);
-        let m = guard(|| -> moe_core::Result<Core> {
-            let mut m = ModelConfig::from_json(config).and_then(Core::new)?;
-            m.to_device(device.as_deref())?;
-            Ok(m)
-        })
+    pub fn new(env: Env, config: Option<Unknown>, options: Option<Unknown>) -> Result<Self> {
+        let m = (|| {
+            if absent(&config) {
+                return Err(MoeError::InvalidConfig("config must be an object".into()));
+            }
+            let (config, device) = (args::json_object("config", config)?, device_option(options)?);
+            guard(|| -> moe_core::Result<Core> {
+                let mut m = ModelConfig::from_json(config).and_then(Core::new)?;
+                m.to_device(device.as_deref())?;
+                Ok(m)
+            })
+        })()
         .map_err(|e| js_error(&env, e))?;
-        Ok(MoeModel { inner: Arc::new(Mutex::new(Some(m))), trainer_state: None })
+        Ok(MoeModel::wrap(&env, m, None))
     }
 
-    /// A model read from a checkpoint folder (config.json + model.safetensors [+ training state]).
+    /// A model read from a checkpoint folder (config.json + model.safetensors [+ training state]),
+    /// every file checked against the folder's checksums.
     #[napi(ts_args_type = "dir: string, options?: DeviceOptions", ts_return_type = "Promise<MoeModel>")]
-    pub fn from_checkpoint(dir: String, options: Option<DeviceOptions>) -> AsyncTask<LoadTask> {
-        AsyncTask::new(LoadTask { dir: dir.into(), device: options.and_then(|o| o.device) })
+    pub fn from_checkpoint(dir: Unknown, options: Option<Unknown>) -> AsyncTask<LoadTask> {
+        AsyncTask::new(LoadTask { args: (|| Ok((PathBuf::from(args::string("dir", dir)?), device_option(options)?)))() })
     }
 
     /// The trainer state (JSON) saved with the checkpoint this model was made from, if any.
@@ -162,56 +201,92 @@ impl MoeModel {
     /// Optimiser steps taken (restored by checkpoints).
     #[napi(getter)]
     pub fn optimizer_step(&self, env: Env) -> Result<f64> {
-        with(&self.inner, |m| Ok(m.store.steps() as f64)).map_err(|e| js_error(&env, e))
+        with(&self.inner, "MoeModel.optimizerStep", |m| Ok(m.store.steps() as f64)).map_err(|e| js_error(&env, e))
     }
 
-    /// Forward on tokens (B, S) with B = numSequences: the loss and the per-layer, per-sequence
-    /// routing statistics. `store: false` keeps no activations (evaluation, statistics pre-pass).
-    #[napi(ts_return_type = "Promise<ModelForwardResult>")]
-    pub fn forward(&self, tokens: Uint32Array, num_sequences: u32, options: Option<ModelForwardOptions>) -> AsyncTask<CoreTask<Core, ModelStats, ModelForwardResult>> {
-        let (mask, store) = options.map_or((None, true), |o| (o.mask.map(|m| m.to_vec()), o.store.unwrap_or(true)));
-        let tokens = tokens.to_vec();
-        task(&self.inner, forward_result, move |m| m.forward(&tokens, mask.as_deref(), num_sequences as usize, store))
+    /// Forward on tokens (B, S) with B = numSequences: the summed loss and the per-layer,
+    /// per-sequence routing statistics. `store: false` keeps no activations (evaluation,
+    /// statistics pre-pass).
+    #[napi(ts_args_type = "tokens: Uint32Array, numSequences: number, options?: ModelForwardOptions", ts_return_type = "Promise<ModelForwardResult>")]
+    pub fn forward(&self, tokens: Unknown, num_sequences: Unknown, options: Option<Unknown>) -> AsyncTask<CoreTask<Core, ModelStats, ModelForwardResult>> {
+        let checked = (|| {
+            let (tokens, b) = (args::u32s("tokens", tokens)?, args::count("numSequences", num_sequences, 1)?);
+            let o = args::options("options", options, &["mask", "store"])?;
+            let (mask, store) = (o.field("mask", args::u8s)?, o.field("store", args::boolean)?.unwrap_or(true));
+            Ok(move |m: &mut Core| m.forward(&tokens, mask.as_deref(), b, store))
+        })();
+        task(&self.inner, "MoeModel.forward", forward_result, checked)
     }
 
     /// Logits (B*S, vocab_size) of every position; stores nothing.
-    #[napi(ts_return_type = "Promise<Float32Array>")]
-    pub fn logits(&self, tokens: Uint32Array, num_sequences: u32) -> AsyncTask<CoreTask<Core, Vec<f32>, Float32Array>> {
-        let tokens = tokens.to_vec();
-        task(&self.inner, Float32Array::new, move |m| m.logits(&tokens, num_sequences as usize))
+    #[napi(ts_args_type = "tokens: Uint32Array, numSequences: number", ts_return_type = "Promise<Float32Array>")]
+    pub fn logits(&self, tokens: Unknown, num_sequences: Unknown) -> AsyncTask<CoreTask<Core, Vec<f32>, Float32Array>> {
+        let checked = (|| {
+            let (tokens, b) = (args::u32s("tokens", tokens)?, args::count("numSequences", num_sequences, 1)?);
+            Ok(move |m: &mut Core| m.logits(&tokens, b))
+        })();
+        task(&self.inner, "MoeModel.logits", Float32Array::new, checked)
     }
 
     /// Backward of the last stored forward with router pressure (L, B, E); accumulates gradients.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn backward(&self, pressure: Float32Array, scales: BackwardScales) -> AsyncTask<CoreTask<Core, (), ()>> {
-        let pressure = pressure.to_vec();
-        let (lm, z) = (scales.lm_scale as f32, scales.z_scale.unwrap_or(0.0) as f32);
-        task(&self.inner, |()| (), move |m| m.backward(&pressure, lm, z))
+    /// A stored forward serves one backward: a second one fails with INVALID_STATE.
+    #[napi(ts_args_type = "pressure: Float32Array, scales: BackwardScales", ts_return_type = "Promise<void>")]
+    pub fn backward(&self, pressure: Unknown, scales: Option<Unknown>) -> AsyncTask<CoreTask<Core, (), ()>> {
+        let checked = (|| {
+            let pressure = args::f32s("pressure", pressure)?;
+            if absent(&scales) {
+                return Err(MoeError::InvalidArgument("scales must be an object with lmScale (1 / T_glob)".into()));
+            }
+            let o = args::options("scales", scales, &["lmScale", "zScale"])?;
+            let lm = o.field("lmScale", args::number)?.ok_or_else(|| MoeError::InvalidConfig("scales.lmScale is required (1 / T_glob)".into()))?;
+            let z = o.field("zScale", args::number)?.unwrap_or(0.0);
+            Ok(move |m: &mut Core| m.backward(&pressure, lm as f32, z as f32))
+        })();
+        task(&self.inner, "MoeModel.backward", |()| (), checked)
     }
 
-    /// Writes config.json + model.safetensors into `dir`; with `trainerState` (JSON) also the
-    /// optimiser state: a training checkpoint. Every file is replaced atomically.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn save(&self, dir: String, trainer_state: Option<String>) -> AsyncTask<CoreTask<Core, (), ()>> {
-        task(&self.inner, |()| (), move |m| m.save(&PathBuf::from(dir), trainer_state.as_deref()))
+    /// Writes the checkpoint folder `dir`: config.json + model.safetensors; with `trainerState`
+    /// (JSON) also the optimiser state (a training checkpoint); with `files` (name → text) those
+    /// files too. The folder is written whole beside `dir` and switched in atomically, with a
+    /// sha256 per file in `moe_checkpoint.json`: a reader sees the previous save or this one.
+    #[napi(ts_args_type = "dir: string, trainerState?: string | null, files?: Record<string, string>", ts_return_type = "Promise<void>")]
+    pub fn save(&self, dir: Unknown, trainer_state: Option<Unknown>, files: Option<Unknown>) -> AsyncTask<CoreTask<Core, (), ()>> {
+        let checked = (|| {
+            let dir = PathBuf::from(args::string("dir", dir)?);
+            let trainer = if absent(&trainer_state) { None } else { Some(args::string("trainerState", trainer_state.unwrap())?) };
+            let files: Vec<(String, Vec<u8>)> = match args::json_object("files", files)? {
+                serde_json::Value::Object(o) => o
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(t) => Ok((k, t.into_bytes())),
+                        _ => Err(MoeError::InvalidConfig(format!("files.{k} must be a string"))),
+                    })
+                    .collect::<moe_core::Result<_>>()?,
+                _ => Vec::new(),
+            };
+            Ok(move |m: &mut Core| m.save(&dir, trainer.as_deref(), &files))
+        })();
+        task(&self.inner, "MoeModel.save", |()| (), checked)
     }
 
     /// Loads a checkpoint of the same architecture into this model (optimiser included when the
     /// checkpoint has it); resolves to the saved trainer state. On error nothing changes.
-    #[napi(ts_return_type = "Promise<string | null>")]
-    pub fn load_checkpoint(&self, dir: String) -> AsyncTask<CoreTask<Core, Option<String>, Option<String>>> {
-        task(&self.inner, |s| s, move |m| m.load_checkpoint(&PathBuf::from(dir)))
+    #[napi(ts_args_type = "dir: string", ts_return_type = "Promise<string | null>")]
+    pub fn load_checkpoint(&self, dir: Unknown) -> AsyncTask<CoreTask<Core, Option<String>, Option<String>>> {
+        let checked = args::string("dir", dir).map(|dir| move |m: &mut Core| m.load_checkpoint(&PathBuf::from(dir)));
+        task(&self.inner, "MoeModel.loadCheckpoint", |s| s, checked)
     }
 
     /// Continues `prompt` by up to `maxNewTokens` tokens with a key/value cache.
     #[napi(ts_args_type = "prompt: Uint32Array, maxNewTokens: number, options?: GenerateOptions", ts_return_type = "Promise<Uint32Array>")]
-    pub fn generate(&self, env: Env, prompt: Uint32Array, max_new_tokens: u32, options: Option<serde_json::Value>) -> Result<AsyncTask<CoreTask<Core, Vec<u32>, Uint32Array>>> {
-        let opts: GenerateOptions = serde_json::from_value(options.unwrap_or(serde_json::json!({})))
-            .map_err(|e| js_error(&env, MoeError::InvalidConfig(e.to_string())))?;
-        let prompt = prompt.to_vec();
-        Ok(task(&self.inner, Uint32Array::new, move |m| generate(m, &prompt, max_new_tokens as usize, &opts)))
+    pub fn generate(&self, prompt: Unknown, max_new_tokens: Unknown, options: Option<Unknown>) -> AsyncTask<CoreTask<Core, Vec<u32>, Uint32Array>> {
+        let checked = (|| {
+            let (prompt, n) = (args::u32s("prompt", prompt)?, args::count("maxNewTokens", max_new_tokens, 0)?);
+            let opts: GenerateOptions = moe_core::error::from_json(args::json_object("options", options)?)?;
+            Ok(move |m: &mut Core| generate(m, &prompt, n, &opts))
+        })();
+        task(&self.inner, "MoeModel.generate", Uint32Array::new, checked)
     }
-
 }
 
-shared_methods!(MoeModel, "Required<ModelConfig>");
+shared_methods!(MoeModel, "Required<ModelConfig>", "MoeModel");

@@ -172,7 +172,7 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.1,
             max_grad_norm: Some(1.0),
-            schedule: Some(LrSchedule { warmup_steps: 2, total_steps: 6, min_lr: 0.001 }),
+            schedule: Some(LrSchedule { kind: Default::default(), warmup_steps: 2, total_steps: 6, min_lr: 0.001, decay_steps: None }),
         }
     }
 
