@@ -93,7 +93,8 @@ export function comparisonTable(runs: RunResult[]): string {
     const [a, b] = [runs[0], runs[runs.length - 1]];
     const d = last(b).mean.loss - last(a).mean.loss;
     lines.push('');
-    lines.push(`Held-out loss, ${b.name} - ${a.name}: ${d >= 0 ? '+' : ''}${d.toFixed(4)} nats per token (one seed; see EXPERIMENTS.md for several).`);
+    const mi = (r: RunResult) => last(r).layers.reduce((acc, l) => acc + l.mutualInformation, 0) / last(r).layers.length;
+    lines.push(`Held-out loss, ${b.name} - ${a.name}: ${d >= 0 ? '+' : ''}${d.toFixed(4)} nats per token; MI(domain; expert), ${b.name} / ${a.name}: ${(mi(b) / mi(a)).toFixed(2)}x (one seed; see EXPERIMENTS.md for several).`);
   }
   return lines.join('\n');
 }
