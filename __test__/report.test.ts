@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium } from 'playwright-core';
+import { bszChart, bszOf } from '../src/report/figures.js';
 import { fixtureRuns } from '../src/report/fixture.js';
 import { escapeHtml } from '../src/report/html.js';
 import { renderReport } from '../src/report/render.js';
@@ -201,4 +202,35 @@ test('writeReport: missing or invalid run files throw RUN_NOT_FOUND naming the p
   } finally {
     await rm(root, { recursive: true, force: true });
   }
+});
+
+test('Balance BSZ of a run: sequences pooled for f and whether through the buffer', (t) => {
+  const cfg = (term: object, extra: object = {}) => ({ batch: { ranks: 2, accumSteps: 4, microBatch: 2 }, balance: { terms: [term] }, ...extra });
+  // R b = 4 sequences per micro-step, R A b = 16 in the global batch.
+  t.deepEqual(bszOf(cfg({ scope: 'micro', coef: 1 })), { sequences: 2, buffer: false, withinMicroStep: true });
+  t.deepEqual(bszOf(cfg({ scope: 'dp', coef: 1 })), { sequences: 4, buffer: false, withinMicroStep: true });
+  t.deepEqual(bszOf(cfg({ scope: 'global', coef: 1 })), { sequences: 16, buffer: true, withinMicroStep: false });
+  t.deepEqual(bszOf(cfg({ scope: 'global-exact', coef: 1 })), { sequences: 16, buffer: false, withinMicroStep: false });
+  t.deepEqual(bszOf(cfg({ balanceSequences: 8, coef: 1 })), { sequences: 8, buffer: true, withinMicroStep: false });
+  t.deepEqual(bszOf(cfg({ balanceSequences: 8, exact: true, coef: 1 })), { sequences: 8, buffer: false, withinMicroStep: false });
+  t.deepEqual(bszOf(cfg({ balanceSequences: 2, coef: 1 })), { sequences: 2, buffer: false, withinMicroStep: true });
+  t.is(bszOf(cfg({ scope: 'shuffle', coef: 1 })), null);
+  t.is(bszOf(cfg({ scope: 'micro', coef: 1 }, { data: { mixedMicroBatches: true } })), null);
+  t.is(bszOf({ ...cfg({ scope: 'micro', coef: 1 }), balance: { terms: [{ scope: 'micro', coef: 1 }], phases: [{ step: 2, terms: [] }] } }), null);
+  // The chart: sizes 2 and 4 serve both curves; 8 and 16 each their own. Two seeds at size 8 through the buffer.
+  const [run] = fixtureRuns();
+  const at = (config: object, loss: number) => ({ ...run.result, config, evals: [{ ...run.result.evals[2], mean: { ...run.result.evals[2].mean, loss } }] });
+  const results = [
+    at(cfg({ scope: 'micro', coef: 1 }), 4),
+    at(cfg({ scope: 'dp', coef: 1 }), 3.9),
+    at(cfg({ balanceSequences: 8, coef: 1 }), 3.8),
+    at(cfg({ balanceSequences: 8, coef: 1 }), 3.6),
+    at(cfg({ balanceSequences: 8, exact: true, coef: 1 }), 3.75),
+    at(cfg({ scope: 'global', coef: 1 }), 3.5),
+  ];
+  const svg = bszChart(results, (r) => r.evals[0].mean.loss, 'loss', 'bsz')!;
+  const paths = [...svg.matchAll(/<path class="series" data-series="([^"]+)" d="([^"]+)"/g)].map((m) => [m[1], m[2].split(/[ML]/).filter(Boolean).length]);
+  t.deepEqual(paths, [['through the buffer (Algorithm 1)', 4], ['each group counted exactly (no buffer)', 3]]);
+  t.is([...svg.matchAll(/class="error-bar"/g)].length, 1, 'one size with two seeds: one error bar');
+  t.is(bszChart(results.slice(0, 2), (r) => r.evals[0].mean.loss, 'loss', 'bsz'), null, 'fewer than three sizes: no chart');
 });

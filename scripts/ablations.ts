@@ -21,8 +21,12 @@ export function ablations(base: unknown): Ablation[] {
   const alpha = cfg.balance.terms[0]?.coef ?? 0.05;
   // Balance BSZ from 1 sequence to the whole global batch: within a micro-step (N <= R b) there is
   // no buffer to speak of; beyond, through the buffer (bsz=N) or counted in full (bsz=N-exact).
-  const sizes = powers(G).filter((n) => G % n === 0);
-  const bsz = sizes.flatMap((n) => (n <= R * b ? [`bsz=${n}`] : [`bsz=${n}`, `bsz=${n}-exact`]));
+  // The sizes that are scopes run under the scope's name (the same computation): b with one rank
+  // is `micro`, R b is `dp`, the global batch is `global` (buffer) and `global-exact`.
+  const named = (n: number, exact: boolean): string =>
+    n === G ? (exact ? 'global-exact' : 'global') : n === b && R === 1 ? 'micro' : n === R * b ? 'dp' : `bsz=${n}${exact ? '-exact' : ''}`;
+  const sizes = powers(G).filter((n) => G % n === 0 && (n <= R * b || n % (R * b) === 0));
+  const bsz = [...sizes.map((n) => named(n, false)), ...sizes.filter((n) => n > R * b).map((n) => named(n, true))];
   const round = (x: number) => Number(x.toPrecision(3));
   return [
     { id: 'main', title: 'Micro-batch against global-batch balance', runs: ['micro', 'global'] },
