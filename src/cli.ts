@@ -141,7 +141,7 @@ const program = new Command('moe')
   .exitOverride();
 
 configOptions(program.command('train').description('train one model'))
-  .option('--scope <scope>', 'balance scope of a single LBL term: sequence | micro | dp | global | global-exact')
+  .option('--scope <scope>', 'balance scope of a single LBL term: sequence | micro | dp | global | global-exact | shuffle')
   .option('--coef <alpha>', 'coefficient of that term (LBL = 1 at perfect balance)')
   .option('-o, --out <dir>', 'run folder (metrics.jsonl, metrics.csv, evals.csv, result.json, checkpoints/)', 'runs/train')
   .option('--resume', 'continue the run in --out from its latest checkpoint; --steps N extends it, --set/--config may change only evaluation, checkpoint and device settings')
@@ -193,7 +193,7 @@ program
   });
 
 configOptions(program.command('compare').description('train several balance configurations on the same data and seed; print one table'))
-  .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global, free-<scope> (auxiliary-loss-free)', 'micro,global')
+  .option('--runs <names>', 'comma-separated: micro, dp, global, global-exact, sequence, shuffle, global+micro, bsz=N, bsz=N-exact, mixed, mixed-global, micro-to-global[:S], global-to-micro[:S], free-<scope> (auxiliary-loss-free); NAME@alpha sets the coefficient', 'micro,global')
   .option('-o, --out <dir>', 'folder for the run folders', 'runs/compare')
   .option('--report <file>', 'also write the HTML report here')
   .option('--force', 'replace run folders of an earlier comparison in --out')

@@ -8,29 +8,47 @@ import { train, type RunOptions } from './trainer/train.js';
 import { parseTrainConfig } from './trainer/config.js';
 
 /**
- * A named variant of the base config: `micro`, `dp`, `global`, `global-exact`, `sequence`,
- * `global+micro` (global plus micro at 1% of the coefficient: the paper's speed fix), `bsz=N`
- * (balanceSequences N), `mixed` and `mixed-global` (micro or global balance on mixed-domain
- * micro-batches: the paper's control, where the two should nearly coincide).
+ * A named variant of the base config:
+ * - `micro`, `dp`, `global`, `global-exact`, `sequence`, `shuffle`: one LBL term at that scope;
+ * - `global+micro`: global plus micro at 1% of the coefficient (the paper's speed fix);
+ * - `bsz=N`: balanceSequences N (through the buffer when N > R b); `bsz=N-exact`: each group of N
+ *   counted in full from a statistics pre-pass (no buffer);
+ * - `mixed`, `mixed-global`: micro or global balance on mixed-domain micro-batches (the control);
+ * - `micro-to-global`, `global-to-micro`: a switch of scope mid-training, at step `:S` when given
+ *   (`micro-to-global:150`), else at half the steps (balance.phases);
+ * - `free-<scope>`: auxiliary-loss-free balancing at that scope instead of loss terms;
+ * - any of these with `@alpha`: that coefficient instead of the base config's (`micro@0.0125`).
  */
-export function variant(base: Record<string, unknown>, name: string): Record<string, unknown> {
+export function variant(base: Record<string, unknown>, fullName: string): Record<string, unknown> {
   const cfg = parseTrainConfig(base);
-  const coef = cfg.balance.terms[0]?.coef ?? 0.05;
+  const [name, coefText, extra] = fullName.split('@');
+  const coef = coefText === undefined ? (cfg.balance.terms[0]?.coef ?? 0.05) : Number(coefText);
+  if (extra !== undefined || !(coef >= 0)) throw new MoeTrainerError('INVALID_CONFIG', `run "${fullName}": expected NAME@alpha with alpha >= 0`);
   const free = /^free-(sequence|micro|dp|global|global-exact)$/.exec(name);
   const lossFree = free ? { scope: free[1], rate: cfg.balance.lossFree?.rate ?? 1e-3 } : undefined;
+  const sw = /^(micro|global)-to-(micro|global)(?::(\d+))?$/.exec(name);
+  const switchStep = sw ? (sw[3] === undefined ? Math.floor(cfg.train.steps / 2) : Number(sw[3])) : 0;
   const terms = (() => {
-    if (['micro', 'dp', 'global', 'global-exact', 'sequence'].includes(name)) return [{ scope: name, coef }];
+    if (['micro', 'dp', 'global', 'global-exact', 'sequence', 'shuffle'].includes(name)) return [{ scope: name, coef }];
     if (name === 'global+micro') return [{ scope: 'global', coef }, { scope: 'micro', coef: coef / 100 }];
     if (name === 'mixed') return [{ scope: 'micro', coef }];
     if (name === 'mixed-global') return [{ scope: 'global', coef }];
-    const m = /^bsz=(\d+)$/.exec(name);
-    if (m) return [{ balanceSequences: Number(m[1]), coef }];
+    if (sw && sw[1] !== sw[2]) {
+      if (!(switchStep >= 1 && switchStep < cfg.train.steps)) throw new MoeTrainerError('INVALID_CONFIG', `run "${fullName}": the switch step must lie in 1 .. ${cfg.train.steps - 1}`);
+      return [{ scope: sw[1], coef }];
+    }
+    const m = /^bsz=(\d+)(-exact)?$/.exec(name);
+    if (m) return [{ balanceSequences: Number(m[1]), coef, ...(m[2] ? { exact: true } : {}) }];
     if (lossFree) return [];
-    throw new MoeTrainerError('INVALID_CONFIG', `unknown run "${name}" (micro, dp, global, global-exact, sequence, global+micro, bsz=N, mixed, mixed-global, free-<scope>)`);
+    throw new MoeTrainerError(
+      'INVALID_CONFIG',
+      `unknown run "${fullName}" (micro, dp, global, global-exact, sequence, shuffle, global+micro, bsz=N, bsz=N-exact, mixed, mixed-global, micro-to-global[:S], global-to-micro[:S], free-<scope>, each optionally @alpha)`,
+    );
   })();
+  const phases = sw ? [{ step: switchStep, terms: [{ scope: sw[2], coef }] }] : cfg.balance.phases;
   const data = { ...((base.data as object) ?? {}), mixedMicroBatches: name.startsWith('mixed') };
   // free-<scope>: auxiliary-loss-free balancing at that scope instead of the loss terms.
-  return { ...base, data, balance: { ...cfg.balance, terms, lossFree: lossFree ?? cfg.balance.lossFree } };
+  return { ...base, data, balance: { ...cfg.balance, terms, lossFree: lossFree ?? cfg.balance.lossFree, phases } };
 }
 
 export async function compare(base: Record<string, unknown>, names: string[], outDir: string, opts: Omit<RunOptions, 'outDir' | 'name'> = {}): Promise<{ runs: RunResult[]; dirs: string[] }> {
@@ -75,7 +93,8 @@ export function comparisonTable(runs: RunResult[]): string {
     const [a, b] = [runs[0], runs[runs.length - 1]];
     const d = last(b).mean.loss - last(a).mean.loss;
     lines.push('');
-    lines.push(`Held-out loss, ${b.name} - ${a.name}: ${d >= 0 ? '+' : ''}${d.toFixed(4)} nats per token (one seed; see EXPERIMENTS.md for several).`);
+    const mi = (r: RunResult) => last(r).layers.reduce((acc, l) => acc + l.mutualInformation, 0) / last(r).layers.length;
+    lines.push(`Held-out loss, ${b.name} - ${a.name}: ${d >= 0 ? '+' : ''}${d.toFixed(4)} nats per token; MI(domain; expert), ${b.name} / ${a.name}: ${(mi(b) / mi(a)).toFixed(2)}x (one seed; see EXPERIMENTS.md for several).`);
   }
   return lines.join('\n');
 }

@@ -10,7 +10,8 @@
 import { MoeTrainerError } from '../errors.js';
 import { namedViews, type Communicator, type NamedViews } from './communicator.js';
 import { type BalanceConfig, parseBalanceConfig, termName } from './config.js';
-import { type BalanceDims, estimatorFor, ExactFrequency, type FrequencyEstimator, MicroStepCounts, type MicroStats } from './frequency.js';
+import { type BalanceDims, estimatorFor, type FrequencyEstimator, hasPrePass, MicroStepCounts, type MicroStats, type PrePassEstimator, ShuffleFrequency } from './frequency.js';
+import { stepSeed } from './sample.js';
 import { LossFreeBias } from './loss-free.js';
 
 /** What the backward of one micro-batch needs. */
@@ -51,7 +52,9 @@ export class Balancer {
   readonly config: BalanceConfig;
   private readonly dims: BalanceDims;
   private readonly terms: { name: string; coef: number; estimator: FrequencyEstimator }[];
-  private readonly exact: ExactFrequency | undefined;
+  /** the estimators that need a statistics pre-pass over the global batch (plain or masked) */
+  private readonly prePass: PrePassEstimator[];
+  private readonly shuffle: ShuffleFrequency | undefined;
   private readonly lossFree: LossFreeBias | undefined;
   private readonly sums: StepSums;
   private tGlob = 0;
@@ -64,6 +67,7 @@ export class Balancer {
     readonly comm: Communicator,
   ) {
     this.config = parseBalanceConfig(config);
+    if (this.config.phases?.length) fail('INVALID_CONFIG', 'balance.phases: a Balancer serves one phase; build it from balanceAt(config, step)');
     for (const [k, v] of Object.entries(dims)) {
       if (!Number.isInteger(v) || v < 1) fail('INVALID_CONFIG', `balance dims: ${k} must be a positive integer, got ${v}`);
     }
@@ -73,7 +77,8 @@ export class Balancer {
     this.terms = this.config.terms.map((term) => ({ name: termName(term), coef: term.coef, estimator: estimatorFor(term, this.dims, comm.size) }));
     const names = this.terms.map((t) => t.name);
     if (new Set(names).size !== names.length) fail('INVALID_CONFIG', `balance terms must have distinct scopes, got ${names.join(', ')}`);
-    this.exact = this.terms.map((t) => t.estimator).find((e): e is ExactFrequency => e instanceof ExactFrequency);
+    this.prePass = this.terms.map((t) => t.estimator).filter(hasPrePass);
+    this.shuffle = this.prePass.find((e): e is ShuffleFrequency => e instanceof ShuffleFrequency);
     this.lossFree = this.config.lossFree && new LossFreeBias(this.config.lossFree, this.dims, comm);
     this.sums = namedViews({ lbl: this.terms.length * L, lblMicro: L, counts: L * E, scores: L * E, z: L, tokens: 1 });
   }
@@ -83,9 +88,13 @@ export class Balancer {
     return this.tGlob;
   }
 
-  /** True when a term needs the whole global batch's counts before the first backward. */
+  /**
+   * True when a term (`global-exact`, exact `balanceSequences`) needs the whole global batch's
+   * counts before the first backward: statistics-only forwards of the rank's A micro-batches, then
+   * `setExactCounts`.
+   */
   get needsExactCounts(): boolean {
-    return this.exact !== undefined;
+    return this.prePass.some((e) => e.prePass === 'full');
   }
 
   /**
@@ -110,10 +119,31 @@ export class Balancer {
    * forwards of its A micro-batches, all-reduced. Touches no buffer.
    */
   async setExactCounts(all: MicroStats[]): Promise<void> {
-    if (!Array.isArray(all) || all.length !== this.dims.accumSteps) fail('INVALID_ARGUMENT', `setExactCounts: expects the statistics of this rank's ${this.dims.accumSteps} micro-batches, got ${Array.isArray(all) ? all.length : typeof all}`);
-    if (this.micro !== 0) fail('BALANCE_STATE', 'setExactCounts belongs after beginStep and before the first micro-step');
+    await this.setPrePass(all, 'full', 'setExactCounts');
+  }
+
+  /**
+   * `shuffle`: the (b, S) loss masks of this rank's A micro-batches that keep exactly the step's
+   * random token subset (null when no term samples). `seed` and `step` seed the draw (the same on
+   * every rank); `training[m]` is micro-batch m's own target mask (null: every target counts).
+   * Run statistics-only forwards with these masks, then `setSampleCounts`.
+   */
+  async sampleMasks(seqLen: number, seed: number, step: number, training?: (Uint8Array | null)[]): Promise<Uint8Array[] | null> {
+    if (!this.shuffle) return null;
+    if (this.micro !== 0) fail('BALANCE_STATE', 'sampleMasks belongs after beginStep and before the first micro-step');
+    return this.shuffle.masks(seqLen, stepSeed(seed, step), training ?? Array.from({ length: this.dims.accumSteps }, () => null), this.comm);
+  }
+
+  /** `shuffle`: the statistics of the forwards masked by `sampleMasks`, this rank's A micro-batches. */
+  async setSampleCounts(all: MicroStats[]): Promise<void> {
+    await this.setPrePass(all, 'sample', 'setSampleCounts');
+  }
+
+  private async setPrePass(all: MicroStats[], kind: 'full' | 'sample', what: string): Promise<void> {
+    if (this.micro !== 0) fail('BALANCE_STATE', `${what} belongs after beginStep and before the first micro-step`);
+    if (!Array.isArray(all) || all.length !== this.dims.accumSteps) fail('INVALID_ARGUMENT', `${what}: expects the statistics of this rank's ${this.dims.accumSteps} micro-batches, got ${Array.isArray(all) ? all.length : typeof all}`);
     all.forEach((s) => this.checkShapes(s));
-    await this.exact?.setCounts(all, this.comm);
+    for (const e of this.prePass) if (e.prePass === kind) await e.setPrePass(all, this.comm);
   }
 
   /** The pressure for the next micro-batch of the step, from its statistics. */
@@ -121,7 +151,9 @@ export class Balancer {
     const { layers: L, experts: E, seqsPerMicro: b, accumSteps: A } = this.dims;
     if (this.micro < 0 || this.micro >= A) fail('BALANCE_STATE', `microStep outside a step or past its ${A} micro-steps`);
     this.checkShapes(stats);
-    if (this.exact && !this.exact.ready) fail('BALANCE_STATE', 'global-exact needs setExactCounts before the first micro-step');
+    for (const e of this.prePass) {
+      if (!e.ready) fail('BALANCE_STATE', e.prePass === 'full' ? 'global-exact and exact balanceSequences need setExactCounts before the first micro-step' : 'shuffle needs sampleMasks and setSampleCounts before the first micro-step');
+    }
     const counts = new MicroStepCounts(stats, this.dims, this.comm, this.micro);
     const pressure = new Float32Array(L * b * E);
     for (const [ti, term] of this.terms.entries()) {

@@ -7,13 +7,18 @@
 //   scope `dp`                 DpFrequency         G = the micro-step over all R ranks
 //   scope `global`, N > R b    BufferedFrequency   G = the micro-steps so far (the paper's Algorithm 1)
 //   scope `global-exact`       ExactFrequency      G = the whole global batch, from a statistics pre-pass
+//   N > R b with exact: true   GroupExactFrequency G = q's whole group of N sequences, from the pre-pass
+//   scope `shuffle`            ShuffleFrequency    G = a random subset of the global batch's tokens, of
+//                                                  micro-batch size, from a masked statistics pre-pass
 //
 // f_i(G) = c_i(G) / (K T(G)), a constant (stop-gradient). Every estimator returns f for each local
 // sequence: (L, b, E). Counts are summed in f64 as (L, E + 1) rows: E expert counts, then T(G).
 
 import type { Communicator } from './communicator.js';
 import type { BalanceTerm } from './config.js';
+import { drawSubset, splitBySequence, validPositions } from './sample.js';
 import { MoeTrainerError } from '../errors.js';
+import { rng } from '../rng.js';
 
 /** Routing statistics of one micro-batch on one rank, as the native forward returns them. */
 export interface MicroStats {
@@ -115,6 +120,20 @@ export interface FrequencyEstimator {
   frequencies(c: MicroStepCounts): Promise<Float64Array>;
 }
 
+/**
+ * An estimator that needs statistics of the whole global batch before the first backward:
+ * `full` from plain statistics-only forwards of the rank's A micro-batches, `sample` from forwards
+ * masked to the step's random token subset (ShuffleFrequency.masks).
+ */
+export interface PrePassEstimator extends FrequencyEstimator {
+  readonly prePass: 'full' | 'sample';
+  /** This rank's A micro-batches' pre-pass statistics; every rank calls it once per step. */
+  setPrePass(all: MicroStats[], comm: Communicator): Promise<void>;
+  readonly ready: boolean;
+}
+
+export const hasPrePass = (e: FrequencyEstimator): e is PrePassEstimator => 'prePass' in e;
+
 /** G = the token's own sequence. */
 export class SequenceFrequency implements FrequencyEstimator {
   constructor(private readonly dims: BalanceDims) {}
@@ -214,7 +233,8 @@ export class BufferedFrequency implements FrequencyEstimator {
  * G = the whole global batch: its counts come from statistics-only forwards of every micro-batch
  * before the first backward (`setCounts`), all-reduced once. Touches no buffer.
  */
-export class ExactFrequency implements FrequencyEstimator {
+export class ExactFrequency implements PrePassEstimator {
+  readonly prePass = 'full';
   private sums: Float64Array | null = null;
 
   constructor(private readonly dims: BalanceDims) {}
@@ -223,8 +243,7 @@ export class ExactFrequency implements FrequencyEstimator {
     this.sums = null;
   }
 
-  /** This rank's A micro-batches' statistics; every rank calls it once per step. */
-  async setCounts(all: MicroStats[], comm: Communicator): Promise<void> {
+  async setPrePass(all: MicroStats[], comm: Communicator): Promise<void> {
     const { layers: L, experts: E, seqsPerMicro: b } = this.dims;
     const sums = new Float64Array(L * (E + 1));
     for (const s of all) for (let q = 0; q < b; q++) addSequence(sums, 0, s, this.dims, q);
@@ -243,6 +262,127 @@ export class ExactFrequency implements FrequencyEstimator {
 }
 
 /**
+ * balanceSequences N > R b with `exact`: G = the group of N consecutive sequences of the global
+ * batch, in the order g = (m R + r) b + q (micro-step, rank, sequence), that holds q — the same
+ * groups as the buffer's, but every micro-step sees its whole group: per-sequence counts of the
+ * whole global batch come from the statistics pre-pass, gathered over ranks (a sum of disjoint
+ * rows). What a micro-step of N sequences would see, without Algorithm 1's partial counts.
+ */
+export class GroupExactFrequency implements PrePassEstimator {
+  readonly prePass = 'full';
+  /** (groups, L, E + 1) counts, then tokens, of each group */
+  private groups: Float64Array | null = null;
+
+  constructor(
+    private readonly dims: BalanceDims,
+    private readonly N: number,
+  ) {}
+
+  beginStep(): void {
+    this.groups = null;
+  }
+
+  get ready(): boolean {
+    return this.groups !== null;
+  }
+
+  async setPrePass(all: MicroStats[], comm: Communicator): Promise<void> {
+    const { layers: L, experts: E, seqsPerMicro: b, accumSteps: A } = this.dims;
+    const P = comm.size * b;
+    const row = L * (E + 1);
+    const rows = new Float64Array(A * P * row);
+    all.forEach((s, m) => {
+      for (let q = 0; q < b; q++) addSequence(rows, (m * P + comm.rank * b + q) * row, s, this.dims, q);
+    });
+    await comm.allReduceSum(rows);
+    const groups = new Float64Array(((A * P) / this.N) * row);
+    for (let g = 0; g < A * P; g++) {
+      const at = Math.floor(g / this.N) * row;
+      for (let i = 0; i < row; i++) groups[at + i] += rows[g * row + i];
+    }
+    this.groups = groups;
+  }
+
+  async frequencies(c: MicroStepCounts): Promise<Float64Array> {
+    if (!this.groups) throw new MoeTrainerError('BALANCE_STATE', 'exact balanceSequences needs setExactCounts before the first micro-step');
+    const { layers: L, experts: E, topK: K, seqsPerMicro: b } = this.dims;
+    const P = c.comm.size * b;
+    const f = new Float64Array(L * b * E);
+    for (let q = 0; q < b; q++) {
+      const group = Math.floor((c.m * P + c.comm.rank * b + q) / this.N);
+      for (let l = 0; l < L; l++) freqOfRow(f, (l * b + q) * E, this.groups, (group * L + l) * (E + 1), E, K);
+    }
+    return f;
+  }
+}
+
+/**
+ * The paper's shuffle ablation: G = a random subset U of the global batch's valid tokens, of
+ * micro-batch size n = round(T_glob / (R A)) (the mean valid tokens of one micro-batch), drawn
+ * uniformly without replacement, once per optimiser step and the same on every rank; one f for
+ * every sequence of the step. Its counts c_i(U) come from statistics-only forwards of the rank's
+ * micro-batches with loss masks that keep exactly U's positions (`masks`, then `setPrePass`);
+ * f_i = c_i(U) / (K n). The token draw is seeded by (run seed, step), so a resumed run draws the same.
+ */
+export class ShuffleFrequency implements PrePassEstimator {
+  readonly prePass = 'sample';
+  private sums: Float64Array | null = null;
+  /** |U| of the current step, 0 before `masks` */
+  private size = 0;
+
+  constructor(private readonly dims: BalanceDims) {}
+
+  beginStep(): void {
+    this.sums = null;
+    this.size = 0;
+  }
+
+  get ready(): boolean {
+    return this.sums !== null;
+  }
+
+  /**
+   * The (b, S) masks of this rank's A micro-batches that keep exactly the step's subset U.
+   * `training`: each micro-batch's own target mask, or null when every target counts.
+   */
+  async masks(S: number, seed: number, training: (Uint8Array | null)[], comm: Communicator): Promise<Uint8Array[]> {
+    const { seqsPerMicro: b, accumSteps: A } = this.dims;
+    if (training.length !== A) throw new MoeTrainerError('SHAPE_MISMATCH', `shuffle masks: expected ${A} micro-batches, got ${training.length}`);
+    const P = comm.size * b;
+    const positions = training.map((mask) => Array.from({ length: b }, (_, q) => validPositions(S, mask, q)));
+    // Every sequence's valid count, all ranks, in the global order g = (m R + r) b + q.
+    const valid = new Float64Array(A * P);
+    positions.forEach((seqs, m) => seqs.forEach((ps, q) => (valid[m * P + comm.rank * b + q] = ps.length)));
+    await comm.allReduceSum(valid);
+    const total = valid.reduce((a, v) => a + v, 0);
+    this.size = Math.round(total / (comm.size * A));
+    const chosen = splitBySequence(drawSubset(total, this.size, rng(seed)), valid);
+    return positions.map((seqs, m) => {
+      const mask = new Uint8Array(b * S);
+      seqs.forEach((ps, q) => {
+        for (const k of chosen[m * P + comm.rank * b + q]) mask[q * S + ps[k] + 1] = 1; // position t counts via target t + 1
+      });
+      return mask;
+    });
+  }
+
+  async setPrePass(all: MicroStats[], comm: Communicator): Promise<void> {
+    if (this.size === 0) throw new MoeTrainerError('BALANCE_STATE', 'shuffle: sampleMasks belongs before its pre-pass');
+    const { layers: L, experts: E, seqsPerMicro: b } = this.dims;
+    const sums = new Float64Array(L * (E + 1));
+    for (const s of all) for (let q = 0; q < b; q++) addSequence(sums, 0, s, this.dims, q);
+    await comm.allReduceSum(sums);
+    if (sums[E] !== this.size) throw new MoeTrainerError('BALANCE_STATE', `shuffle: the masked pre-pass holds ${sums[E]} tokens, the subset ${this.size}`);
+    this.sums = sums;
+  }
+
+  async frequencies(): Promise<Float64Array> {
+    if (!this.sums) throw new MoeTrainerError('BALANCE_STATE', 'shuffle needs its masked pre-pass (sampleMasks, setSampleCounts) before the first micro-step');
+    return sharedFrequencies(this.sums, this.dims);
+  }
+}
+
+/**
  * The estimator of one term, for R ranks. Fails with INVALID_CONFIG when balanceSequences does not
  * fit the batch: N must divide the R b sequences of a micro-step, or be a multiple of R b that
  * divides the global batch.
@@ -252,8 +392,13 @@ export function estimatorFor(term: BalanceTerm, dims: BalanceDims, R: number): F
   const N = term.balanceSequences;
   if (N !== undefined) {
     if (N <= P) {
+      // Within a micro-step the group is complete anyway: `exact` changes nothing.
       if (P % N !== 0) throw new MoeTrainerError('INVALID_CONFIG', `balanceSequences ${N} must divide the ${P} sequences of a micro-step (R*b)`);
       return new GroupFrequency(dims, N);
+    }
+    if (term.exact) {
+      if ((P * dims.accumSteps) % N !== 0) throw new MoeTrainerError('INVALID_CONFIG', `balanceSequences ${N} must divide the global batch of ${P * dims.accumSteps} sequences`);
+      return new GroupExactFrequency(dims, N);
     }
     if (N % P !== 0 || dims.accumSteps % (N / P) !== 0) {
       throw new MoeTrainerError('INVALID_CONFIG', `balanceSequences ${N} must be a multiple of R*b = ${P} dividing the global batch of ${P * dims.accumSteps}`);
@@ -271,5 +416,7 @@ export function estimatorFor(term: BalanceTerm, dims: BalanceDims, R: number): F
       return new BufferedFrequency(dims, dims.accumSteps);
     case 'global-exact':
       return new ExactFrequency(dims);
+    case 'shuffle':
+      return new ShuffleFrequency(dims);
   }
 }

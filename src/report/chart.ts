@@ -1,5 +1,6 @@
 // Hand-written SVG line charts for the report (loss and LBL curves): linear axes with "nice" ticks,
-// light grid lines, one path per series, and a legend under the plot that wraps onto more rows.
+// light grid lines, one path per series (optionally thin and translucent, for raw data under a
+// smoothed curve, or with error bars), and a legend under the plot that wraps onto more rows.
 
 import { escapeHtml, fixed } from './html.js';
 
@@ -11,6 +12,13 @@ export interface Series {
   markers?: boolean;
   /** (x, y) pairs; non-finite y breaks the line instead of corrupting the path */
   points: [number, number][];
+  /** stroke width (default 2) and opacity (default 1): raw data goes thin and faint under its smoothed curve */
+  width?: number;
+  opacity?: number;
+  /** false: no legend entry (e.g. the raw curve under a smoothed one, explained in the caption) */
+  legend?: boolean;
+  /** half-length of an error bar at each point (e.g. a standard deviation over seeds) */
+  errors?: number[];
 }
 
 export interface ChartSpec {
@@ -20,6 +28,23 @@ export interface ChartSpec {
   series: Series[];
   width?: number;
   height?: number;
+  /** x ticks at these values with these labels (e.g. powers of two on a log axis) instead of nice ones */
+  xTicks?: { value: number; label: string }[];
+}
+
+/**
+ * A centred moving average over `window` points (shrunk at the ends), the smoothed curve drawn
+ * beside the raw one; non-finite values are skipped.
+ */
+export function smooth(points: [number, number][], window: number): [number, number][] {
+  const h = Math.floor(Math.max(1, window) / 2);
+  return points.map(([x], i) => {
+    let [sum, n] = [0, 0];
+    for (let j = Math.max(0, i - h); j <= Math.min(points.length - 1, i + h); j++) {
+      if (Number.isFinite(points[j][1])) [sum, n] = [sum + points[j][1], n + 1];
+    }
+    return [x, n > 0 ? sum / n : NaN];
+  });
 }
 
 /** Ticks at 1, 2 or 5 x 10^k covering [lo, hi] with about `count` intervals. */
@@ -41,10 +66,17 @@ export function lineChartSvg(c: ChartSpec): string {
   const W = c.width ?? 500;
   const H = c.height ?? 300;
   const m = { left: 58, right: 16, top: 12, bottom: 44 };
-  const finite = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  // Error bars widen the y range they need.
+  const finite = c.series.flatMap((s) => s.points.flatMap(([x, y], i): [number, number][] => {
+    const e = s.errors?.[i] ?? 0;
+    return e > 0 ? [[x, y - e], [x, y + e]] : [[x, y]];
+  })).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   const xs = finite.map((p) => p[0]);
   const ys = finite.map((p) => p[1]);
-  const xt = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 6);
+  const xt = c.xTicks?.length
+    ? { ticks: c.xTicks.map((t) => t.value), decimals: 0 }
+    : niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 6);
+  const xLabel = (t: number, i: number): string => c.xTicks?.[i]?.label ?? fixed(t, xt.decimals);
   const yt = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 5);
   const [x0, x1] = [xt.ticks[0], xt.ticks[xt.ticks.length - 1]];
   const [y0, y1] = [yt.ticks[0], yt.ticks[yt.ticks.length - 1]];
@@ -53,7 +85,7 @@ export function lineChartSvg(c: ChartSpec): string {
   const entryW = (s: Series): number => 34 + s.name.length * 6.6 + 18;
   let lx = m.left;
   let row = 0;
-  const legend = c.series.map((s) => {
+  const legend = c.series.filter((s) => s.legend !== false).map((s) => {
     if (lx + entryW(s) > W - m.right && lx > m.left) [lx, row] = [m.left, row + 1];
     const at = { x: lx, row };
     lx += entryW(s);
@@ -71,10 +103,10 @@ export function lineChartSvg(c: ChartSpec): string {
     parts.push(`<line class="grid" x1="${m.left}" x2="${W - m.right}" y1="${r(py(t))}" y2="${r(py(t))}"/>`);
     parts.push(`<text class="axis" x="${m.left - 6}" y="${r(py(t) + 4)}" text-anchor="end">${fixed(t, yt.decimals)}</text>`);
   }
-  for (const t of xt.ticks) {
+  xt.ticks.forEach((t, i) => {
     parts.push(`<line class="tick" x1="${r(px(t))}" x2="${r(px(t))}" y1="${H - m.bottom}" y2="${H - m.bottom + 5}"/>`);
-    parts.push(`<text class="axis" x="${r(px(t))}" y="${H - m.bottom + 18}" text-anchor="middle">${fixed(t, xt.decimals)}</text>`);
-  }
+    parts.push(`<text class="axis" x="${r(px(t))}" y="${H - m.bottom + 18}" text-anchor="middle">${escapeHtml(xLabel(t, i))}</text>`);
+  });
   parts.push(`<rect class="frame" x="${m.left}" y="${m.top}" width="${W - m.left - m.right}" height="${H - m.top - m.bottom}"/>`);
   parts.push(`<text class="label" x="${(m.left + W - m.right) / 2}" y="${H - 6}" text-anchor="middle">${escapeHtml(c.xLabel)}</text>`);
   parts.push(
@@ -95,10 +127,17 @@ export function lineChartSvg(c: ChartSpec): string {
     }
     const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
     const name = escapeHtml(s.name);
+    const look = ` stroke-width="${s.width ?? 2}"${s.opacity !== undefined ? ` stroke-opacity="${s.opacity}"` : ''}`;
     parts.push(
-      `<path class="series" data-series="${name}" d="${d}" fill="none" stroke="${s.colour}" stroke-width="2"${dash}>` +
+      `<path class="series" data-series="${name}" d="${d}" fill="none" stroke="${s.colour}"${look}${dash}>` +
         `<title>${name}</title></path>`,
     );
+    s.errors?.forEach((e, i) => {
+      const [x, y] = s.points[i] ?? [NaN, NaN];
+      if (!(e > 0) || !Number.isFinite(x) || !Number.isFinite(y)) return;
+      const [cx, lo, hi] = [r(px(x)), r(py(y - e)), r(py(y + e))];
+      parts.push(`<path class="error-bar" d="M${cx} ${lo}V${hi}M${r(px(x) - 4)} ${lo}h8M${r(px(x) - 4)} ${hi}h8" stroke="${s.colour}" stroke-width="1.5" fill="none"/>`);
+    });
     if (s.markers) {
       for (const [x, y] of s.points.filter((p) => Number.isFinite(p[1]))) {
         parts.push(

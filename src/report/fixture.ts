@@ -8,8 +8,6 @@ import { rng } from '../rng.js';
 import type { RunData } from './render.js';
 
 const DOMAINS = ['en', 'es', 'tex', 'legal', 'code'];
-const L = 4;
-const E = 8;
 const K = 2;
 const STEPS = 50;
 const EVAL_STEPS = [16, 33, 49];
@@ -17,15 +15,21 @@ const TOKENS = [4096, 3072, 2048, 2560, 3584];
 /** Per-domain loss offsets (nats): code and tex are easier for a byte model than prose. */
 const DOMAIN_LOSS = [0.12, 0.2, -0.15, 0.05, -0.25];
 
+/** Experts a domain prefers: two of up to 16 experts; beyond, about one in 2D, scattered over the indices. */
+function prefers(E: number, d: number, l: number, i: number): boolean {
+  if (E <= 16) return i === (d * 3 + l) % E || i === (d * 3 + l + 5) % E;
+  return (i * 7 + l) % (2 * DOMAINS.length) === d;
+}
+
 /**
- * One layer's routing at "sharpness" s: each domain prefers two experts with weight s + 1 against
+ * One layer's routing at "sharpness" s: each domain prefers its experts with weight s + 1 against
  * 1 for the others (plus jitter), scaled so each row sums to K. Every entry stays below 1 as a real
  * top-k frequency must: 2 (s + 1) / (6 + 2 (s + 1)) < 1.
  */
-function layer(sharpness: number, l: number, r: () => number): LayerSpecialisation {
+function layer(E: number, sharpness: number, l: number, r: () => number): LayerSpecialisation {
   const frequency = DOMAINS.map((_, d) => {
     const w = Array.from({ length: E }, (_, i) => {
-      const preferred = i === (d * 3 + l) % E || i === (d * 3 + l + 5) % E;
+      const preferred = prefers(E, d, l, i);
       return (preferred ? sharpness + 1 : 1) * (0.9 + 0.2 * r());
     });
     const sum = w.reduce((a, v) => a + v, 0);
@@ -48,7 +52,7 @@ function domainEval(loss: number, tokens: number): DomainEval {
 /** Training loss of the toy curve at a step: fast initial drop, slow tail. */
 const curve = (step: number, floor: number): number => floor + 3.6 * Math.exp(-step / 9) + 0.5 * Math.exp(-step / 40);
 
-function run(name: string, seed: number, specialise: boolean): RunData {
+function run(name: string, seed: number, specialise: boolean, E: number, L: number): RunData {
   const r = rng(seed);
   const floor = specialise ? 1.45 : 1.55;
   const metrics: StepMetrics[] = Array.from({ length: STEPS }, (_, step) => {
@@ -77,7 +81,7 @@ function run(name: string, seed: number, specialise: boolean): RunData {
     const total = TOKENS.reduce((a, v) => a + v, 0);
     const meanLoss = DOMAINS.reduce((a, d, i) => a + perDomain[d].loss * TOKENS[i], 0) / total;
     // Specialisation grows with training and with depth; micro stays close to uniform throughout.
-    const layers = Array.from({ length: L }, (_, l) => layer(specialise ? (1.5 + 2 * l) * (k + 1) / EVAL_STEPS.length : 0.08, l, r));
+    const layers = Array.from({ length: L }, (_, l) => layer(E, specialise ? (1.5 + 2 * l) * (k + 1) / EVAL_STEPS.length : 0.08, l, r));
     return { step, perDomain, mean: domainEval(meanLoss, total), layers };
   });
   const result: RunResult = {
@@ -94,6 +98,8 @@ function run(name: string, seed: number, specialise: boolean): RunData {
   return { result, metrics };
 }
 
-export function fixtureRuns(): RunData[] {
-  return [run('micro', 1, false), run('global', 2, true)];
+/** The micro and global runs, with 8 experts in 4 layers unless asked for others. */
+export function fixtureRuns(opts: { experts?: number; layers?: number } = {}): RunData[] {
+  const { experts = 8, layers = 4 } = opts;
+  return [run('micro', 1, false, experts, layers), run('global', 2, true, experts, layers)];
 }

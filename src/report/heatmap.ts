@@ -43,7 +43,35 @@ export function colourScale(tables: number[][][], uniforms: number[]): ColourSca
 }
 
 /** Rough width of a label at the 12px system font; SVG cannot measure text before layout. */
-const textWidth = (s: string, px = 12): number => s.length * px * 0.6;
+export const textWidth = (s: string, px = 12): number => s.length * px * 0.6;
+
+/**
+ * An order of the E experts that shows domain structure: each expert goes to the domain that
+ * selects it most often (argmax_d of the summed frequency tables, ties to the first domain), the
+ * domains' blocks in domain order, and inside a block the experts by decreasing preference
+ * F[d][i] / mean_d' F[d'][i]. `tables` are (D, E) frequency tables of runs with the same domains
+ * and experts; summing them gives one order for all of their panels.
+ */
+export function expertOrder(tables: number[][][]): { order: number[]; owner: number[] } {
+  const D = tables[0].length;
+  const E = tables[0][0]?.length ?? 0;
+  const sum = Array.from({ length: D }, (_, d) => Array.from({ length: E }, (_, i) => tables.reduce((a, t) => a + (Number.isFinite(t[d][i]) ? t[d][i] : 0), 0)));
+  const owner = Array.from({ length: E }, (_, i) => sum.reduce((best, row, d) => (row[i] > sum[best][i] ? d : best), 0));
+  const lift = (i: number): number => {
+    const mean = sum.reduce((a, row) => a + row[i], 0) / D;
+    return mean > 0 ? sum[owner[i]][i] / mean : 0;
+  };
+  const order = Array.from({ length: E }, (_, i) => i).sort((a, b) => owner[a] - owner[b] || lift(b) - lift(a) || a - b);
+  return { order, owner };
+}
+
+/** The column width that fits E experts in `width` pixels of cells: 3 to 40 px. */
+export function cellWidthFor(E: number, width: number): number {
+  return Math.max(3, Math.min(40, Math.floor(width / Math.max(1, E))));
+}
+
+/** Width of a heatmap's domain-label column. */
+export const heatmapLabelWidth = (domains: string[]): number => Math.ceil(Math.max(...domains.map((d) => textWidth(d)), 20)) + 10;
 
 export interface HeatmapSpec {
   testId: string;
@@ -52,33 +80,58 @@ export interface HeatmapSpec {
   domains: string[];
   uniform: number;
   scale: ColourScale;
+  /** the columns' experts, left to right (default 0 .. E-1) */
+  order?: number[];
+  /** the domain each expert is grouped under (expertOrder's owner); draws the domain blocks */
+  owner?: number[];
+  /** column width in px (default: fit 340 px) */
+  cellWidth?: number;
 }
 
-/** One heatmap: a row per domain, a column per expert; hovering a cell shows its exact value. */
+/**
+ * One heatmap: a row per domain, a column per expert in `order`; over the columns, the domain block
+ * each expert belongs to; hovering a cell shows its expert and exact value.
+ */
 export function heatmapSvg(h: HeatmapSpec): string {
   const E = h.frequency[0]?.length ?? 0;
-  const cw = Math.max(8, Math.min(40, Math.floor(340 / Math.max(1, E))));
+  const order = h.order ?? Array.from({ length: E }, (_, i) => i);
+  const cw = h.cellWidth ?? Math.max(8, cellWidthFor(E, 340));
   const ch = 24;
-  const left = Math.ceil(Math.max(...h.domains.map((d) => textWidth(d)), 20)) + 10;
-  const top = 18;
+  const left = heatmapLabelWidth(h.domains);
+  const top = h.owner ? 30 : 18;
   const width = left + E * cw + 2;
   const height = top + h.domains.length * ch + 2;
-  // Label every expert when the columns are wide enough, else every n-th, so labels never collide.
-  const every = Math.ceil((textWidth(`e${E - 1}`, 10) + 6) / cw);
   const showValues = cw >= 34;
   const parts: string[] = [];
-  for (let i = 0; i < E; i += every) {
-    parts.push(`<text class="axis" x="${left + (i + 0.5) * cw}" y="${top - 6}" text-anchor="middle" font-size="10">e${i}</text>`);
+  if (h.owner) {
+    // Domain blocks: a bracket over the experts each domain prefers, named when there is room.
+    let start = 0;
+    for (let j = 1; j <= E; j++) {
+      if (j < E && h.owner[order[j]] === h.owner[order[start]]) continue;
+      const [x0, x1] = [left + start * cw + 1, left + j * cw - 1];
+      const name = h.domains[h.owner[order[start]]] ?? '';
+      parts.push(`<path class="block" d="M${x0} ${top - 3}V${top - 7}H${x1}V${top - 3}" fill="none" stroke="#8a909c"/>`);
+      if (textWidth(name, 10) <= x1 - x0) parts.push(`<text class="axis" x="${(x0 + x1) / 2}" y="${top - 11}" text-anchor="middle" font-size="10">${escapeHtml(name)}</text>`);
+      start = j;
+    }
+  } else {
+    // Expert numbers, every n-th when the columns are narrow, so labels never collide.
+    const every = Math.ceil((textWidth(`e${E - 1}`, 10) + 6) / cw);
+    for (let j = 0; j < E; j += every) {
+      parts.push(`<text class="axis" x="${left + (j + 0.5) * cw}" y="${top - 6}" text-anchor="middle" font-size="10">e${order[j]}</text>`);
+    }
   }
+  const stroke = cw >= 8 ? '' : ' style="stroke:none"';
   h.frequency.forEach((row, d) => {
     const domain = escapeHtml(h.domains[d]);
     const y = top + d * ch;
     parts.push(`<text class="axis" x="${left - 8}" y="${y + ch / 2 + 4}" text-anchor="end">${domain}</text>`);
-    row.forEach((v, i) => {
-      const x = left + i * cw;
+    order.forEach((i, j) => {
+      const v = row[i];
+      const x = left + j * cw;
       const tip = `${domain} → e${i}: ${fixed(v, 3)} (${fixed(v / h.uniform, 2)}× uniform)`;
       parts.push(
-        `<rect class="cell" x="${x}" y="${y}" width="${cw}" height="${ch}" fill="${colour(h.scale, v)}"><title>${tip}</title></rect>`,
+        `<rect class="cell" data-expert="${i}" x="${x}" y="${y}" width="${cw}" height="${ch}" fill="${colour(h.scale, v)}"${stroke}><title>${tip}</title></rect>`,
       );
       if (showValues) {
         parts.push(

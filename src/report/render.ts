@@ -4,8 +4,9 @@
 
 import { MoeTrainerError } from '../errors.js';
 import type { EvalResult, RunResult, StepMetrics } from '../results.js';
-import { lineChartSvg, type Series } from './chart.js';
-import { colourLegendSvg, colourScale, heatmapSvg } from './heatmap.js';
+import { lineChartSvg, smooth, type Series } from './chart.js';
+import { bszChart, domainLossCharts, topkChart } from './figures.js';
+import { cellWidthFor, colourLegendSvg, colourScale, expertOrder, heatmapLabelWidth, heatmapSvg } from './heatmap.js';
 import { duration, escapeHtml as esc, fixed, sig } from './html.js';
 
 export interface RunData {
@@ -85,45 +86,93 @@ function header(runs: Run[], title: string): string {
   );
 }
 
+/** Section content width at the page's max width: main 1160 − 2·28 padding − 2·(22 padding + 1 border). */
+const CONTENT_WIDTH = 1058;
+const ROW_HEAD = 64;
+const GRID_GAP = 36;
+/** Narrowest expert column side by side; below it the runs' panels go one under another. */
+const MIN_SIDE_BY_SIDE_CELL = 6;
+
+/**
+ * The heatmap panels' layout: side by side when every run's panel fits at >= 6 px per expert, else
+ * one run per row at full width; the cell width fits the panel into the section either way.
+ */
+function heatLayout(runs: Run[]): { stacked: boolean; cellWidth: (r: Run) => number } {
+  const fit = (r: Run, panels: number): number => {
+    const room = (CONTENT_WIDTH - ROW_HEAD - panels * GRID_GAP) / panels - heatmapLabelWidth(r.result.domains) - 2;
+    return cellWidthFor(r.result.numExperts, room);
+  };
+  const stacked = runs.some((r) => fit(r, runs.length) < MIN_SIDE_BY_SIDE_CELL);
+  return { stacked, cellWidth: (r) => fit(r, stacked ? 1 : runs.length) };
+}
+
 function heatmaps(runs: Run[]): string {
   const uniforms = runs.map((r) => r.result.topK / r.result.numExperts);
   const scale = colourScale(runs.flatMap((r) => r.last.layers.map((l) => l.frequency)), uniforms);
   const L = Math.max(...runs.map((r) => r.last.layers.length));
-  const cells: string[] = [
-    '<div></div>',
-    ...runs.map((r) => `<div class="col-head">${swatch(r.colour)}${esc(r.name)} <span class="dim">(step ${r.last.step})</span></div>`),
-  ];
+  // One expert order per layer for all runs with the same experts and domains: their panels line up.
+  const key = (r: Run): string => `${r.result.numExperts}|${r.result.domains.join('\u0000')}`;
+  const orders = runs.map((r) =>
+    Array.from({ length: L }, (_, l) => {
+      const peers = runs.filter((p) => key(p) === key(r) && p.last.layers[l]);
+      return r.last.layers[l] ? expertOrder(peers.map((p) => p.last.layers[l].frequency)) : null;
+    }),
+  );
+  const { stacked, cellWidth } = heatLayout(runs);
+  const panel = (r: Run, ri: number, l: number): string => {
+    const layer = r.last.layers[l];
+    const head = stacked ? `<div class="panel-head">${swatch(r.colour)}${esc(r.name)} <span class="dim">(step ${r.last.step})</span></div>` : '';
+    if (!layer) return `<div>${head}<span class="dim">—</span></div>`;
+    const svg = heatmapSvg({
+      testId: `heatmap-${r.name}-layer-${l}`,
+      frequency: layer.frequency,
+      domains: r.result.domains,
+      uniform: r.result.topK / r.result.numExperts,
+      scale,
+      order: orders[ri][l]!.order,
+      owner: orders[ri][l]!.owner,
+      cellWidth: cellWidth(r),
+    });
+    const caption = `max / uniform ${fixed(layer.maxOverUniform, 2)}× · MI ${fixed(layer.mutualInformation, 3)} bits`;
+    return `<figure>${head}${svg}<figcaption>${caption}</figcaption></figure>`;
+  };
+  const cells: string[] = [];
+  if (!stacked) {
+    cells.push('<div></div>', ...runs.map((r) => `<div class="col-head">${swatch(r.colour)}${esc(r.name)} <span class="dim">(step ${r.last.step})</span></div>`));
+  }
   for (let l = 0; l < L; l++) {
-    cells.push(`<div class="row-head">layer ${l}</div>`);
-    for (const r of runs) {
-      const layer = r.last.layers[l];
-      if (!layer) {
-        cells.push('<div class="dim">—</div>');
-        continue;
-      }
-      const svg = heatmapSvg({
-        testId: `heatmap-${r.name}-layer-${l}`,
-        frequency: layer.frequency,
-        domains: r.result.domains,
-        uniform: r.result.topK / r.result.numExperts,
-        scale,
-      });
-      const caption = `max / uniform ${fixed(layer.maxOverUniform, 2)}× · MI ${fixed(layer.mutualInformation, 3)} bits`;
-      cells.push(`<figure>${svg}<figcaption>${caption}</figcaption></figure>`);
+    if (stacked) {
+      runs.forEach((r, ri) => cells.push(ri === 0 ? `<div class="row-head">layer ${l}</div>` : '<div></div>', panel(r, ri, l)));
+    } else {
+      cells.push(`<div class="row-head">layer ${l}</div>`, ...runs.map((r, ri) => panel(r, ri, l)));
     }
   }
+  const columns = stacked ? 1 : runs.length;
   return (
     '<section><h2>Expert selection by domain</h2>' +
     '<p class="note">Share of each domain\'s held-out tokens routed to each expert at the last eval. ' +
-    'Rows sum to K; the uniform level is K/E. One colour scale for all panels; hover a cell for its exact value.</p>' +
+    'Rows sum to K; the uniform level is K/E. Experts are ordered by the domain that selects them most ' +
+    '(bracketed over the columns), then by how strongly, in one order per layer for all runs. ' +
+    'One colour scale for all panels; hover a cell for its expert and exact value.</p>' +
     colourLegendSvg(scale, uniforms) +
-    `<div class="heat-grid" style="grid-template-columns:auto repeat(${runs.length}, auto)">${cells.join('')}</div></section>`
+    `<div class="heat-grid" style="grid-template-columns:${ROW_HEAD}px repeat(${columns}, auto)">${cells.join('')}</div></section>`
   );
 }
 
+/** Odd window of a centred moving average: about 1/25 of the steps. */
+const smoothWindow = (n: number): number => 2 * Math.floor(Math.max(1, Math.round(n / 25)) / 2) + 1;
+
 function charts(runs: Run[]): string {
+  const w = smoothWindow(Math.max(...runs.map((r) => r.metrics.length)));
+  // Raw per-step values thin and faint, their moving average on top: runs stay apart by colour
+  // even where the raw curves overlap.
+  const rawAndSmooth = (r: Run, label: string, points: [number, number][], dashed = false): Series[] => [
+    { name: `${label} (raw)`, colour: r.colour, points, width: 1, opacity: 0.3, legend: false, dashed },
+    { name: label, colour: r.colour, points: smooth(points, w), width: 2.2, dashed },
+  ];
+  const trainLoss = (r: Run): [number, number][] => r.metrics.map((m): [number, number] => [m.step, m.loss]);
   const loss: Series[] = runs.flatMap((r) => [
-    { name: `${r.name} train`, colour: r.colour, points: r.metrics.map((m): [number, number] => [m.step, m.loss]) },
+    ...rawAndSmooth(r, `${r.name} train`, trainLoss(r)),
     {
       name: `${r.name} held-out`,
       colour: r.colour,
@@ -133,26 +182,57 @@ function charts(runs: Run[]): string {
     },
   ]);
   const lbl: Series[] = runs.flatMap((r) => [
-    { name: `${r.name} global-batch LBL`, colour: r.colour, points: r.metrics.map((m): [number, number] => [m.step, mean(m.lblGlobal)]) },
-    {
-      name: `${r.name} micro-batch LBL`,
-      colour: r.colour,
-      dashed: true,
-      points: r.metrics.map((m): [number, number] => [m.step, mean(m.lblMicro)]),
-    },
+    ...rawAndSmooth(r, `${r.name} global-batch LBL`, r.metrics.map((m): [number, number] => [m.step, mean(m.lblGlobal)])),
+    ...rawAndSmooth(r, `${r.name} micro-batch LBL`, r.metrics.map((m): [number, number] => [m.step, mean(m.lblMicro)]), true),
   ]);
   const figure = (caption: string, svg: string): string => `<figure><figcaption class="title">${caption}</figcaption>${svg}</figure>`;
+  // The difference of the smoothed train losses to the first run's, step by step.
+  const [first, ...others] = runs;
+  const base = new Map(smooth(trainLoss(first), w));
+  const diff: Series[] = others.map((r) => ({
+    name: `${r.name} − ${first.name}`,
+    colour: r.colour,
+    points: smooth(trainLoss(r), w).map(([x, y]): [number, number] => [x, base.has(x) ? y - base.get(x)! : NaN]),
+  }));
   return (
-    '<section><h2>Training curves</h2><div class="charts">' +
+    '<section><h2>Training curves</h2>' +
+    `<p class="note">Thin, faint: the raw value of every step; thick: its mean over a centred window of ${w} steps.</p><div class="charts">` +
     figure(
       'Loss: train per step, held-out mean per eval',
       lineChartSvg({ testId: 'chart-loss', xLabel: 'step', yLabel: 'loss (nats / token)', series: loss }),
     ) +
+    (diff.length
+      ? figure(
+          `Train loss minus ${esc(first.name)}'s (smoothed; below 0 = lower loss)`,
+          lineChartSvg({ testId: 'chart-loss-diff', xLabel: 'step', yLabel: 'Δ loss (nats / token)', series: diff }),
+        )
+      : '') +
     figure(
       'Load-balancing loss at both scopes, mean over layers (1 = balanced)',
       lineChartSvg({ testId: 'chart-lbl', xLabel: 'step', yLabel: 'LBL', series: lbl }),
     ) +
     '</div></section>'
+  );
+}
+
+/** Held-out loss per domain at every eval; the top-k score sum per layer; the Balance-BSZ curves. */
+function evalFigures(runs: Run[]): string {
+  const bszLoss = bszChart(runs.map((r) => r.result), (r) => r.evals.at(-1)?.mean.loss ?? NaN, 'held-out loss (nats / token)', 'chart-bsz-loss');
+  const bszMi = bszChart(runs.map((r) => r.result), (r) => mean(r.evals.at(-1)?.layers.map((l) => l.mutualInformation) ?? []), 'MI(domain; expert), bits', 'chart-bsz-mi');
+  const bsz = bszLoss && bszMi
+    ? '<section><h2>Balance BSZ</h2><p class="note">Held-out loss and specialisation against the number of sequences whose counts ' +
+      'give f (mean ± std over the runs at each size), through the buffer of Algorithm 1 or with every group counted in full.</p>' +
+      `<div class="charts"><figure>${bszLoss}</figure><figure>${bszMi}</figure></div></section>`
+    : '';
+  return (
+    '<section><h2>Held-out loss per domain during training</h2>' +
+    '<p class="note">Validation loss of each domain at every evaluation of the run.</p>' +
+    `<div class="charts small">${domainLossCharts(runs).join('')}</div></section>` +
+    '<section><h2>Routing confidence per layer</h2>' +
+    '<p class="note">Top-k score sum (the summed router probability of a token\'s chosen experts), mean over tokens and domains at the last eval; ' +
+    'Qiu et al. find it higher under global balance in every layer.</p>' +
+    `<div class="charts"><figure>${topkChart(runs)}</figure></div></section>` +
+    bsz
   );
 }
 
@@ -246,7 +326,10 @@ figcaption.title { font-size: 13px; color: #1d2330; font-weight: 600; margin: 0 
 .heat-grid { display: grid; gap: 14px 36px; align-items: center; margin-top: 8px; }
 .col-head { font-weight: 600; padding-left: 44px; }
 .row-head { font-weight: 600; color: #4a5263; white-space: nowrap; }
+.panel-head { font-weight: 600; font-size: 13px; margin-bottom: 2px; }
 .charts { display: flex; flex-wrap: wrap; gap: 24px 36px; margin-top: 8px; }
+.charts.small { gap: 16px 18px; }
+svg { max-width: 100%; height: auto; }
 svg text { font-family: system-ui, "Liberation Sans", "DejaVu Sans", Arial, sans-serif; }
 svg .axis { fill: #4a5263; font-size: 11px; }
 svg .label { fill: #2b3242; font-size: 12px; }
@@ -288,6 +371,7 @@ export function renderReport(runs: RunData[], opts: { title?: string } = {}): st
     header(rs, title) +
     heatmaps(rs) +
     charts(rs) +
+    evalFigures(rs) +
     table(rs) +
     configs(rs) +
     '</main></body></html>\n'

@@ -12,7 +12,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
 import { lrAt, MoeModel, validTokens, type AdamWOptions, type ModelForwardResult } from '../../index.js';
-import { Balancer, LocalGroup, type Communicator } from '../balance/index.js';
+import { Balancer, balanceAt, LocalGroup, phaseAt, type Communicator } from '../balance/index.js';
 import { MoeTrainerError } from '../errors.js';
 import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
 import { imbalance } from '../metrics.js';
@@ -80,7 +80,7 @@ export function metricOf(e: EvalResult, metric: string): number {
 }
 
 /** One optimiser step on one rank: its A micro-batches, the balance engine, gradient all-reduce, AdamW. */
-async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig, gradBuf: Float32Array) {
+async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micro: MicroBatch[], cfg: TrainConfig, gradBuf: Float32Array, step: number) {
   const { microBatch: b } = cfg.batch;
   // T_glob: the valid tokens of the global batch, counted as the core counts them, all-reduced.
   const local = micro.reduce((acc, mb) => acc + validTokens(mb.tokens.length, b).reduce((a, v) => a + v, 0), 0);
@@ -91,6 +91,13 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
     const pre: ModelForwardResult[] = [];
     for (const mb of micro) pre.push(await model.forward(mb.tokens, b, { store: false }));
     await bal.setExactCounts(pre);
+  }
+  // shuffle: a statistics-only forward masked to the step's random token subset of the global batch.
+  const masks = await bal.sampleMasks(cfg.data.seqLen, cfg.train.seed, step);
+  if (masks) {
+    const pre: ModelForwardResult[] = [];
+    for (const [m, mb] of micro.entries()) pre.push(await model.forward(mb.tokens, b, { mask: masks[m], store: false }));
+    await bal.setSampleCounts(pre);
   }
   let lossSum = 0;
   const microImbalance: number[][] = [];
@@ -196,16 +203,21 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     // One gradient buffer per replica for the all-reduce, reused every step: a fresh gradient-sized
     // array per step costs more in page faults than the copy itself.
     const gradBufs = replicas.map((m) => new Float32Array(multi || R > 1 ? m.numParameters : 0));
-    const newGroup = () => {
+    // The balancers of the phase in force at `step` (balance.phases switch the terms mid-training).
+    const newGroup = (step: number) => {
       const group = multi ? null : new LocalGroup(R);
       const comms = multi ? [multi] : localRanks.map((r) => group!.comm(r));
-      const balancers = comms.map((c) => new Balancer(cfg.balance, { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, c));
+      const balancers = comms.map((c) => new Balancer(balanceAt(cfg.balance, step), { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, c));
       return { comms, balancers };
     };
-    let { comms, balancers } = newGroup();
+    // Every phase's terms are checked now (INVALID_CONFIG), not when the phase begins.
+    const shape = { rank: 0, size: R, allReduceSum: async () => {} };
+    for (const p of cfg.balance.phases ?? []) new Balancer(balanceAt(cfg.balance, p.step), { layers: L, experts: E, topK: K, seqsPerMicro: b, accumSteps: A }, shape);
     const metricsPath = join(opts.outDir, 'metrics.jsonl');
     const csvPaths = { step: join(opts.outDir, STEP_CSV), eval: join(opts.outDir, EVAL_CSV) };
     const startStep = state?.step ?? 0;
+    let { comms, balancers } = newGroup(startStep);
+    let phase = phaseAt(cfg.balance, startStep);
     const evals: EvalResult[] = state?.evals ?? [];
     let sinceBest = state?.sinceBest ?? 0;
     let seconds = state?.seconds ?? 0;
@@ -268,6 +280,11 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     let step = startStep;
     try {
       for (; step < cfg.train.steps; step++) {
+        // balance.phases: the terms change at this step (the paper's micro -> global switch).
+        if (phaseAt(cfg.balance, step) !== phase) {
+          phase = phaseAt(cfg.balance, step);
+          ({ comms, balancers } = newGroup(step));
+        }
         // Stopping is decided together: a signal seen by any rank stops every rank at this step.
         const stop = await Promise.all(comms.map(async (c) => {
           const flag = Float64Array.of(opts.signal?.aborted ? 1 : 0);
@@ -283,7 +300,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
         try {
           outs = await Promise.all(
             replicas.map((m, i) =>
-              rankStep(m, balancers[i], comms[i], data.batch(step, localRanks[i]), cfg, gradBufs[i]).catch((e: Error) => {
+              rankStep(m, balancers[i], comms[i], data.batch(step, localRanks[i]), cfg, gradBufs[i], step).catch((e: Error) => {
                 comms[i].abort?.(e); // the other ranks must not wait for this one's contribution
                 throw e;
               }),
@@ -295,7 +312,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
           if (cfg.train.onNonFinite === 'stop' || multi) throw new MoeTrainerError('NON_FINITE', `step ${step}: ${err.message}; stopping (train.onNonFinite = "skip" skips such steps)`);
           opts.log?.(`step ${step}: ${err.message}; step skipped`);
           replicas.forEach((m) => m.zeroGrad());
-          ({ comms, balancers } = newGroup());
+          ({ comms, balancers } = newGroup(step));
           continue;
         }
         const ms = performance.now() - t0;
