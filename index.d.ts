@@ -116,10 +116,17 @@ export declare class MoeModel {
   /** A freshly initialised model (seeded by `config.seed`) on `options.device`. */
   constructor(config: ModelConfig, options?: DeviceOptions)
   /**
-   * A model read from a checkpoint folder (config.json + model.safetensors [+ training state]),
-   * every file checked against the folder's checksums.
+   * A model read from a checkpoint folder: ours, or one transformers wrote for Qwen3-MoE,
+   * Qwen2-MoE, OLMoE or Mixtral (config.json + model.safetensors or sharded
+   * model-0000N-of-0000M.safetensors with their index; per-expert or fused expert tensors;
+   * f32, bf16 or f16, widened to f32), memory-mapped, every file of ours checked against the
+   * folder's checksums; with its optimiser and trainer state unless `weightsOnly`.
+   * Errors: CHECKPOINT_MISSING (folder or file), UNSUPPORTED_MODEL (architecture or field,
+   * named), CHECKPOINT_CORRUPT, SHAPE_MISMATCH.
    */
-  static fromCheckpoint(dir: string, options?: DeviceOptions): Promise<MoeModel>
+  static fromCheckpoint(dir: string, options?: LoadOptions): Promise<MoeModel>
+  /** The layers with experts, ascending: the rows of every per-layer statistic (L_moe of them). */
+  get moeLayers(): Array<number>
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
   /** Optimiser steps taken (restored by checkpoints). */
@@ -287,6 +294,17 @@ export interface GenerateOptions {
   seed?: number
 }
 
+/** The options of `MoeModel.fromCheckpoint`. */
+export interface LoadOptions {
+  /** "auto", "gpu" or "cpu" (default: MOE_DEVICE or auto) */
+  device?: 'auto' | 'gpu' | 'cpu'
+  /**
+   * only the weights (and router biases): the optimiser starts afresh and no trainer state is
+   * returned, whatever the checkpoint holds (the start of a fine-tuning run); default false
+   */
+  weightsOnly?: boolean
+}
+
 /**
  * The learning rate the optimiser applies at step `step` (1-based) for these options: the core's
  * own schedule (see LrSchedule), so that logs never re-derive it.
@@ -327,6 +345,25 @@ export interface ModelConfig {
   tie_word_embeddings?: boolean
   initializer_range?: number
   seed?: number
+  /**
+   * "qwen3_moe" (default), "qwen2_moe", "olmoe" or "mixtral": which transformers class the
+   * checkpoints are written for, and its attention's q/k norm
+   */
+  model_type?: 'qwen3_moe' | 'qwen2_moe' | 'olmoe' | 'mixtral'
+  /** F of the dense MLP of layers without experts */
+  intermediate_size?: number
+  /** F of a shared expert beside the routed ones, gated by sigmoid(x · w) (Qwen2-MoE); 0 = none */
+  shared_expert_intermediate_size?: number
+  /** biases on the q, k and v projections (Qwen2-MoE) */
+  qkv_bias?: boolean
+  /** layers with a dense MLP (of `intermediate_size`) instead of experts */
+  mlp_only_layers?: Array<number>
+  /** experts in layers l with (l + 1) % decoder_sparse_step == 0; default 1 (every layer) */
+  decoder_sparse_step?: number
+  /** positions a query sees, itself included, in the `sliding_layers`; null = full attention */
+  sliding_window?: number | null
+  /** the layers with a sliding window (all of them when absent and `sliding_window` is set) */
+  sliding_layers?: number[] | null
 }
 
 export interface ModelForwardOptions {
@@ -350,13 +387,13 @@ export interface ModelForwardResult {
   lossSums: Float32Array
   /** (B) valid positions per sequence */
   validTokens: Float32Array
-  /** (L, B, E) */
+  /** (L_moe, B, E): per layer with experts (`moeLayers`), per sequence, tokens routed to each expert */
   counts: Float32Array
-  /** (L, B, E) */
+  /** (L_moe, B, E): router softmax scores summed over valid tokens */
   scoreSums: Float32Array
-  /** (L, B) */
+  /** (L_moe, B): the chosen experts' scores summed over valid tokens */
   topkScoreSums: Float32Array
-  /** (L, B) */
+  /** (L_moe, B): squared logsumexp of the router logits summed over valid tokens (z-loss) */
   zSums: Float32Array
 }
 
@@ -370,6 +407,8 @@ export interface MoeLayerConfig {
   num_experts: number
   num_experts_per_tok: number
   norm_topk_prob?: boolean
+  /** F of a shared expert beside the routed ones, gated by sigmoid(x · w) (Qwen2-MoE); 0 = none */
+  shared_expert_intermediate_size?: number
   initializer_range?: number
   seed?: number
 }
@@ -418,6 +457,13 @@ export interface PrepareResult {
   /** one line each: small domains, skipped files */
   warnings: Array<string>
 }
+
+/**
+ * The model configuration of a checkpoint folder (ours, or a Hugging Face one of a supported
+ * architecture), read and checked as `MoeModel.fromCheckpoint` would, without its weights.
+ * Errors: CHECKPOINT_MISSING, UNSUPPORTED_MODEL (the field named), CHECKPOINT_CORRUPT.
+ */
+export declare function readCheckpointConfig(dir: string): Required<ModelConfig>
 
 export interface RoutingStats {
   /** (B, E) tokens of sequence b that chose expert i */

@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { Dataset, JsDataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, JsTokenizer, checkModelConfig, lrAt, validTokens } = nativeBinding
+const { Dataset, JsDataset, DatasetPrep, MoeLayer, MoeModel, Tokenizer, JsTokenizer, checkModelConfig, lrAt, readCheckpointConfig, validTokens } = nativeBinding
 export { Dataset }
 export { JsDataset }
 export { DatasetPrep }
@@ -783,5 +783,6 @@ export { Tokenizer }
 export { JsTokenizer }
 export { checkModelConfig }
 export { lrAt }
+export { readCheckpointConfig }
 export { validTokens }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -4,14 +4,14 @@
 // balance phases that switch the terms mid-training; then all three in short training runs.
 
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MoeModel } from '../index.js';
 import { Balancer, balanceAt, LocalGroup, parseBalanceConfig, phaseAt, SOLO, type MicroStats } from '../src/balance/index.js';
 import { drawSubset, splitBySequence, stepSeed, validPositions } from '../src/balance/sample.js';
 import { variant } from '../src/compare.js';
-import type { StepMetrics } from '../src/results.js';
+import { readStepRows } from '../src/trainer/runfolder.js';
 import { rng } from '../src/rng.js';
 import { train } from '../src/trainer/train.js';
 
@@ -232,7 +232,7 @@ const tinyRun = (balance: object) => ({
   train: { steps: 4, evalEvery: 4, evalTokens: 64, progress: false, seed: 2 },
 });
 
-const stepLog = (dir: string) => readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
+const stepLog = (dir: string) => readStepRows(join(dir, 'metrics.jsonl'));
 
 test('training with a mid-run switch, the shuffle scope and exact Balance BSZ', async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'moe-ablate-'));

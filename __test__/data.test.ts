@@ -5,12 +5,12 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { Dataset, DatasetPrep, Tokenizer } from '../index.js';
-import type { StepMetrics } from '../src/results.js';
+import { latestCheckpoint, readStepRows } from '../src/trainer/runfolder.js';
 import { train } from '../src/trainer/train.js';
 
 const cli = (env: Record<string, string>, ...args: string[]) =>
@@ -81,7 +81,7 @@ test('bad input is one line with a code naming file, line and field, and leaves 
   rmSync(root, { recursive: true });
 });
 
-const losses = (dir: string) => readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as StepMetrics).loss);
+const losses = (dir: string) => readStepRows(join(dir, 'metrics.jsonl')).map((r) => r.loss);
 
 test('a run on a prepared dataset resumes identically, and raw inputs are prepared once into the cache', async (t) => {
   const { root, inputs } = ownData();
@@ -109,7 +109,7 @@ test('a run on a prepared dataset resumes identically, and raw inputs are prepar
   t.deepEqual(losses(b), losses(a));
   t.is(readdirSync(cache).length, 1);
   // The checkpoint's tokenizer is the dataset's, in Hugging Face's format.
-  const ckpt = Tokenizer.fromFile(join(b, 'checkpoint'));
+  const ckpt = Tokenizer.fromFile(latestCheckpoint(b)!);
   t.is(ckpt.vocabSize, 257);
   delete process.env.MOE_CACHE_DIR;
   rmSync(root, { recursive: true });

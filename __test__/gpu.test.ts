@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MoeLayer, MoeModel, type ModelConfig } from '../index.js';
 import { rng } from '../src/rng.js';
+import { readStepRows } from '../src/trainer/runfolder.js';
 import { CFG as LAYER_CFG, randn } from './helpers.js';
 
 const CFG: ModelConfig = {
@@ -148,7 +149,6 @@ test('auto never picks a software adapter, and a bad device name is refused', (t
 
 test('the trainer runs the same steps on the GPU: losses, gradient all-reduce over 2 ranks, checkpoint', async (t) => {
   const { train } = await import('../src/trainer/train.js');
-  const { readFileSync } = await import('node:fs');
   if (!onGpu(t, () => new MoeModel(CFG, { device: 'gpu' }))) return;
   const cfg = (device: 'gpu' | 'cpu') => ({
     model: { hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, moe_intermediate_size: 16, num_experts: 4, num_experts_per_tok: 2 },
@@ -163,7 +163,7 @@ test('the trainer runs the same steps on the GPU: losses, gradient all-reduce ov
     const dir = mkdtempSync(join(tmpdir(), `moe-train-${device}-`));
     try {
       await train(cfg(device), { outDir: dir });
-      runs.push(readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.kind === 'step').map((r) => r.loss as number));
+      runs.push(readStepRows(join(dir, 'metrics.jsonl')).map((r) => r.loss));
       const back = await MoeModel.fromCheckpoint(join(dir, 'checkpoints', 'step-' + String(cfg(device).train.steps).padStart(8, '0')), { device: 'cpu' });
       t.is(back.optimizerStep, 3);
       t.true(back.routerBias.some((b) => b !== 0), 'the loss-free biases were saved');

@@ -11,7 +11,7 @@ const F = CFG.moe_intermediate_size;
 
 test('config is validated with Hugging Face field names', (t) => {
   const layer = new MoeLayer(CFG);
-  t.deepEqual(layer.config, { ...CFG, norm_topk_prob: true });
+  t.deepEqual(layer.config, { ...CFG, norm_topk_prob: true, shared_expert_intermediate_size: 0 });
   t.is(layer.numParameters, E * D + 3 * E * F * D);
   const bad = (cfg: unknown, what: RegExp) => {
     const err = t.throws(() => new MoeLayer(cfg as never), { code: 'INVALID_CONFIG' });

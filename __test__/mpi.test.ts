@@ -10,8 +10,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MoeModel } from '../index.js';
-import type { StepMetrics } from '../src/results.js';
-import { latestCheckpoint, readMetricsRows } from '../src/trainer/runfolder.js';
+import { latestCheckpoint, readStepRows } from '../src/trainer/runfolder.js';
 import { train } from '../src/trainer/train.js';
 
 const hasMpirun = spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status === 0;
@@ -35,7 +34,7 @@ const config = (scope: string) => ({
 });
 const sets = (cfg: object) => Object.entries(cfg).flatMap(([k, v]) => ['--set', `${k}=${JSON.stringify(v)}`]);
 const mpiArgs = (out: string, cfg: object, extra: string[] = []) => ['-np', '2', process.execPath, '--import', 'tsx', 'src/cli.ts', 'train', '--comm', 'mpi', '--no-progress', '--out', out, ...sets(cfg), ...extra];
-const losses = (dir: string) => readMetricsRows(join(dir, 'metrics.jsonl')).filter((r): r is StepMetrics => r.kind === 'step').map((r) => r.loss);
+const losses = (dir: string) => readStepRows(join(dir, 'metrics.jsonl')).map((r) => r.loss);
 const params = async (dir: string) => {
   const m = await MoeModel.fromCheckpoint(latestCheckpoint(dir)!);
   const p = m.getParams();

@@ -8,8 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EMBEDDED_CORPUS, resolveDataset } from '../src/data/dataset.js';
 import { DataPipeline } from '../src/data/pipeline.js';
-import type { StepMetrics } from '../src/results.js';
-import { latestCheckpoint, readMetricsRows } from '../src/trainer/runfolder.js';
+import { latestCheckpoint, readStepRows } from '../src/trainer/runfolder.js';
 import { train } from '../src/trainer/train.js';
 
 /** The committed slice's documents per domain and split, read from its files and manifest. */
@@ -68,7 +67,7 @@ const tiny = (out: string, steps: number) => ({
   out,
 });
 
-const losses = (dir: string) => readMetricsRows(join(dir, 'metrics.jsonl')).filter((r): r is StepMetrics => r.kind === 'step');
+const losses = (dir: string) => readStepRows(join(dir, 'metrics.jsonl'));
 
 test('a tiny run learns, logs every metric, and evaluates every domain', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'moe-run-'));

@@ -10,7 +10,7 @@ import { chromium } from 'playwright-core';
 import { lineChartSvg, type Series } from '../src/report/chart.js';
 import { bszChart } from '../src/report/figures.js';
 import { renderReport } from '../src/report/render.js';
-import { readMetricsRows } from '../src/trainer/runfolder.js';
+import { readStepRows } from '../src/trainer/runfolder.js';
 import type { RunResult, StepMetrics } from '../src/results.js';
 import { mean, readRuns, std } from './summarize-experiments.js';
 
@@ -31,7 +31,7 @@ const wrap = (body: string): string =>
 const pick = (name: string) => runs.get(name)?.find((r) => r.seed === seed);
 const [micro, global] = [pick('micro'), pick('global')];
 const metricsOf = (name: string): StepMetrics[] =>
-  readMetricsRows(join(root, `seed${seed}`, name, 'metrics.jsonl')).filter((r): r is StepMetrics => r.kind === 'step');
+  readStepRows(join(root, `seed${seed}`, name, 'metrics.jsonl'));
 if (micro && global) {
   const html = renderReport([{ result: micro.result, metrics: metricsOf('micro') }, { result: global.result, metrics: metricsOf('global') }]);
   pages.push({ file: 'heatmaps.png', html, selector: 'section:has(.heat-grid)' });

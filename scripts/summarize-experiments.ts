@@ -8,7 +8,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { EvalResult, RunResult, StepMetrics } from '../src/results.js';
-import { readMetricsRows } from '../src/trainer/runfolder.js';
+import { readStepRows } from '../src/trainer/runfolder.js';
 import { ablations, type Ablation } from './ablations.js';
 
 export interface Run {
@@ -27,7 +27,7 @@ export function readRuns(root: string): Map<string, Run[]> {
       const dir = join(root, s, v);
       if (!existsSync(join(dir, 'result.json'))) continue;
       const result = JSON.parse(readFileSync(join(dir, 'result.json'), 'utf8')) as RunResult;
-      const tail = readMetricsRows(join(dir, 'metrics.jsonl')).filter((r): r is StepMetrics => r.kind === 'step').slice(-20);
+      const tail = readStepRows(join(dir, 'metrics.jsonl')).slice(-20);
       const list = byName.get(result.name) ?? [];
       list.push({ seed: Number(s.slice(4)), result, tail });
       byName.set(result.name, list);

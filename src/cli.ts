@@ -51,6 +51,7 @@ interface ConfigFlags {
   seed?: string;
   corpus?: string;
   device?: string;
+  initFrom?: string;
   progress: boolean;
 }
 
@@ -74,6 +75,7 @@ function configFrom(o: ConfigFlags): Record<string, unknown> {
   if (o.seed !== undefined) setPath(cfg, 'train.seed', o.seed);
   if (o.corpus !== undefined) setPath(cfg, 'data.corpus', JSON.stringify(o.corpus));
   if (o.device !== undefined) setPath(cfg, 'train.device', JSON.stringify(o.device));
+  if (o.initFrom !== undefined) setPath(cfg, 'initFrom', JSON.stringify(o.initFrom));
   if (!o.progress) setPath(cfg, 'train.progress', 'false');
   return cfg;
 }
@@ -86,6 +88,7 @@ const configOptions = (c: Command) =>
     .option('--seed <n>', 'seed of initialisation and data (train.seed)')
     .option('--corpus <dir>', 'corpus folder (data.corpus)', undefined)
     .option('--device <d>', 'auto | gpu | cpu (train.device; default MOE_DEVICE or auto)')
+    .option('--init-from <dir>', 'start from the weights, config and tokenizer of a checkpoint folder (Hugging Face Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral, or ours) with a fresh optimiser (initFrom)')
     .option('--no-progress', 'no progress bar; log lines instead');
 
 /** SIGINT/SIGTERM stop the run after the current step, with a checkpoint. */

@@ -4,9 +4,9 @@
 // JSON Schema of this file's schema for editors.
 
 import { z } from 'zod';
-import { checkModelConfig } from '../../index.js';
+import { checkModelConfig, readCheckpointConfig } from '../../index.js';
 import { balanceConfigSchema } from '../balance/config.js';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { absoluteInput, resolveDataset, type OpenDataset, type PrepareRun, type PrepareSettings } from '../data/dataset.js';
 import { MoeTrainerError } from '../errors.js';
 import { BYTE_VOCAB, DEMO_MICRO_BATCH, DEMO_MODEL, DEMO_SEQ_LEN } from '../presets.js';
@@ -34,6 +34,24 @@ export const modelSectionSchema = z
     max_position_embeddings: int(1).optional(),
     tie_word_embeddings: z.boolean().optional(),
     initializer_range: z.number().positive().optional(),
+    /** the transformers class checkpoints are written for (and its attention's q/k norm) */
+    model_type: z.enum(['qwen3_moe', 'qwen2_moe', 'olmoe', 'mixtral']).optional(),
+    /** F of the dense MLP of the layers without experts */
+    intermediate_size: int(0).optional(),
+    /** F of a shared expert beside the routed ones, gated by sigmoid(x · w) (Qwen2-MoE); 0 = none */
+    shared_expert_intermediate_size: int(0).optional(),
+    /** biases on the q, k and v projections (Qwen2-MoE) */
+    qkv_bias: z.boolean().optional(),
+    /** layers with a dense MLP instead of experts */
+    mlp_only_layers: z.array(int(0)).optional(),
+    /** experts in layers l with (l + 1) % decoder_sparse_step == 0 */
+    decoder_sparse_step: int(1).optional(),
+    /** positions a query sees, itself included, in the sliding_layers (null: full attention) */
+    sliding_window: int(1).nullable().optional(),
+    /** the layers with a sliding window (all when absent and sliding_window is set) */
+    sliding_layers: z.array(int(0)).nullable().optional(),
+    /** the embedding rows; absent = the tokenizer's vocabulary (it may be larger, as in padded Hugging Face vocabularies) */
+    vocab_size: int(2).optional(),
   })
   .strict();
 
@@ -44,6 +62,12 @@ export const trainConfigSchema = z
   .object({
     /** the JSON Schema this file follows (`moe config schema`), for editors; ignored */
     $schema: z.string().optional(),
+    /**
+     * A checkpoint folder to start from (Hugging Face: Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral; or one
+     * of ours): its weights, its config as the model section (a differing model field is an
+     * error), its tokenizer.json unless data.tokenizer names one, and a fresh optimiser.
+     */
+    initFrom: z.string().min(1).optional(),
     /** Model overrides on top of DEMO_MODEL (Hugging Face Qwen3MoeConfig names; vocab_size follows the tokenizer). */
     model: modelSectionSchema.default({}),
     data: z
@@ -151,6 +175,12 @@ export function parseTrainConfig(input: unknown): TrainConfig {
     throw new MoeTrainerError('INVALID_CONFIG', `${issue.path.length ? issue.path.join('.') : 'config'}: ${issue.message}`);
   }
   const cfg = r.data;
+  // A checkpoint to start from brings its tokenizer unless one is named.
+  const tokenizerGiven = (input as { data?: { tokenizer?: unknown } } | undefined)?.data?.tokenizer !== undefined;
+  if (cfg.initFrom !== undefined) {
+    cfg.initFrom = resolve(cfg.initFrom);
+    if (!tokenizerGiven) cfg.data.tokenizer = { kind: 'file', path: join(cfg.initFrom, 'tokenizer.json') };
+  }
   // Inputs as absolute paths: a saved config resumes from any working directory.
   cfg.data.corpus = Array.isArray(cfg.data.corpus) ? cfg.data.corpus.map(absoluteInput) : cfg.data.corpus === 'embedded' ? 'embedded' : absoluteInput(cfg.data.corpus);
   if (cfg.data.tokenizer.kind === 'file') cfg.data.tokenizer.path = resolve(cfg.data.tokenizer.path);
@@ -161,10 +191,36 @@ export function parseTrainConfig(input: unknown): TrainConfig {
   if (cfg.optim.decaySteps !== undefined && cfg.optim.schedule !== 'wsd') throw new MoeTrainerError('INVALID_CONFIG', 'optim.decaySteps belongs to optim.schedule "wsd"');
   if (cfg.optim.decaySteps !== undefined && cfg.optim.decaySteps > cfg.train.steps - cfg.optim.warmupSteps) throw new MoeTrainerError('INVALID_CONFIG', 'optim.decaySteps must not exceed train.steps - optim.warmupSteps');
   // The model section, checked now by the core (relations between fields, sizes against memory),
-  // with the vocabulary the tokenizer will have where it is known.
+  // with the vocabulary the tokenizer will have where it is known. A checkpoint's model section is
+  // checked against the checkpoint by `withCheckpointModel`.
   const t = cfg.data.tokenizer;
-  checkModelConfig(modelConfigOf(cfg, t.kind === 'bpe' ? t.vocabSize : BYTE_VOCAB));
+  if (cfg.initFrom === undefined) checkModelConfig(modelConfigOf(cfg, t.kind === 'bpe' ? t.vocabSize : BYTE_VOCAB));
   return cfg;
+}
+
+/** The model section fields `withCheckpointModel` takes from a checkpoint's config. */
+const MODEL_FIELDS = Object.keys(modelSectionSchema.shape) as (keyof TrainConfig['model'])[];
+
+/**
+ * `cfg` with the model section of the checkpoint `cfg.initFrom` (read and checked by the core,
+ * without its weights): every model field the config sets must equal the checkpoint's, and
+ * data.seqLen must fit its max_position_embeddings. The result names the whole architecture, so a
+ * resumed run needs the checkpoint no more. Errors: INVALID_CONFIG naming the field, and the
+ * checkpoint's own (CHECKPOINT_MISSING, UNSUPPORTED_MODEL, CHECKPOINT_CORRUPT).
+ */
+export function withCheckpointModel(cfg: TrainConfig): TrainConfig {
+  if (cfg.initFrom === undefined) return cfg;
+  const from = readCheckpointConfig(cfg.initFrom) as unknown as Record<string, unknown>;
+  const where = join(cfg.initFrom, 'config.json');
+  for (const [k, v] of Object.entries(cfg.model)) {
+    if (v !== undefined && JSON.stringify(v) !== JSON.stringify(from[k])) {
+      throw new MoeTrainerError('INVALID_CONFIG', `model.${k}: ${JSON.stringify(v)} differs from ${k} = ${JSON.stringify(from[k])} of ${where} (the model comes from --init-from; leave model.${k} out)`);
+    }
+  }
+  const maxPos = from.max_position_embeddings as number;
+  if (cfg.data.seqLen > maxPos) throw new MoeTrainerError('INVALID_CONFIG', `data.seqLen: ${cfg.data.seqLen} exceeds max_position_embeddings = ${maxPos} of ${where}`);
+  const model = Object.fromEntries(MODEL_FIELDS.filter((k) => from[k] !== undefined).map((k) => [k, from[k]]));
+  return { ...cfg, model: modelSectionSchema.parse(model) };
 }
 
 /**
@@ -210,5 +266,7 @@ export function datasetOf(cfg: TrainConfig, run: PrepareRun = {}): Promise<OpenD
 /** The model config of a training config, for a tokenizer of `vocabSize` tokens (seeded by train.seed). */
 export function modelConfigOf(cfg: TrainConfig, vocabSize: number): ModelConfig {
   const maxPos = cfg.model.max_position_embeddings ?? DEMO_MODEL.max_position_embeddings!;
-  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocabSize, max_position_embeddings: Math.max(cfg.data.seqLen, maxPos), seed: cfg.train.seed };
+  const vocab = cfg.model.vocab_size ?? vocabSize;
+  if (vocab < vocabSize) throw new MoeTrainerError('INVALID_CONFIG', `model.vocab_size: ${vocab} is below the tokenizer's ${vocabSize} tokens`);
+  return { ...DEMO_MODEL, ...cfg.model, vocab_size: vocab, max_position_embeddings: Math.max(cfg.data.seqLen, maxPos), seed: cfg.train.seed };
 }

@@ -17,7 +17,8 @@ function domainEval(nats: number, tokens: number, bytes: number): DomainEval {
 }
 
 export async function evaluate(model: MoeModel, data: DataPipeline, split: Split, maxTokens: number, step: number): Promise<EvalResult> {
-  const { num_hidden_layers: L, num_experts: E, num_experts_per_tok: K } = model.config;
+  const { num_experts: E, num_experts_per_tok: K } = model.config;
+  const L = model.moeLayers.length;
   const D = data.domains.length;
   const counts = Array.from({ length: L }, () => Array.from({ length: D }, () => new Array<number>(E).fill(0)));
   const topk = Array.from({ length: L }, () => new Array<number>(D).fill(0));

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { MoeTrainerError } from '../errors.js';
-import type { MetricsRow } from '../results.js';
+import type { MetricsRow, StepMetrics } from '../results.js';
 
 export const CHECKPOINTS = 'checkpoints';
 const LOCK = 'run.lock';
@@ -181,6 +181,11 @@ export function readMetricsRows(path: string): MetricsRow[] {
     }
   }
   return rows;
+}
+
+/** The step rows of metrics.jsonl (the evaluation rows left out), in order. */
+export function readStepRows(path: string): StepMetrics[] {
+  return readMetricsRows(path).filter((r): r is StepMetrics => r.kind === 'step');
 }
 
 /** Replaces a file by writing beside it and renaming. */

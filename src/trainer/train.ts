@@ -17,7 +17,7 @@ import { MoeTrainerError } from '../errors.js';
 import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
 import { imbalance } from '../metrics.js';
 import type { EvalResult, EvalRow, MetricsRow, RunResult, StepMetrics } from '../results.js';
-import { configWarnings, datasetOf, modelConfigOf, parseTrainConfig, type TrainConfig } from './config.js';
+import { configWarnings, datasetOf, modelConfigOf, parseTrainConfig, withCheckpointModel, type TrainConfig } from './config.js';
 import { evaluate } from './evaluate.js';
 import { csvHeader, csvRow, EVAL_CSV, STEP_CSV } from './csv.js';
 import { bestName, CHECKPOINTS, clearRun, holdsRun, latestCheckpoint, listCheckpoints, lockRun, pruneCheckpoints, readMetricsRows, readTrainerState, stepName, writeAtomic } from './runfolder.js';
@@ -101,7 +101,8 @@ async function rankStep(model: MoeModel, bal: Balancer, comm: Communicator, micr
   }
   let lossSum = 0;
   const microImbalance: number[][] = [];
-  const { num_hidden_layers: L, num_experts: E } = model.config;
+  const { num_experts: E } = model.config;
+  const L = model.moeLayers.length;
   for (const mb of micro) {
     const out = await model.forward(mb.tokens, b);
     // Sync point for dp / global scopes: microStep all-reduces this micro-step's expert counts.
@@ -146,7 +147,7 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     if (r.changed.length) opts.log?.(`resuming at step ${state.step} with ${r.changed.join('; ')}`);
   } else {
     // The whole config, model section included, is checked before any data is read.
-    cfg = parseTrainConfig(configInput);
+    cfg = withCheckpointModel(parseTrainConfig(configInput));
     if (isRootProcess && holdsRun(opts.outDir) && !opts.force) {
       throw new MoeTrainerError('RUN_EXISTS', `${opts.outDir} holds a run: continue it with --resume, replace it with --force, or choose another --out`);
     }
@@ -179,7 +180,11 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   try {
     if (isRoot && !opts.resume && opts.force) clearRun(opts.outDir);
     const modelCfg = modelConfigOf(cfg, tokenizer.vocabSize);
-    replicas.push(...localRanks.map(() => new MoeModel(modelCfg, { device: cfg.train.device })));
+    // A fine-tuning run starts from the checkpoint's weights with a fresh optimiser.
+    const fresh = !resumeFrom && cfg.initFrom !== undefined;
+    while (replicas.length < localRanks.length) {
+      replicas.push(fresh ? await MoeModel.fromCheckpoint(cfg.initFrom!, { device: cfg.train.device, weightsOnly: true }) : new MoeModel(modelCfg, { device: cfg.train.device }));
+    }
     if (resumeFrom) {
       for (const m of replicas) {
         const saved = await m.loadCheckpoint(resumeFrom);
@@ -199,7 +204,8 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       await multi.broadcast(p, 0);
       replicas[0].setParams(p);
     }
-    const { num_hidden_layers: L, num_experts: E, num_experts_per_tok: K } = replicas[0].config;
+    const { num_experts: E, num_experts_per_tok: K } = replicas[0].config;
+    const L = replicas[0].moeLayers.length; // statistics come per layer with experts
     // One gradient buffer per replica for the all-reduce, reused every step: a fresh gradient-sized
     // array per step costs more in page faults than the copy itself.
     const gradBufs = replicas.map((m) => new Float32Array(multi || R > 1 ? m.numParameters : 0));

@@ -118,13 +118,19 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     }
 }
 
-fn load_from(folder: &Folder) -> Result<Loaded> {
-    let dir = folder.dir.as_path();
-    folder.verify()?;
-    let cfg_path = dir.join(CONFIG_FILE);
+/// The model configuration of the checkpoint in `dir` (its `config.json`), checked as `load`
+/// checks it, without reading any weights. Errors as `load`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig> {
+    config_of(&Folder::open(dir)?)
+}
+
+fn config_of(folder: &Folder) -> Result<ModelConfig> {
+    let cfg_path = folder.dir.join(CONFIG_FILE);
     let cfg_json: serde_json::Value = serde_json::from_slice(&folder.read(CONFIG_FILE)?).map_err(|e| corrupt(&cfg_path, e))?;
     let cfg = ModelConfig::from_json(cfg_json).map_err(|e| match e {
         MoeError::Unsupported(m) => MoeError::Unsupported(format!("{}: {m}", cfg_path.display())),
+        // a field of a newer or other architecture: not ours to guess its meaning
+        MoeError::InvalidConfig(m) if m.contains("unknown field") => MoeError::Unsupported(format!("{}: {m}", cfg_path.display())),
         e => corrupt(&cfg_path, e),
     })?;
     // Sizes from a file are checked like any other before a byte is allocated for them.
@@ -132,6 +138,13 @@ fn load_from(folder: &Folder) -> Result<Loaded> {
         MoeError::InvalidConfig(m) => corrupt(&cfg_path, m),
         e => e,
     })?;
+    Ok(cfg)
+}
+
+fn load_from(folder: &Folder) -> Result<Loaded> {
+    let dir = folder.dir.as_path();
+    folder.verify()?;
+    let cfg = config_of(folder)?;
     let mut weights = Weights::open(dir)?;
     let specs = ModelParams::layout(&cfg).specs();
     let mut params = crate::memory::zeros("checkpoint parameters", specs.last().map_or(0, |s| s.offset + s.len()))?;

@@ -154,7 +154,18 @@ impl Model {
     /// Returns the trainer's saved state too.
     /// The loaded parameters become the model's without a copy (a load peaks at about one copy).
     pub fn from_checkpoint(dir: &std::path::Path) -> Result<(Model, Option<String>)> {
-        let Loaded { cfg, params, router_bias, state } = crate::checkpoint::load(dir)?;
+        Model::from_loaded(crate::checkpoint::load(dir)?)
+    }
+
+    /// A model with the weights (and router biases) of a checkpoint and a fresh optimiser, whatever
+    /// training state the checkpoint holds: the start of a fine-tuning run.
+    pub fn from_weights(dir: &std::path::Path) -> Result<Model> {
+        let loaded = crate::checkpoint::load(dir)?;
+        Ok(Model::from_loaded(Loaded { state: None, ..loaded })?.0)
+    }
+
+    fn from_loaded(loaded: Loaded) -> Result<(Model, Option<String>)> {
+        let Loaded { cfg, params, router_bias, state } = loaded;
         let layout = ModelParams::layout(&cfg);
         let mut store = ParamStore::with_params(&layout.specs(), params)?;
         let trainer = state.map(|st| {

@@ -136,6 +136,11 @@ fn bad_checkpoints_are_refused_and_leave_the_model_alone() {
         c["model_type"] = "deepseek_v3".into();
         std::fs::write(d.join("config.json"), c.to_string()).unwrap();
     });
+    expect("unknown-field", "UNSUPPORTED_MODEL", true, &|d| {
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+        c["n_group"] = 8.into();
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    });
     expect("bad-config", "CHECKPOINT_CORRUPT", true, &|d| std::fs::write(d.join("config.json"), "{ nope").unwrap());
     expect("torn-write", "CHECKPOINT_CORRUPT", true, &|d| {
         // A training state from another save next to this model file.

@@ -24,6 +24,9 @@ pub struct MoeLayerConfig {
     pub num_experts_per_tok: u32,
     #[napi(js_name = "norm_topk_prob")]
     pub norm_topk_prob: Option<bool>,
+    /// F of a shared expert beside the routed ones, gated by sigmoid(x · w) (Qwen2-MoE); 0 = none
+    #[napi(js_name = "shared_expert_intermediate_size")]
+    pub shared_expert_intermediate_size: Option<u32>,
     #[napi(js_name = "initializer_range")]
     pub initializer_range: Option<f64>,
     pub seed: Option<u32>,

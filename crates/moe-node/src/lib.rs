@@ -527,6 +527,19 @@ pub fn check_model_config(env: Env, config: Option<Unknown>) -> Result<serde_jso
     .map_err(|e| js_error(&env, e))
 }
 
+/// The model configuration of a checkpoint folder (ours, or a Hugging Face one of a supported
+/// architecture), read and checked as `MoeModel.fromCheckpoint` would, without its weights.
+/// Errors: CHECKPOINT_MISSING, UNSUPPORTED_MODEL (the field named), CHECKPOINT_CORRUPT.
+#[napi(ts_args_type = "dir: string", ts_return_type = "Required<ModelConfig>")]
+pub fn read_checkpoint_config(env: Env, dir: Unknown) -> Result<serde_json::Value> {
+    (|| {
+        let dir = std::path::PathBuf::from(args::string("dir", dir)?);
+        let cfg = guard(|| moe_core::checkpoint::read_config(&dir))?;
+        serde_json::to_value(&cfg).map_err(|e| MoeError::Internal(e.to_string()))
+    })()
+    .map_err(|e| js_error(&env, e))
+}
+
 /// Valid positions per sequence (B) of `numSequences` sequences packed in `numTokens` tokens, with
 /// an optional mask (B, S): exactly what `MoeModel.forward` reports as `validTokens` (position t
 /// predicts token t + 1 and counts when t < S - 1 and the target's mask entry is 1). The trainer

@@ -45,6 +45,31 @@ pub struct ModelConfigInput {
     #[napi(js_name = "initializer_range")]
     pub initializer_range: Option<f64>,
     pub seed: Option<u32>,
+    /// "qwen3_moe" (default), "qwen2_moe", "olmoe" or "mixtral": which transformers class the
+    /// checkpoints are written for, and its attention's q/k norm
+    #[napi(js_name = "model_type", ts_type = "'qwen3_moe' | 'qwen2_moe' | 'olmoe' | 'mixtral'")]
+    pub model_type: Option<String>,
+    /// F of the dense MLP of layers without experts
+    #[napi(js_name = "intermediate_size")]
+    pub intermediate_size: Option<u32>,
+    /// F of a shared expert beside the routed ones, gated by sigmoid(x · w) (Qwen2-MoE); 0 = none
+    #[napi(js_name = "shared_expert_intermediate_size")]
+    pub shared_expert_intermediate_size: Option<u32>,
+    /// biases on the q, k and v projections (Qwen2-MoE)
+    #[napi(js_name = "qkv_bias")]
+    pub qkv_bias: Option<bool>,
+    /// layers with a dense MLP (of `intermediate_size`) instead of experts
+    #[napi(js_name = "mlp_only_layers")]
+    pub mlp_only_layers: Option<Vec<u32>>,
+    /// experts in layers l with (l + 1) % decoder_sparse_step == 0; default 1 (every layer)
+    #[napi(js_name = "decoder_sparse_step")]
+    pub decoder_sparse_step: Option<u32>,
+    /// positions a query sees, itself included, in the `sliding_layers`; null = full attention
+    #[napi(js_name = "sliding_window", ts_type = "number | null")]
+    pub sliding_window: Option<u32>,
+    /// the layers with a sliding window (all of them when absent and `sliding_window` is set)
+    #[napi(js_name = "sliding_layers", ts_type = "number[] | null")]
+    pub sliding_layers: Option<Vec<u32>>,
 }
 
 /// Per layer and per sequence routing statistics of one forward, and its loss (DESIGN §3).
@@ -58,13 +83,13 @@ pub struct ModelForwardResult {
     pub loss_sums: Float32Array,
     /// (B) valid positions per sequence
     pub valid_tokens: Float32Array,
-    /// (L, B, E)
+    /// (L_moe, B, E): per layer with experts (`moeLayers`), per sequence, tokens routed to each expert
     pub counts: Float32Array,
-    /// (L, B, E)
+    /// (L_moe, B, E): router softmax scores summed over valid tokens
     pub score_sums: Float32Array,
-    /// (L, B)
+    /// (L_moe, B): the chosen experts' scores summed over valid tokens
     pub topk_score_sums: Float32Array,
-    /// (L, B)
+    /// (L_moe, B): squared logsumexp of the router logits summed over valid tokens (z-loss)
     pub z_sums: Float32Array,
 }
 
@@ -105,9 +130,20 @@ pub struct GenerateOptionsInput {
     pub seed: Option<u32>,
 }
 
+/// The options of `MoeModel.fromCheckpoint`.
+#[napi(object, object_from_js = false, object_to_js = false)]
+pub struct LoadOptions {
+    /// "auto", "gpu" or "cpu" (default: MOE_DEVICE or auto)
+    #[napi(ts_type = "'auto' | 'gpu' | 'cpu'")]
+    pub device: Option<String>,
+    /// only the weights (and router biases): the optimiser starts afresh and no trainer state is
+    /// returned, whatever the checkpoint holds (the start of a fine-tuning run); default false
+    pub weights_only: Option<bool>,
+}
+
 pub struct LoadTask {
-    /// the folder and device, or the error of the argument checks
-    args: moe_core::Result<(PathBuf, Option<String>)>,
+    /// the folder, device and weightsOnly, or the error of the argument checks
+    args: moe_core::Result<(PathBuf, Option<String>, bool)>,
 }
 
 impl Task for LoadTask {
@@ -115,9 +151,9 @@ impl Task for LoadTask {
     type JsValue = MoeModel;
     fn compute(&mut self) -> Result<Self::Output> {
         let args = std::mem::replace(&mut self.args, Err(MoeError::Internal("a task ran twice".into())));
-        Ok(args.and_then(|(dir, device)| {
+        Ok(args.and_then(|(dir, device, weights_only)| {
             guard(|| {
-                let (mut m, trainer) = Core::from_checkpoint(&dir)?;
+                let (mut m, trainer) = if weights_only { (Core::from_weights(&dir)?, None) } else { Core::from_checkpoint(&dir)? };
                 m.to_device(device.as_deref())?;
                 Ok((m, trainer))
             })
@@ -131,7 +167,10 @@ impl Task for LoadTask {
 
 /// The `device` of a DeviceOptions object.
 pub(crate) fn device_option(options: Option<Unknown>) -> moe_core::Result<Option<String>> {
-    let o = args::options("options", options, &["device"])?;
+    device_of(&args::options("options", options, &["device"])?)
+}
+
+fn device_of(o: &args::Options<'_>) -> moe_core::Result<Option<String>> {
     let device = o.field("device", args::string)?;
     if let Some(d) = &device {
         if !["auto", "gpu", "cpu"].contains(&d.as_str()) {
@@ -153,6 +192,7 @@ pub(crate) fn device_option(options: Option<Unknown>) -> moe_core::Result<Option
 pub struct MoeModel {
     inner: Shared<Core>,
     trainer_state: Option<String>,
+    moe_layers: Vec<u32>,
     info: Info,
 }
 
@@ -160,8 +200,9 @@ impl MoeModel {
     fn wrap(env: &Env, mut m: Core, trainer_state: Option<String>) -> MoeModel {
         let config = serde_json::to_value(&m.cfg).unwrap_or_default();
         let device = m.device();
+        let moe_layers = m.cfg.moe_layers().into_iter().map(|l| l as u32).collect();
         let info = Info::new(env, device, config, m.store.host().ok());
-        MoeModel { inner: shared(m), trainer_state, info }
+        MoeModel { inner: shared(m), trainer_state, moe_layers, info }
     }
 }
 
@@ -185,11 +226,28 @@ impl MoeModel {
         Ok(MoeModel::wrap(&env, m, None))
     }
 
-    /// A model read from a checkpoint folder (config.json + model.safetensors [+ training state]),
-    /// every file checked against the folder's checksums.
-    #[napi(ts_args_type = "dir: string, options?: DeviceOptions", ts_return_type = "Promise<MoeModel>")]
+    /// A model read from a checkpoint folder: ours, or one transformers wrote for Qwen3-MoE,
+    /// Qwen2-MoE, OLMoE or Mixtral (config.json + model.safetensors or sharded
+    /// model-0000N-of-0000M.safetensors with their index; per-expert or fused expert tensors;
+    /// f32, bf16 or f16, widened to f32), memory-mapped, every file of ours checked against the
+    /// folder's checksums; with its optimiser and trainer state unless `weightsOnly`.
+    /// Errors: CHECKPOINT_MISSING (folder or file), UNSUPPORTED_MODEL (architecture or field,
+    /// named), CHECKPOINT_CORRUPT, SHAPE_MISMATCH.
+    #[napi(ts_args_type = "dir: string, options?: LoadOptions", ts_return_type = "Promise<MoeModel>")]
     pub fn from_checkpoint(dir: Unknown, options: Option<Unknown>) -> AsyncTask<LoadTask> {
-        AsyncTask::new(LoadTask { args: (|| Ok((PathBuf::from(args::string("dir", dir)?), device_option(options)?)))() })
+        AsyncTask::new(LoadTask {
+            args: (|| {
+                let dir = PathBuf::from(args::string("dir", dir)?);
+                let o = args::options("options", options, &["device", "weightsOnly"])?;
+                Ok((dir, device_of(&o)?, o.field("weightsOnly", args::boolean)?.unwrap_or(false)))
+            })(),
+        })
+    }
+
+    /// The layers with experts, ascending: the rows of every per-layer statistic (L_moe of them).
+    #[napi(getter)]
+    pub fn moe_layers(&self) -> Vec<u32> {
+        self.moe_layers.clone()
     }
 
     /// The trainer state (JSON) saved with the checkpoint this model was made from, if any.
