@@ -17,7 +17,7 @@ const ARCH: Record<string, Partial<ModelConfig>> = {
   qwen3_moe: {},
   // a shared expert, q/k/v biases, a dense first layer, a sliding window on the dense layer
   qwen2_moe: { model_type: 'qwen2_moe', shared_expert_intermediate_size: 40, decoder_sparse_step: 2, intermediate_size: 48, sliding_window: 8, sliding_layers: [0], norm_topk_prob: false },
-  olmoe: { model_type: 'olmoe', norm_topk_prob: false },
+  olmoe: { model_type: 'olmoe', head_dim: 8, norm_topk_prob: false }, // OLMoE's head_dim is hidden / heads
   mixtral: { model_type: 'mixtral', sliding_window: 8 },
 };
 

@@ -332,6 +332,13 @@ impl ModelConfig {
         if matches!(self.model_type, ModelType::Mixtral | ModelType::Olmoe) && (!self.mlp_only_layers.is_empty() || self.decoder_sparse_step != 1) {
             return Err(unsupported(format!("mlp_only_layers / decoder_sparse_step: dense layers are part of the Qwen families, not {arch}")));
         }
+        if self.model_type == ModelType::Olmoe && self.head_dim * self.num_attention_heads != self.hidden_size {
+            return Err(unsupported(format!(
+                "head_dim = {}: olmoe's attention uses hidden_size / num_attention_heads = {}",
+                self.head_dim,
+                self.hidden_size / self.num_attention_heads
+            )));
+        }
         if self.model_type == ModelType::Mixtral && !self.norm_topk_prob {
             return Err(unsupported("norm_topk_prob = false: Mixtral always renormalises its top-k weights".into()));
         }
@@ -569,6 +576,8 @@ mod tests {
         assert!(m.starts_with("UNSUPPORTED_MODEL") && m.contains("rope_scaling"), "{m}");
         let m = msg(json!({"model_type": "olmoe", "num_experts": 4, "intermediate_size": 6, "clip_qkv": 8.0}));
         assert!(m.starts_with("UNSUPPORTED_MODEL") && m.contains("clip_qkv"), "{m}");
+        let m = msg(json!({"model_type": "olmoe", "num_experts": 4, "intermediate_size": 6, "head_dim": 16}));
+        assert!(m.starts_with("UNSUPPORTED_MODEL") && m.contains("head_dim"), "{m}");
         let m = msg(json!({"num_experts": 4, "moe_intermediate_size": 6, "shared_expert_intermediate_size": 8}));
         assert!(m.starts_with("UNSUPPORTED_MODEL") && m.contains("shared_expert_intermediate_size"), "{m}");
         let m = msg(json!({"model_type": "mixtral", "num_local_experts": 4, "intermediate_size": 6, "hidden_act": "gelu"}));
