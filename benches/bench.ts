@@ -3,7 +3,8 @@
 // transformers' eager Qwen3MoeSparseMoeBlock and a plain PyTorch grouped layer), the GEMM peak, the
 // demo model's training step (ours through the Node binding vs Qwen3MoeForCausalLM + AdamW), the
 // cost of global over micro balance, scaling with T and E, and data: preparing 200 MB of text
-// against Hugging Face tokenizers, and peak memory of training on a 1 GB dataset (benches/data.ts). Peers come from .venv
+// against Hugging Face tokenizers, and peak memory of training on a 1 GB dataset (benches/data.ts), and
+// loading a 1.1 GB sharded transformers checkpoint against from_pretrained (benches/load.ts). Peers come from .venv
 // (scripts/install-peers.sh); without them the table says "peer unavailable".
 // `npm run bench -- --write` also rewrites BENCHMARKS.md.
 
@@ -15,6 +16,7 @@ import { Balancer, LocalGroup } from '../src/balance/index.js';
 import { DEMO_MODEL } from '../src/presets.js';
 import { rng } from '../src/rng.js';
 import { dataBench, dataRows } from './data.js';
+import { loadBench, loadRows } from './load.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const BATCH = 8;
@@ -103,6 +105,10 @@ if (spawnSync('mpirun', ['--version']).status === 0 && existsSync('mpi/moe-train
 console.error('running the data benchmark ...');
 const data = await dataBench(env, THREADS);
 
+// ---- checkpoints: loading 1.1 GB written by transformers ----------------------------------------
+console.error('running the checkpoint loading benchmark ...');
+const load = loadBench(env);
+
 // ---- peers --------------------------------------------------------------------------------------
 const py = '.venv/bin/python';
 let peers: Row[] = [];
@@ -146,6 +152,7 @@ row([
   '-', '-', '-', '-', '-',
 ]);
 for (const cells of dataRows(data, fmt)) row(cells);
+for (const cells of loadRows(load, fmt)) row(cells);
 for (const group of ['tokens', 'experts']) {
   const rs = rust.filter((r) => r.kind === 'layer' && (r.group === group || r.group === 'main')).sort((a, b) => (group === 'tokens' ? (a.T as number) - (b.T as number) : (a.E as number) - (b.E as number)));
   row([
