@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { variant } from '../src/compare.js';
 import type { RunResult } from '../src/results.js';
+import { latestCheckpoint, readStepRows } from '../src/trainer/runfolder.js';
 import { train } from '../src/trainer/train.js';
 import { ablations } from './ablations.js';
 import { summarize } from './summarize-experiments.js';
@@ -85,7 +86,7 @@ for (const [k, job] of jobs.entries()) {
     continue;
   }
   try {
-    const resume = existsSync(join(job.dir, 'checkpoint', 'config.json'));
+    const resume = latestCheckpoint(job.dir) !== null;
     const cfg = variant(base, job.name) as { train?: Record<string, unknown> };
     cfg.train = { ...cfg.train, seed: job.seed, progress: false, checkpointEvery: Number(o['checkpoint-every']) };
     const t0 = Date.now();
@@ -97,7 +98,7 @@ for (const [k, job] of jobs.entries()) {
     }
     done++;
     const e = r.evals.at(-1)!;
-    const metrics = readFileSync(join(job.dir, 'metrics.jsonl'), 'utf8').trim().split('\n').slice(-20).map((l) => JSON.parse(l) as { lblGlobal: number[] });
+    const metrics = readStepRows(join(job.dir, 'metrics.jsonl')).slice(-20);
     console.log(
       `${tag}: ${((Date.now() - t0) / 1000).toFixed(0)} s${resume ? ` (resumed at step ${first})` : ''}, held-out ${e.mean.loss.toFixed(4)} nats, ` +
         `MI ${mean(e.layers.map((l) => l.mutualInformation)).toFixed(3)} bits, max/uniform ${mean(e.layers.map((l) => l.maxOverUniform)).toFixed(2)}, ` +
