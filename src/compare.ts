@@ -74,11 +74,12 @@ export function comparisonTable(runs: RunResult[]): string {
   const last = (r: RunResult) => r.evals[r.evals.length - 1];
   const pad = (s: string, n: number) => s.padStart(n);
   lines.push('Held-out perplexity per domain (bits per byte in brackets):');
-  lines.push(pad('run', 14) + domains.map((d) => pad(d, 15)).join('') + pad('mean', 15));
-  for (const r of runs) {
-    const e = last(r);
-    lines.push(pad(r.name, 14) + domains.map((d) => pad(`${f(e.perDomain[d].perplexity, 2)} (${f(e.perDomain[d].bitsPerByte, 3)})`, 15)).join('') + pad(`${f(e.mean.perplexity, 2)} (${f(e.mean.bitsPerByte, 3)})`, 15));
-  }
+  const cell = (x: { perplexity: number; bitsPerByte: number }) => `${f(x.perplexity, 2)} (${f(x.bitsPerByte, 3)})`;
+  const rows = runs.map((r) => [...domains.map((d) => cell(last(r).perDomain[d])), cell(last(r).mean)]);
+  // Columns as wide as their widest cell: a fresh model's perplexity has the vocabulary's digits.
+  const w = Math.max(15, ...rows.flat().map((c) => c.length + 2), ...domains.map((d) => d.length + 2));
+  lines.push(pad('run', 14) + [...domains, 'mean'].map((d) => pad(d, w)).join(''));
+  for (const [i, r] of runs.entries()) lines.push(pad(r.name, 14) + rows[i].map((c) => pad(c, w)).join(''));
   lines.push('');
   lines.push('Routing specialisation on held-out data, mean over layers [per layer]:');
   lines.push(pad('run', 14) + pad('max-freq/uniform', 34) + pad('MI(domain; expert) bits', 34) + pad('loss (nats)', 13) + pad('steps', 7) + pad('time', 8));
