@@ -33,6 +33,7 @@ export interface MicroStats {
 }
 
 export interface BalanceDims {
+  /** L: layers with experts (`MoeModel.moeLayers.length`); dense layers route nothing */
   layers: number;
   experts: number;
   topK: number;

@@ -359,7 +359,7 @@ macro_rules! shared_methods {
                 self.info.config.clone()
             }
 
-            /// The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+            /// The routers' selection biases, (L_moe, E) for a model (a row per layer with experts) and (E) for a layer: added to the
             /// scores to choose the top-k experts, never to their weights (auxiliary-loss-free
             /// balancing); zero unless set.
             #[napi(getter)]

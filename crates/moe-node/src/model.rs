@@ -286,7 +286,7 @@ impl MoeModel {
         task(&self.inner, "MoeModel.logits", Float32Array::new, checked)
     }
 
-    /// Backward of the last stored forward with router pressure (L, B, E); accumulates gradients.
+    /// Backward of the last stored forward with router pressure (L_moe, B, E): a row per layer with experts (`moeLayers`); accumulates gradients.
     /// A stored forward serves one backward: a second one fails with INVALID_STATE.
     #[napi(ts_args_type = "pressure: Float32Array, scales: BackwardScales", ts_return_type = "Promise<void>")]
     pub fn backward(&self, pressure: Unknown, scales: Option<Unknown>) -> AsyncTask<CoreTask<Core, (), ()>> {
