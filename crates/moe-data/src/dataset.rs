@@ -164,12 +164,24 @@ impl Dataset {
             return Ok(());
         }
         let map = shard.map.as_ref().expect("a non-empty shard is mapped");
+        let width = if self.wide { 4 } else { 2 };
+        let (start, stop) = ((at * width) as usize, (end * width) as usize);
+        let bytes = &map[start..stop];
         if self.wide {
-            let bytes = &map[(at * 4) as usize..(end * 4) as usize];
             out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         } else {
-            let bytes = &map[(at * 2) as usize..(end * 2) as usize];
             out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = u16::from_le_bytes([b[0], b[1]]) as u32);
+        }
+        // A fault maps the page-cache folios around the window, often hundreds of kB: unmapped again
+        // at once (the 2 MiB-aligned span that holds the window, the largest folio), the resident
+        // memory stays that of the windows being read, not of every place ever sampled.
+        #[cfg(unix)]
+        {
+            const SPAN: usize = 2 << 20;
+            let (from, to) = (start / SPAN * SPAN, stop.div_ceil(SPAN).saturating_mul(SPAN).min(map.len()));
+            // SAFETY: DONTNEED on a read-only shared file mapping only drops pages from this
+            // process; a later read faults them in again from the file, unchanged.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
         }
         Ok(())
     }
