@@ -64,7 +64,7 @@ export declare class MoeLayer {
   /** The validated configuration, defaults filled in. */
   get config(): Required<MoeLayerConfig>
   /**
-   * The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+   * The routers' selection biases, (L_moe, E) for a model (a row per layer with experts) and (E) for a layer: added to the
    * scores to choose the top-k experts, never to their weights (auxiliary-loss-free
    * balancing); zero unless set.
    */
@@ -140,7 +140,7 @@ export declare class MoeModel {
   /** Logits (B*S, vocab_size) of every position; stores nothing. */
   logits(tokens: Uint32Array, numSequences: number): Promise<Float32Array>
   /**
-   * Backward of the last stored forward with router pressure (L, B, E); accumulates gradients.
+   * Backward of the last stored forward with router pressure (L_moe, B, E): a row per layer with experts (`moeLayers`); accumulates gradients.
    * A stored forward serves one backward: a second one fails with INVALID_STATE.
    */
   backward(pressure: Float32Array, scales: BackwardScales): Promise<void>
@@ -163,7 +163,7 @@ export declare class MoeModel {
   /** The validated configuration, defaults filled in. */
   get config(): Required<ModelConfig>
   /**
-   * The routers' selection biases, (L, E) for a model and (E) for a layer: added to the
+   * The routers' selection biases, (L_moe, E) for a model (a row per layer with experts) and (E) for a layer: added to the
    * scores to choose the top-k experts, never to their weights (auxiliary-loss-free
    * balancing); zero unless set.
    */
