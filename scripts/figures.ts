@@ -23,7 +23,7 @@ mkdirSync(outDir, { recursive: true });
 const pages: { file: string; html: string; selector: string }[] = [];
 const wrap = (body: string): string =>
   '<!DOCTYPE html><html><head><meta charset="utf-8"><style>body{margin:0;background:#fff;font:14px system-ui,"DejaVu Sans",sans-serif}' +
-  'figure{display:inline-block;margin:12px}figcaption{font-weight:600;margin-bottom:4px}svg text{font-family:system-ui,"DejaVu Sans",sans-serif}' +
+  '#fig{display:inline-block}figure{display:inline-block;margin:12px}figcaption{font-weight:600;margin-bottom:4px}svg text{font-family:system-ui,"DejaVu Sans",sans-serif}' +
   'svg .axis{fill:#4a5263;font-size:11px}svg .label{fill:#2b3242;font-size:12px}svg .legend-text{fill:#2b3242;font-size:11px}' +
   `svg .grid{stroke:#eceef2}svg .tick{stroke:#8a909c}svg .frame{fill:none;stroke:#c3c8d1}</style></head><body><div id="fig">${body}</div></body></html>`;
 

@@ -4,7 +4,7 @@
 //!   2. (BPE only) train the tokenizer on the training split's texts;
 //!   3. encode: batches of documents tokenised in parallel (rayon), written in input order to one
 //!      token file per domain and split, with its document index and sha256.
-//! Everything is written into `<out>.partial-<pid>/` and switched in by one rename when complete,
+//! Everything is written into `<out>.partial-<pid>-<n>/` and switched in by one rename when complete,
 //! so an interrupted prepare never leaves a dataset that looks complete.
 
 use crate::dataset::{DomainEntry, Manifest, ShardEntry, SourceEntry, TokenizerEntry, DTYPE_U16, DTYPE_U32, FORMAT};
@@ -307,7 +307,7 @@ pub struct Prepared {
     pub warnings: Vec<String>,
 }
 
-/// Removes `<out>.partial-<pid>` folders left by prepares that are no longer running (Linux: the
+/// Removes `<out>.partial-<pid>-<n>` folders left by prepares that are no longer running (Linux: the
 /// pid has no /proc entry), so that killed runs do not accumulate half-written datasets.
 fn clean_stale_partials(out: &Path) {
     let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else { return };
@@ -315,7 +315,7 @@ fn clean_stale_partials(out: &Path) {
     let Ok(entries) = std::fs::read_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) else { return };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().to_string();
-        if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) {
+        if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.split('-').next()?.parse::<u32>().ok()) {
             if Path::new("/proc").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -337,7 +337,9 @@ pub fn prepare(o: &PrepareOptions, p: &Progress) -> Result<Prepared> {
     clean_stale_partials(&o.out);
     let plan = scan(&inputs, o, p)?;
     let tok = train_tokenizer(&inputs, o, &plan, p)?;
-    let partial = PathBuf::from(format!("{}.partial-{}", o.out.display(), std::process::id()));
+    // Unique per call: two prepares of one `out` in one process must not share a folder.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let partial = PathBuf::from(format!("{}.partial-{}-{}", o.out.display(), std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
     let result = (|| {
@@ -381,8 +383,13 @@ pub fn prepare(o: &PrepareOptions, p: &Progress) -> Result<Prepared> {
             return Err(e);
         }
     };
-    // Switch the complete dataset in: one rename (after moving an old one aside when forced).
-    let old = PathBuf::from(format!("{}.old-{}", o.out.display(), std::process::id()));
+    // Switch the complete dataset in: one rename (after moving an old one aside when forced). A
+    // dataset another prepare put there meanwhile is kept unless forced: it is as complete as ours.
+    if o.out.exists() && !o.force {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(DataError::Exists(format!("{} was prepared by another process meanwhile", o.out.display())));
+    }
+    let old = PathBuf::from(format!("{}.old", partial.display()));
     if o.out.exists() {
         std::fs::rename(&o.out, &old).map_err(|e| io(&o.out, e))?;
     }
