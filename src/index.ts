@@ -2,9 +2,9 @@
 // here as functions: models and layers (native), the balance engine, the trainer loop (a Promise,
 // a callback per step, or an async iterator), evaluation, metrics, data, tokenizers, reports.
 
-export { checkModelConfig, Dataset, DatasetPrep, lrAt, MoeLayer, MoeModel, Tokenizer, validTokens } from '../index.js';
+export { checkModelConfig, Dataset, DatasetPrep, lrAt, MoeLayer, MoeModel, readCheckpointConfig, Tokenizer, validTokens } from '../index.js';
 export type {
-  AdamWOptions, BackwardScales, DatasetManifest, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LrSchedule,
+  AdamWOptions, BackwardScales, DatasetManifest, DeviceOptions, ForwardOptions, ForwardResult, GenerateOptions, LoadOptions, LrSchedule,
   ModelConfig, ModelForwardOptions, ModelForwardResult, MoeLayerConfig, ParameterInfo, PrepareOptions, PrepareProgress,
   PrepareResult, RoutingStats,
 } from '../index.js';
