@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { MoeModel } from '../index.js';
 import { Balancer, balanceAt, LocalGroup, parseBalanceConfig, phaseAt, SOLO, type MicroStats } from '../src/balance/index.js';
 import { drawSubset, splitBySequence, stepSeed, validPositions } from '../src/balance/sample.js';
-import { variant } from '../src/compare.js';
+import { compare, variant } from '../src/compare.js';
 import { readStepRows } from '../src/trainer/runfolder.js';
 import { rng } from '../src/rng.js';
 import { train } from '../src/trainer/train.js';
@@ -254,6 +254,26 @@ test('training with a mid-run switch, the shuffle scope and exact Balance BSZ', 
     // A phase whose terms do not fit the batch fails before the first step.
     await t.throwsAsync(train(tinyRun({ terms: [], phases: [{ step: 3, terms: [{ balanceSequences: 3, coef: 1 }] }] }), { outDir: join(root, 'bad') }), { code: 'INVALID_CONFIG' });
     t.false(existsSync(join(root, 'bad', 'metrics.jsonl')));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('compare trains its runs one after the other or two at once with identical results', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'moe-compare-'));
+  try {
+    const base = tinyRun({ terms: [{ scope: 'micro', coef: 0.1 }] });
+    const names = ['micro', 'global', 'shuffle'];
+    const seq = await compare(base, names, join(root, 'seq'));
+    const par = await compare(base, names, join(root, 'par'), { parallel: 2 });
+    t.deepEqual(par.runs.map((r) => r.name), names, 'results in the order of the names');
+    for (const name of names) {
+      const [a, b] = [stepLog(join(root, 'seq', name)), stepLog(join(root, 'par', name))];
+      t.is(a.length, 4);
+      t.deepEqual(b.map((m) => [m.loss, m.lbl]), a.map((m) => [m.loss, m.lbl]), name);
+    }
+    t.deepEqual(par.runs.map((r) => r.evals.at(-1)!.mean.loss), seq.runs.map((r) => r.evals.at(-1)!.mean.loss));
+    await t.throwsAsync(compare(base, names, join(root, 'bad'), { parallel: 0 }), { code: 'INVALID_ARGUMENT' });
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

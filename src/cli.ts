@@ -200,8 +200,10 @@ configOptions(program.command('compare').description('train several balance conf
   .option('-o, --out <dir>', 'folder for the run folders', 'runs/compare')
   .option('--report <file>', 'also write the HTML report here')
   .option('--force', 'replace run folders of an earlier comparison in --out')
-  .action(async (o: ConfigFlags & { runs: string; out: string; report?: string; force?: boolean }) => {
-    const { runs, dirs } = await compare(configFrom(o), o.runs.split(',').map((s) => s.trim()).filter(Boolean), o.out, { signal: stopSignal(), log, force: o.force });
+  .option('--parallel <n>', 'runs trained at once (each small run keeps about one core busy)', '1')
+  .action(async (o: ConfigFlags & { runs: string; out: string; report?: string; force?: boolean; parallel: string }) => {
+    const parallel = intFlag('--parallel', o.parallel, 1);
+    const { runs, dirs } = await compare(configFrom(o), o.runs.split(',').map((s) => s.trim()).filter(Boolean), o.out, { signal: stopSignal(), log, force: o.force, parallel });
     console.log('\n' + comparisonTable(runs));
     if (o.report) {
       await writeReport(dirs, o.report, { title: `moe compare: ${o.runs}` });

@@ -1,11 +1,11 @@
 // `moe compare`: several balance configurations trained on the same data with the same seed, one
-// after the other, then one table of per-domain perplexity and routing specialisation.
+// after the other or a few at once, then one table of per-domain perplexity and routing specialisation.
 
 import { join } from 'node:path';
 import { MoeTrainerError } from './errors.js';
 import type { RunResult } from './results.js';
 import { train, type RunOptions } from './trainer/train.js';
-import { parseTrainConfig } from './trainer/config.js';
+import { datasetOf, parseTrainConfig, withCheckpointModel } from './trainer/config.js';
 
 /**
  * A named variant of the base config:
@@ -51,18 +51,41 @@ export function variant(base: Record<string, unknown>, fullName: string): Record
   return { ...base, data, balance: { ...cfg.balance, terms, lossFree: lossFree ?? cfg.balance.lossFree, phases } };
 }
 
-export async function compare(base: Record<string, unknown>, names: string[], outDir: string, opts: Omit<RunOptions, 'outDir' | 'name'> = {}): Promise<{ runs: RunResult[]; dirs: string[] }> {
+/** Options of `compare`: those of `train`, and how many runs train at once. */
+export interface CompareOptions extends Omit<RunOptions, 'outDir' | 'name'> {
+  /**
+   * runs trained concurrently (default 1). The native steps run on the libuv pool, so two small runs
+   * use two cores where one run of the demo's size keeps one busy. Concurrent runs show no progress
+   * bar; their log lines carry the run's name. Results do not depend on it.
+   */
+  parallel?: number;
+}
+
+export async function compare(base: Record<string, unknown>, names: string[], outDir: string, opts: CompareOptions = {}): Promise<{ runs: RunResult[]; dirs: string[] }> {
+  const { parallel = 1, ...runOpts } = opts;
+  if (!(Number.isInteger(parallel) && parallel >= 1)) throw new MoeTrainerError('INVALID_ARGUMENT', `--parallel: expected an integer >= 1, got ${parallel}`);
   const configs = names.map((name) => variant(base, name)); // every name checked before any training
-  const runs: RunResult[] = [];
-  const dirs: string[] = [];
-  for (const [i, name] of names.entries()) {
-    const dir = join(outDir, name.replace(/[^\w.+=-]/g, '_'));
-    opts.log?.(`== ${name}`);
-    runs.push(await train(configs[i], { ...opts, outDir: dir, name }));
-    dirs.push(dir);
-    if (opts.signal?.aborted) break;
+  const dirs = names.map((name) => join(outDir, name.replace(/[^\w.+=-]/g, '_')));
+  const runs: RunResult[] = new Array(names.length);
+  const one = async (i: number, concurrent: boolean) => {
+    const log = runOpts.log && (concurrent ? (line: string) => runOpts.log!(`[${names[i]}] ${line}`) : runOpts.log);
+    const cfg = concurrent ? { ...configs[i], train: { ...(configs[i].train as object), progress: false } } : configs[i];
+    runOpts.log?.(`== ${names[i]}`);
+    runs[i] = await train(cfg, { ...runOpts, log, outDir: dirs[i], name: names[i] });
+  };
+  if (parallel === 1) {
+    for (let i = 0; i < names.length && !runOpts.signal?.aborted; i++) await one(i, false);
+  } else {
+    // The dataset is prepared once before the runs start, not by each of them at the same time.
+    await datasetOf(withCheckpointModel(parseTrainConfig(configs[0])), { log: runOpts.log });
+    let next = 0;
+    const lane = async () => {
+      while (next < names.length && !runOpts.signal?.aborted) await one(next++, true);
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, lane));
   }
-  return { runs, dirs };
+  const done = runs.flatMap((r, i) => (r ? [i] : []));
+  return { runs: done.map((i) => runs[i]), dirs: done.map((i) => dirs[i]) };
 }
 
 const f = (x: number, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
