@@ -127,6 +127,15 @@ export declare class MoeModel {
   static fromCheckpoint(dir: string, options?: LoadOptions): Promise<MoeModel>
   /** The layers with experts, ascending: the rows of every per-layer statistic (L_moe of them). */
   get moeLayers(): Array<number>
+  /**
+   * Activation recomputation: what a stored forward keeps for the backward. "none" (default)
+   * keeps every activation; "attention" all but the attention probabilities (B·H·S² floats per
+   * layer), recomputed in the backward; "full" only each layer's input (B·S·hidden_size floats),
+   * the whole layer recomputed. Results are bit-identical in every setting; the recomputed
+   * routing statistics are never reported again. Changing it drops the stored forward.
+   */
+  get recompute(): string
+  setRecompute(recompute: 'none' | 'attention' | 'full'): void
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
   /** Optimiser steps taken (restored by checkpoints). */

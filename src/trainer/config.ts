@@ -159,6 +159,8 @@ export const trainConfigSchema = z
         progress: z.boolean().default(true),
         /** where the model runs: a real GPU if there is one (auto), the GPU, or the CPU; absent = MOE_DEVICE or auto */
         device: z.enum(['auto', 'gpu', 'cpu']).optional(),
+        /** activation recomputation (MoeModel.recompute): keep every activation (none), all but the attention probabilities (attention), or only each layer's input (full); the backward recomputes the rest. Results are bit-identical; memory falls, time rises */
+        recompute: z.enum(['none', 'attention', 'full']).default('none'),
       })
       .strict()
       .prefault({}),

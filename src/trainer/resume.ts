@@ -1,7 +1,7 @@
 // Resuming and extending a run: the saved config plus the changes asked for. Changes that cannot
 // alter what was already trained apply — more steps (the schedule is then evaluated over the new
 // total for the steps still to come), evaluation, checkpoint and early-stopping settings, the
-// device, the progress bar, what to do on a non-finite loss. Any other change (the model, the
+// device, activation recomputation, the progress bar, what to do on a non-finite loss. Any other change (the model, the
 // data, the batch, the balance, the optimiser, the seed) fails with RESUME_CONFLICT listing every
 // difference in one line.
 
@@ -11,7 +11,7 @@ import { parseTrainConfig, type TrainConfig } from './config.js';
 /** Config fields a resumed run may change. */
 const SAFE = new Set([
   'train.steps', 'train.evalEvery', 'train.evalTokens', 'train.checkpointEvery', 'train.keepLast', 'train.bestMetric',
-  'train.saveBest', 'train.patience', 'train.device', 'train.progress', 'train.onNonFinite', '$schema',
+  'train.saveBest', 'train.patience', 'train.device', 'train.recompute', 'train.progress', 'train.onNonFinite', '$schema',
 ]);
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

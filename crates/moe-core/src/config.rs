@@ -42,6 +42,45 @@ impl ModelType {
     }
 }
 
+/// Activation recomputation: what a stored forward keeps of each decoder layer for the backward,
+/// the rest being computed again, layer by layer, just before that layer's backward (a training
+/// setting, not part of the architecture). The recomputed forward is the first one bit for bit
+/// (same inputs, same kernels, same order); its routing statistics are discarded, never added to
+/// the step's counts a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recompute {
+    /// keep every activation (fastest; attention probabilities cost B H S^2 floats per layer)
+    #[default]
+    None,
+    /// keep all but the attention probabilities; the backward recomputes them from q, k
+    Attention,
+    /// keep only each layer's input (B S C floats); the backward recomputes the whole layer
+    Full,
+}
+
+impl Recompute {
+    /// "none", "attention" or "full": the name `from_str` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recompute::None => "none",
+            Recompute::Attention => "attention",
+            Recompute::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = MoeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Recompute::None),
+            "attention" => Ok(Recompute::Attention),
+            "full" => Ok(Recompute::Full),
+            _ => Err(MoeError::InvalidArgument(format!("recompute: expected none | attention | full, got \"{s}\""))),
+        }
+    }
+}
+
 /// Where the attention normalises q and k (RMSNorm) before the rotary embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkNorm {

@@ -4,7 +4,7 @@
 //! against the memory of the machine (`OUT_OF_MEMORY` past it: physical memory plus swap on Linux,
 //! or `MOE_MEMORY_LIMIT` bytes), and the large buffers are reserved fallibly.
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{ModelConfig, MoeConfig, Recompute};
 use crate::error::{MoeError, Result};
 
 /// Bytes this process may plan to hold: `MOE_MEMORY_LIMIT` when set, else memory + swap (Linux),
@@ -87,14 +87,24 @@ pub fn check_model(c: &ModelConfig) -> Result<()> {
 }
 
 /// An upper bound of the bytes a forward on B sequences of S tokens holds at once: per layer the
-/// activations of every token and the attention probabilities (all layers when they are stored
-/// for the backward, one otherwise), plus the logits.
-pub fn check_forward(c: &ModelConfig, b: usize, s: usize, store: bool) -> Result<()> {
+/// activations of every token and the attention probabilities — for every layer when they are
+/// stored for the backward (`store`), else for one — plus the logits. Under recomputation a stored
+/// forward keeps the layer inputs (`Full`) or all but the probabilities (`Attention`) of every
+/// layer, and one layer's worth besides.
+pub fn check_forward(c: &ModelConfig, b: usize, s: usize, store: Option<Recompute>) -> Result<()> {
     let t = b.checked_mul(s).map(|t| t as u128);
     let (d, h, kv, hd) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let per_token = sum(&[mul(&[d, 8]), mul(&[h, hd, 4]), mul(&[kv, hd, 4]), mul(&[c.num_experts_per_tok, c.moe_intermediate_size, 4]), mul(&[c.num_experts, 4])]);
-    let layer = sum(&[t.zip(per_token).and_then(|(t, p)| t.checked_mul(p)), mul(&[b, h, s, s])]);
-    let layers = layer.and_then(|l| l.checked_mul(if store { c.num_hidden_layers as u128 } else { 1 }));
+    let acts = t.zip(per_token).and_then(|(t, p)| t.checked_mul(p));
+    let probs = mul(&[b, h, s, s]);
+    let nl = c.num_hidden_layers as u128;
+    let kept = match store {
+        None => Some(0),
+        Some(Recompute::None) => sum(&[acts, probs]).and_then(|x| x.checked_mul(nl)),
+        Some(Recompute::Attention) => acts.and_then(|x| x.checked_mul(nl)),
+        Some(Recompute::Full) => t.and_then(|t| t.checked_mul(d as u128)).and_then(|x| x.checked_mul(nl)),
+    };
+    let layers = sum(&[kept, acts, probs]);
     let logits = t.zip(mul(&[c.vocab_size, 2]).zip(mul(&[d, 4])).and_then(|(a, b)| a.checked_add(b))).and_then(|(t, v)| t.checked_mul(v));
     check(&format!("a forward on {b} sequences of {s} tokens"), sum(&[layers, logits]).and_then(|f| f.checked_mul(4)))
 }

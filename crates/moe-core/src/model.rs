@@ -4,7 +4,7 @@
 //! and hands each call to the live implementation.
 
 use crate::checkpoint::Loaded;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Recompute};
 use crate::cpu::model::CpuModel;
 use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::model::GpuModel;
@@ -25,6 +25,8 @@ pub struct Model {
     stored: Option<usize>,
     /// (L, E) the routers' selection biases; see `set_router_bias`
     router_bias: Vec<f32>,
+    /// what a stored forward keeps for the backward; see `set_recompute`
+    recompute: Recompute,
 }
 
 impl Model {
@@ -38,7 +40,7 @@ impl Model {
     }
 
     fn on_cpu(cfg: ModelConfig, layout: ModelParams<ParamSpec>, store: ParamStore, router_bias: Vec<f32>) -> Model {
-        Model { cfg, layout, store: Placed::new(store), backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias }
+        Model { cfg, layout, store: Placed::new(store), backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias, recompute: Recompute::None }
     }
 
     /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -68,6 +70,19 @@ impl Model {
         set_checked("router bias", &mut self.router_bias, bias)
     }
 
+    /// What a stored forward keeps for the backward (`Recompute`; `None` by default). Changing it
+    /// drops the stored forward: the next backward needs a new one.
+    pub fn set_recompute(&mut self, recompute: Recompute) {
+        if recompute != self.recompute {
+            self.recompute = recompute;
+            self.stored = None;
+        }
+    }
+
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
+    }
+
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity
     /// (`valid_positions`).
     fn validate(&self, tokens: &[u32], mask: Option<&[u8]>, b: usize, store: bool) -> Result<(usize, Vec<u8>)> {
@@ -83,7 +98,7 @@ impl Model {
         }
         let valid = valid_positions(tokens.len(), b, mask)?;
         if self.device() == Device::Cpu {
-            crate::memory::check_forward(&self.cfg, b, s, store)?;
+            crate::memory::check_forward(&self.cfg, b, s, store.then_some(self.recompute))?;
         }
         Ok((s, valid))
     }
@@ -108,6 +123,7 @@ impl Model {
 
     fn run_forward(&mut self, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let (cfg, bias) = (&self.cfg, &self.router_bias);
+        let store = store.then_some(self.recompute);
         match &mut self.backend {
             Backend::Cpu(m) => m.forward(&self.layout.views(&self.store.host.params), bias, cfg, tokens, valid, b, s, store, want_logits),
             Backend::Gpu(m) => m.forward(self.store.device_copy()?, cfg, bias, tokens, valid, b, s, store, want_logits),

@@ -18,7 +18,7 @@ pub struct RoutingStats {
 }
 
 /// Per-layer, per-sequence routing statistics and the loss of one model forward.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelStats {
     /// (L, B, E)
     pub counts: Vec<f32>,

@@ -3,7 +3,7 @@
 use crate::args::{self, absent};
 use crate::{guard, js_error, shared, shared_methods, task, with, CoreTask, Info, ParameterInfo, Shared};
 use moe_core::generate::{generate, GenerateOptions};
-use moe_core::{MoeError, ModelConfig, ModelStats};
+use moe_core::{MoeError, ModelConfig, ModelStats, Recompute};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
@@ -248,6 +248,28 @@ impl MoeModel {
     #[napi(getter)]
     pub fn moe_layers(&self) -> Vec<u32> {
         self.moe_layers.clone()
+    }
+
+    /// Activation recomputation: what a stored forward keeps for the backward. "none" (default)
+    /// keeps every activation; "attention" all but the attention probabilities (B·H·S² floats per
+    /// layer), recomputed in the backward; "full" only each layer's input (B·S·hidden_size floats),
+    /// the whole layer recomputed. Results are bit-identical in every setting; the recomputed
+    /// routing statistics are never reported again. Changing it drops the stored forward.
+    #[napi(getter)]
+    pub fn recompute(&self, env: Env) -> Result<String> {
+        with(&self.inner, "MoeModel.recompute", |m| Ok(m.recompute().name().to_string())).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi(ts_args_type = "recompute: 'none' | 'attention' | 'full'")]
+    pub fn set_recompute(&self, env: Env, recompute: Unknown) -> Result<()> {
+        (|| {
+            let r: Recompute = args::string("recompute", recompute)?.parse()?;
+            with(&self.inner, "MoeModel.setRecompute", |m| {
+                m.set_recompute(r);
+                Ok(())
+            })
+        })()
+        .map_err(|e| js_error(&env, e))
     }
 
     /// The trainer state (JSON) saved with the checkpoint this model was made from, if any.

@@ -16,7 +16,7 @@ use super::moe::{moe_backward, moe_forward, MoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward, rope_tables};
 use super::{sized, zeroed};
-use crate::config::{ModelConfig, QkNorm};
+use crate::config::{ModelConfig, QkNorm, Recompute};
 use crate::error::{check_finite, Result};
 use crate::layout::{LayerParams, MlpParams, ModelParams};
 use crate::stats::{ModelStats, RoutingStats};
@@ -34,7 +34,6 @@ pub(crate) struct LayerActs {
     rstd_k: Vec<f32>, // (T*KV) per head, (T) over the token
     pub qr: Vec<f32>, // (T, H*D) normed and rotated
     pub kr: Vec<f32>, // (T, KV*D)
-    probs: Vec<f32>,  // (B, H, S, S)
     pub att: Vec<f32>, // (T, H*D) attention output
     h: Vec<f32>,      // (T, C) x + attention
     hn: Vec<f32>,     // (T, C) post_attention_layernorm(h)
@@ -50,17 +49,28 @@ pub(crate) struct NormedQk {
     k: Vec<f32>, // (T, KV*D)
 }
 
-/// Everything the backward needs from a stored forward, and the backward's scratch.
+/// Everything the backward needs from a stored forward, and the backward's scratch. What is kept
+/// per layer follows `recompute`: with `None` every activation (`layers`, `probs` per layer), with
+/// `Attention` all but the probabilities (one `probs` buffer, reused), with `Full` only the layer
+/// inputs `layers[l].x`, every other activation of the layer being computed in `work`.
 #[derive(Default)]
 pub struct ModelActs {
     b: usize,
     s: usize,
+    recompute: Recompute,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     valid: Vec<u8>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     layers: Vec<LayerActs>,
+    /// (B, H, S, S) attention probabilities: one per layer (`None`) or one for all
+    probs: Vec<Vec<f32>>,
+    /// the layer being computed when a layer's activations are not kept (`Full`)
+    work: LayerActs,
+    /// `Full`: the experts the forward chose per MoE layer (T, K) and the selection biases it used
+    selected: Vec<Vec<u32>>,
+    bias: Vec<f32>,
     qk: NormedQk,
     xlast: Vec<f32>,  // (T, C) output of the last layer
     xf: Vec<f32>,     // (T, C) after the final norm
@@ -86,6 +96,10 @@ struct Grads {
     dq: Vec<f32>,
     dk: Vec<f32>,
     dxn: Vec<f32>,
+    /// a recomputation's attention output (T, H*D) and layer output (T, C), checked against the
+    /// forward's
+    att: Vec<f32>,
+    out: Vec<f32>,
 }
 
 /// The q or k normalisation of `cfg.qk_norm()` (rows of `dim` values: D per head, or the whole
@@ -215,13 +229,22 @@ fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &m
     matmul_backward(zeroed(&mut gs.datt, t * h * hd), g.o_proj, &gs.dh, &la.att, w.o_proj, t, h * hd, d);
 }
 
+/// One decoder layer of the forward: `attention_inputs`, the attention core (probabilities into
+/// `probs`), `layer_output` into out (T, C). The stored forward's step and the recomputation's.
+#[allow(clippy::too_many_arguments)]
+fn layer_forward(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, qk: &mut NormedQk, probs: &mut Vec<f32>, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, rope: (&[f32], &[f32]), valid: &[u8], b: usize, s: usize, l: usize) {
+    let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    attention_inputs(la, qk, w, cfg, rope.0, rope.1, s, 0);
+    attention_forward(sized(&mut la.att, b * s * h * hd), sized(probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
+    layer_output(out, rs, la, w, bias, cfg, valid, b, s);
+}
+
 /// Forward over tokens (B, S) with per-position validity `valid` (B*S). Fills `a` and returns the
 /// statistics (a row per MoE layer); the logits are in `a.logits`. Fails with `NON_FINITE` naming
 /// the first layer whose output is not finite. bias (L_moe, E): the routers' selection biases.
 #[allow(clippy::too_many_arguments)]
 fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize) -> Result<ModelStats> {
-    let (d, h, kv, hd, v, e, nl) =
-        (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
+    let (d, hd, v, e, nl) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
     let t = b * s;
     let moe_layers = cfg.moe_layers();
     let mut stats = ModelStats::zeros(moe_layers.len(), b, e);
@@ -236,21 +259,36 @@ fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: 
     a.targets.clear();
     a.targets.extend((0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }));
     a.layers.resize_with(nl, LayerActs::default);
+    a.probs.resize_with(if a.recompute == Recompute::None { nl } else { 1 }, Vec::new);
+    a.bias.clear();
+    a.bias.extend_from_slice(bias);
+    a.selected.resize_with(moe_layers.len(), Vec::new);
     embedding_forward(sized(&mut a.layers[0].x, t * d), tokens, w.embed_tokens, d);
     let mut rs = RoutingStats::default();
+    let full = a.recompute == Recompute::Full;
     for (l, lw) in w.layers.iter().enumerate() {
         let (cur, next) = a.layers.split_at_mut(l + 1);
-        let la = &mut cur[l];
-        attention_inputs(la, &mut a.qk, lw, cfg, &a.cos, &a.sin, s, 0);
-        attention_forward(sized(&mut la.att, t * h * hd), sized(&mut la.probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
+        // Full: the layer computes in `work`, its input swapped in and back out.
+        if full {
+            std::mem::swap(&mut cur[l].x, &mut a.work.x);
+        }
+        let la = if full { &mut a.work } else { &mut cur[l] };
         let out = sized(next.first_mut().map_or(&mut a.xlast, |n| &mut n.x), t * d);
         // Routing statistics, pressure and selection biases have a row per MoE layer only.
         let m = moe_layers.iter().position(|&ml| ml == l);
         let bias_l = m.map_or(&[][..], |m| &bias[m * e..][..e]);
-        layer_output(out, &mut rs, la, lw, bias_l, cfg, &a.valid, b, s);
+        let probs = &mut a.probs[if full || a.recompute == Recompute::Attention { 0 } else { l }];
+        layer_forward(out, &mut rs, la, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l);
         check_finite(&format!("output of layer {l}"), out)?;
         if let Some(m) = m {
             stats.set_layer(m, &rs);
+            if full {
+                a.selected[m].clear();
+                a.selected[m].extend_from_slice(la.moe.selected());
+            }
+        }
+        if full {
+            std::mem::swap(&mut cur[l].x, &mut a.work.x);
         }
     }
     rmsnorm_forward(sized(&mut a.xf, t * d), sized(&mut a.rstd_f, t), &a.xlast, w.norm, d, cfg.rms_norm_eps as f32);
@@ -278,13 +316,47 @@ fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelP
     matmul_backward(zeroed(&mut gs.dxf, t * d), dhead, &gs.dlogits, &a.xf, w.head(), t, d, v);
     rmsnorm_backward(zeroed(&mut gs.dx, t * d), g.norm, &gs.dxf, &a.xlast, w.norm, &a.rstd_f, d);
     let moe_layers = cfg.moe_layers();
-    for (l, la) in a.layers.iter_mut().enumerate().rev() {
+    for l in (0..a.layers.len()).rev() {
         let (lw, lg) = (&w.layers[l], &mut g.layers[l]);
-        let pressure_l = moe_layers.iter().position(|&ml| ml == l).map_or(&[][..], |m| &pressure[m * b * e..][..b * e]);
+        let m = moe_layers.iter().position(|&ml| ml == l);
+        let pressure_l = m.map_or(&[][..], |m| &pressure[m * b * e..][..b * e]);
+        let window = cfg.window(l);
+        let (cur, next) = a.layers.split_at_mut(l + 1);
+        let probs = match a.recompute {
+            Recompute::None => &mut a.probs[l],
+            Recompute::Attention | Recompute::Full => &mut a.probs[0],
+        };
+        let la = match a.recompute {
+            Recompute::None => &mut cur[l],
+            // The attention core again from the kept q, k, v: the same probabilities and output.
+            Recompute::Attention => {
+                let la = &mut cur[l];
+                attention_forward(sized(&mut gs.att, t * h * hd), sized(probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd, window);
+                assert!(gs.att == la.att, "layer {l}: the recomputed attention differs from the forward's");
+                la
+            }
+            // The whole layer again from its kept input, with the forward's selection biases; its
+            // routing statistics are dropped. Output and expert choice must match the forward's.
+            Recompute::Full => {
+                std::mem::swap(&mut cur[l].x, &mut a.work.x);
+                let bias_l = m.map_or(&[][..], |m| &a.bias[m * e..][..e]);
+                let out = sized(&mut gs.out, t * d);
+                layer_forward(out, &mut RoutingStats::default(), &mut a.work, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l);
+                let stored_out = next.first().map_or(&a.xlast, |n| &n.x);
+                assert!(*out == stored_out[..], "layer {l}: the recomputed layer output differs from the forward's");
+                if let Some(m) = m {
+                    assert!(a.work.moe.selected() == &a.selected[m][..], "layer {l}: the recomputed routing differs from the forward's");
+                }
+                &mut a.work
+            }
+        };
         layer_output_backward(gs, lg, la, lw, cfg, pressure_l, z_scale);
         let (dqr, dkr, dv) = (sized(&mut gs.dqr, t * h * hd), sized(&mut gs.dkr, t * kv * hd), sized(&mut gs.dv, t * kv * hd));
-        attention_backward(dqr, dkr, dv, &gs.datt, &la.probs, &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
+        attention_backward(dqr, dkr, dv, &gs.datt, probs, &la.qr, &la.kr, &la.v, s, h, kv, hd, window);
         attention_inputs_backward(gs, lg, la, lw, cfg, &a.cos, &a.sin, s);
+        if a.recompute == Recompute::Full {
+            std::mem::swap(&mut cur[l].x, &mut a.work.x);
+        }
     }
     embedding_backward(g.embed_tokens, &gs.dx, &a.tokens, d);
 }
@@ -297,12 +369,22 @@ pub struct CpuModel {
 
 impl CpuModel {
     /// Forward over tokens (B, S) with validity `valid` (B*S). With `store` the activations are
-    /// kept for `backward`; without, the stored ones are untouched. Returns the statistics and,
-    /// with `want_logits`, the logits (B*S, V).
+    /// kept for `backward` as `recompute` says; without, the stored ones are untouched and the
+    /// forward holds one layer's activations at a time. Returns the statistics and, with
+    /// `want_logits`, the logits (B*S, V).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
-        let mut scratch = ModelActs::default();
-        let a = if store { &mut self.acts } else { &mut scratch };
+    pub fn forward(&mut self, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+        let mut scratch = ModelActs { recompute: Recompute::Full, ..ModelActs::default() };
+        let a = match store {
+            Some(r) => {
+                if self.acts.recompute != r {
+                    // another setting keeps other buffers: free the old ones
+                    self.acts = ModelActs { recompute: r, ..ModelActs::default() };
+                }
+                &mut self.acts
+            }
+            None => &mut scratch,
+        };
         let stats = super::pool().install(|| model_forward(a, w, bias, cfg, tokens, valid, b, s))?;
         Ok((stats, want_logits.then(|| a.logits.clone())))
     }

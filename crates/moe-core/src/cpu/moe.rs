@@ -57,6 +57,13 @@ struct Scratch {
     dlogits: Vec<f32>, // (T, E)
 }
 
+impl MoeActs {
+    /// The experts the last forward chose (T, K), in rank order per token.
+    pub fn selected(&self) -> &[u32] {
+        &self.idx
+    }
+}
+
 /// Forward of the block on B sequences of S tokens. out (T, C) and stats are overwritten; `acts`
 /// receives everything the backward needs. x (T, C), mask (T) with 1 = valid token, bias (E) the
 /// router's selection bias (zero unless auxiliary-loss-free balancing is on); wt the block's weights.

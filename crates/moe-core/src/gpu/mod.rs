@@ -31,6 +31,7 @@ pub mod head;
 pub mod layer;
 pub mod matmul;
 pub mod mlp;
+pub mod decoder;
 pub mod model;
 pub mod moe;
 pub mod profile;

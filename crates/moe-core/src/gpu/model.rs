@@ -1,96 +1,51 @@
 //! The Qwen3-MoE model on the GPU: `model_forward` and `model_backward` of `cpu::model` with every
-//! op call replaced by its GPU twin, in the same order. Parameters, gradients and AdamW moments live
-//! in four device buffers laid out exactly like `ParamStore`'s flat buffers, so a host copy is one
-//! buffer read and views are the same offsets. A forward records every kernel in one command
-//! encoder and reads back once: the routing statistics of all layers, the per-token losses and the
-//! finiteness flags; a backward records one encoder and submits it without waiting. Neither
-//! records a copy or a clear between its kernels, so each runs as one compute pass.
+//! op call replaced by its GPU twin, in the same order; a decoder layer's are in `decoder`.
+//! Parameters, gradients and AdamW moments live in four device buffers laid out exactly like
+//! `ParamStore`'s flat buffers, so a host copy is one buffer read and views are the same offsets.
+//! A forward records every kernel in one command encoder and reads back once: the routing
+//! statistics of all layers, the per-token losses and the finiteness flags; a backward records one
+//! encoder and submits it without waiting. Neither records a copy or a clear between its kernels,
+//! so each runs as one compute pass.
 //!
 //! Two fusions: q_proj, k_proj and v_proj (adjacent in the layout) are one GEMM whose output columns
 //! land in the sections q | k | v of one buffer (and their backward two GEMMs over the sections of
 //! one gradient buffer); the LM head runs by chunks of rows (`head`).
+//!
+//! Recomputation (`Recompute`) as on the CPU: `Attention` keeps one probabilities buffer for all
+//! layers and runs the attention core again before a layer's backward; `Full` keeps the layer
+//! inputs and one `LayerActs` for all layers, and runs the whole layer again, its routing
+//! statistics written to a scratch buffer nobody reads.
 
-use super::attention::{attention_backward, attention_forward, Shape};
+use super::decoder::{attention_core, layer_backward, layer_forward, v, LayerActs, LayerGrads, Routing, Rows};
+use super::elementwise::finite_flags;
 use super::embedding::{embedding_backward, embedding_forward, TokenIndex};
 use super::head::{chunk_rows, head_backward, head_forward};
-use super::matmul::{gemm, Gemm, View};
-use super::mlp::{mlp_backward, mlp_forward, GpuMlpActs};
-use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs};
-use super::rmsnorm::{rmsnorm_backward, rmsnorm_backward_into, rmsnorm_forward};
-use super::rope::{rope_backward, rope_forward};
-use super::elementwise::{add_inplace, finite_flags};
+use super::moe::{stats_len, unpack_stats};
+use super::rmsnorm::{rmsnorm_backward_into, rmsnorm_forward};
 use super::store::DeviceStore;
-use super::{BindReservation, Buf, Encoder, Gpu};
-use crate::config::{ModelConfig, QkNorm};
+use super::{BindReservation, Buf, Gpu};
+use crate::config::{ModelConfig, Recompute};
 use crate::error::{MoeError, Result};
-use crate::layout::{ExpertParams, LayerParams, Layout, MlpParams, ModelParams, MoeParams, ParamSpec};
+use crate::layout::{LayerParams, Layout, ModelParams, ParamSpec};
 use crate::stats::ModelStats;
 
-/// Sizes of one layer's attention: T tokens of H query and KV key/value heads of D.
-#[derive(Clone, Copy)]
-struct Heads {
-    t: usize,
-    h: usize,
-    kv: usize,
-    d: usize,
-}
-
-impl Heads {
-    fn new(cfg: &ModelConfig, t: usize) -> Self {
-        Heads { t, h: cfg.num_attention_heads, kv: cfg.num_key_value_heads, d: cfg.head_dim }
-    }
-
-    /// Columns of q | k | v.
-    fn qkv(&self) -> usize {
-        (self.h + 2 * self.kv) * self.d
-    }
-
-    /// The sections q (T, H*D), k (T, KV*D), v (T, KV*D) of a q | k | v buffer.
-    fn split(self, buf: &Buf) -> [View<'_>; 3] {
-        let Heads { t, h, kv, d } = self;
-        [View { buf, off: 0 }, View { buf, off: t * h * d }, View { buf, off: t * (h + kv) * d }]
-    }
-
-    /// The q | k | v product's column sections (matmul.wgsl): widths of q and of k.
-    fn sections(&self) -> [usize; 2] {
-        [self.h * self.d, self.kv * self.d]
-    }
-}
-
-/// Activations of one decoder layer, named as in `cpu::model::LayerActs`; q, k and v are the
-/// sections of `qkv` (`Heads::split`).
-struct LayerActs {
-    x: Buf,
-    xn: Buf,
-    rstd1: Buf,
-    qkv: Buf,
-    rstd_q: Buf,
-    rstd_k: Buf,
-    qn: Buf,
-    kn: Buf,
-    qr: Buf,
-    kr: Buf,
-    probs: Buf,
-    att: Buf,
-    h: Buf,
-    hn: Buf,
-    rstd2: Buf,
-    /// the MoE block's (a layer with experts) or the dense MLP's
-    moe: GpuMoeActs,
-    mlp: Option<GpuMlpActs>,
-}
-
-/// Everything one forward of B sequences of S tokens writes, allocated once per (B, S).
+/// Everything one forward of B sequences of S tokens writes, allocated once per (B, S, recompute).
 struct Acts {
     b: usize,
     s: usize,
+    recompute: Recompute,
     tokens: Buf,
     targets: Buf,
     valid: Buf,
     index: TokenIndex,
     cos: Buf,
     sin: Buf,
+    /// (T, C) each layer's input
+    inputs: Vec<Buf>,
+    /// each layer's other activations (`None`, `Attention`), or one set for all (`Full`)
     layers: Vec<LayerActs>,
+    /// (B, H, S, S) attention probabilities: each layer's (`None`) or one for all
+    probs: Vec<Buf>,
     xlast: Buf,
     xf: Buf,
     rstd_f: Buf,
@@ -101,6 +56,8 @@ struct Acts {
     losses: Buf,
     /// per MoE layer [counts (B,E) | score_sums (B,E) | topk sums (B) | z sums (B) | valid (B)]
     stats: Buf,
+    /// one layer's statistics from a recomputed forward: written, never read
+    recomputed_stats: Buf,
     /// one finiteness flag per layer output, then one for the losses
     flags: Buf,
     /// (L_moe, E) the routers' selection biases
@@ -112,47 +69,30 @@ struct Acts {
 }
 
 impl Acts {
-    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
+    fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize, recompute: Recompute) -> Result<Self> {
         let (d, v, e, nl) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
-        let t = b * s;
-        let hs = Heads::new(cfg, t);
-        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
+        let (t, h, hd) = (b * s, cfg.num_attention_heads, cfg.head_dim);
         let (cos, sin) = crate::cpu::rope::rope_tables(s, hd, cfg.rope_theta);
         let nm = cfg.moe_layers().len();
-        let layers = (0..nl)
-            .map(|l| {
-                Ok(LayerActs {
-                    x: g.alloc(t * d)?,
-                    xn: g.alloc(t * d)?,
-                    rstd1: g.alloc(t)?,
-                    qkv: g.alloc(t * hs.qkv())?,
-                    rstd_q: g.alloc(t * h)?,
-                    rstd_k: g.alloc(t * kv)?,
-                    qn: g.alloc(t * h * hd)?,
-                    kn: g.alloc(t * kv * hd)?,
-                    qr: g.alloc(t * h * hd)?,
-                    kr: g.alloc(t * kv * hd)?,
-                    probs: g.alloc(b * h * s * s)?,
-                    att: g.alloc(t * h * hd)?,
-                    h: g.alloc(t * d)?,
-                    hn: g.alloc(t * d)?,
-                    rstd2: g.alloc(t)?,
-                    moe: GpuMoeActs::default(),
-                    mlp: if cfg.is_moe_layer(l) { None } else { Some(GpuMlpActs::new(g, t, cfg.intermediate_size)?) },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = match recompute {
+            Recompute::None | Recompute::Attention => (0..nl).map(|l| LayerActs::new(g, cfg, t, !cfg.is_moe_layer(l))).collect::<Result<Vec<_>>>()?,
+            Recompute::Full => vec![LayerActs::new(g, cfg, t, nm < nl)?],
+        };
+        let n_probs = if recompute == Recompute::None { nl } else { 1 };
         let head_rows = chunk_rows(g, t, v);
         Ok(Acts {
             b,
             s,
+            recompute,
             tokens: g.alloc(t)?,
             targets: g.alloc(t)?,
             valid: g.alloc(t)?,
             index: TokenIndex::new(g, t)?,
             cos: g.upload(&cos)?,
             sin: g.upload(&sin)?,
+            inputs: (0..nl).map(|_| g.alloc(t * d)).collect::<Result<Vec<_>>>()?,
             layers,
+            probs: (0..n_probs).map(|_| g.alloc(b * h * s * s)).collect::<Result<Vec<_>>>()?,
             xlast: g.alloc(t * d)?,
             xf: g.alloc(t * d)?,
             rstd_f: g.alloc(t)?,
@@ -160,16 +100,25 @@ impl Acts {
             logits: g.alloc(head_rows * v)?,
             losses: g.alloc(t)?,
             stats: g.alloc(nm * stats_len(b, e))?,
+            recomputed_stats: g.alloc(stats_len(b, e))?,
             flags: g.alloc(nl + 1)?,
             bias: g.alloc(nm * e)?,
             ones: g.upload(&vec![1.0f32; t])?,
             binds: BindReservation::default(),
         })
     }
+
+    /// The slot of layer l in `layers` and in `probs`.
+    fn slots(&self, l: usize) -> (usize, usize) {
+        match self.recompute {
+            Recompute::None => (l, l),
+            Recompute::Attention => (l, 0),
+            Recompute::Full => (0, 0),
+        }
+    }
 }
 
-/// Gradient scratch of the backward, named as in `cpu::model::model_backward`. dx holds the
-/// residual stream's gradient throughout (dh and dxin are dx at their points of the list).
+/// Gradient scratch of the backward, named as in `cpu::model::model_backward`; see `LayerGrads`.
 struct Grads {
     b: usize,
     s: usize,
@@ -181,13 +130,13 @@ struct Grads {
     datt: Buf,
     dqr: Buf,
     dkr: Buf,
-    /// (B, H, S, S) attention's dS
     ds: Buf,
     dqn: Buf,
     dkn: Buf,
-    /// dq | dk | dv, sections as q | k | v
     dqkv: Buf,
     dxn: Buf,
+    /// (T, C) a recomputed layer's output (`Recompute::Full`)
+    out: Buf,
     pressure: Buf,
     binds: BindReservation,
 }
@@ -196,8 +145,7 @@ impl Grads {
     fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize, head_rows: usize) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let t = b * s;
-        let hs = Heads::new(cfg, t);
-        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
+        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         Ok(Grads {
             b,
             s,
@@ -211,8 +159,9 @@ impl Grads {
             ds: g.alloc(b * h * s * s)?,
             dqn: g.alloc(t * h * hd)?,
             dkn: g.alloc(t * kv * hd)?,
-            dqkv: g.alloc(t * hs.qkv())?,
+            dqkv: g.alloc(t * (h + 2 * kv) * hd)?,
             dxn: g.alloc(t * d)?,
+            out: g.alloc(t * d)?,
             pressure: g.alloc(cfg.moe_layers().len() * b * cfg.num_experts)?,
             binds: BindReservation::default(),
         })
@@ -223,43 +172,10 @@ impl Grads {
 pub struct GpuModel {
     /// every parameter's offset in the flat device buffers, by name
     off: ModelParams<usize>,
-    /// the stored forward (for `backward`) and the scratch of `store = false` forwards
+    /// the stored forward (for `backward`) and the scratch of `store = None` forwards
     acts: Option<Acts>,
     scratch: Option<Acts>,
     grad_scratch: Option<Grads>,
-}
-
-fn v(buf: &Buf, off: usize) -> View<'_> {
-    View { buf, off }
-}
-
-/// A block's tensors as views of a flat device buffer (params or grads).
-fn views<'a>(buf: &'a Buf, off: &MoeParams<usize>) -> MoeParams<View<'a>> {
-    off.map(&mut |&o| View { buf, off: o })
-}
-
-/// A dense MLP's tensors as views of a flat device buffer.
-fn mlp_views<'a>(buf: &'a Buf, off: &ExpertParams<usize>) -> ExpertParams<View<'a>> {
-    off.map(&mut |&o| View { buf, off: o })
-}
-
-/// x (T, n) += bias (n) on every row: ones (T, 1) · bias (1, n), accumulated.
-fn bias_forward(g: &Gpu, enc: &mut Encoder, x: View, bias: View, ones: &Buf, t: usize, n: usize) {
-    gemm(g, enc, x, ones.into(), bias, Gemm { acc: true, ..Gemm::new(t, n, 1) });
-}
-
-/// dbias (n) += the sum over rows of dx (T, n): ones (1, T) · dx, accumulated.
-fn bias_backward(g: &Gpu, enc: &mut Encoder, dbias: View, dx: View, ones: &Buf, t: usize, n: usize) {
-    gemm(g, enc, dbias, ones.into(), dx, Gemm { trans_a: true, acc: true, ..Gemm::new(1, n, t) });
-}
-
-/// Rows and width of the q and k norms: per head (T*H rows of D) or over the token (T rows of H*D).
-fn qk_norm_rows(cfg: &ModelConfig, t: usize) -> [(usize, usize); 2] {
-    let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    match cfg.qk_norm() {
-        QkNorm::Full => [(t, h * d), (t, kv * d)],
-        QkNorm::PerHead | QkNorm::None => [(t * h, d), (t * kv, d)],
-    }
 }
 
 impl GpuModel {
@@ -275,27 +191,27 @@ impl GpuModel {
         GpuModel { off: layout.offsets(), acts: None, scratch: None, grad_scratch: None }
     }
 
-    /// Forward over tokens (B, S) with validity `valid` (T); see `cpu::model::model_forward`. With `store`
-    /// the activations are kept for `backward`. Returns the statistics and, with `want_logits`, the
-    /// logits (T, V), which must then fit one chunk of the head.
+    /// Forward over tokens (B, S) with validity `valid` (T); see `cpu::model::model_forward`. With
+    /// `store` the activations are kept for `backward` as it says; without, the forward holds one
+    /// layer's at a time. Returns the statistics and, with `want_logits`, the logits (T, V), which
+    /// must then fit one chunk of the head.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: bool, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let g = dev.g;
-        let slot = if store { &mut self.acts } else { &mut self.scratch };
-        if !matches!(slot, Some(a) if a.b == b && a.s == s) {
+        let (slot, recompute) = match store {
+            Some(r) => (&mut self.acts, r),
+            None => (&mut self.scratch, Recompute::Full),
+        };
+        if !matches!(slot, Some(a) if (a.b, a.s, a.recompute) == (b, s, recompute)) {
             *slot = None; // free the old shape's buffers before allocating the new ones
-            *slot = Some(Acts::new(g, cfg, b, s)?);
+            *slot = Some(Acts::new(g, cfg, b, s, recompute)?);
         }
         let a = slot.as_mut().unwrap();
         let (d, vs, e, nl) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
         let t = b * s;
-        let hs = Heads::new(cfg, t);
-        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
         if want_logits && a.head_rows < t {
             return Err(MoeError::OutOfMemory(format!("logits of {t} x {vs} values exceed one storage binding; ask for at most {} tokens", a.head_rows)));
         }
-        let eps = cfg.rms_norm_eps as f32;
-        let moe_cfg = cfg.moe();
         let targets: Vec<u32> = (0..t).map(|i| if i % s + 1 < s { tokens[i + 1] } else { 0 }).collect();
         let valid_u32: Vec<u32> = valid.iter().map(|&x| x as u32).collect();
         g.write(&a.tokens, 0, tokens);
@@ -306,52 +222,18 @@ impl GpuModel {
         let (p, off) = (&dev.params, &self.off);
         let mut enc = g.encoder();
         g.clear(&mut enc, &a.flags);
-        embedding_forward(g, &mut enc, (&a.layers[0].x).into(), &a.tokens, v(p, off.embed_tokens), t, d);
+        embedding_forward(g, &mut enc, (&a.inputs[0]).into(), &a.tokens, v(p, off.embed_tokens), t, d);
         let stat_len = stats_len(b, e);
         let moe_layers = cfg.moe_layers();
-        let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
+        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones };
         for (l, w) in off.layers.iter().enumerate() {
-            let (cur, rest) = a.layers.split_at_mut(l + 1);
-            let la = &mut cur[l];
-            rmsnorm_forward(g, &mut enc, (&la.xn).into(), (&la.rstd1).into(), (&la.x).into(), v(p, w.input_layernorm), t, d, eps);
-            // q | k | v = xn · [q_proj; k_proj; v_proj]^T, one GEMM (+ their biases)
-            let qkv = Gemm { trans_b: true, c_sections: hs.sections(), ..Gemm::new(t, hs.qkv(), d) };
-            gemm(g, &mut enc, (&la.qkv).into(), (&la.xn).into(), v(p, w.q_proj), qkv);
-            let [q, k, vv] = hs.split(&la.qkv);
-            if let Some(bias) = &w.qkv_bias {
-                bias_forward(g, &mut enc, q, v(p, bias.q), &a.ones, t, h * hd);
-                bias_forward(g, &mut enc, k, v(p, bias.k), &a.ones, t, kv * hd);
-                bias_forward(g, &mut enc, vv, v(p, bias.v), &a.ones, t, kv * hd);
-            }
-            // q_norm, k_norm where the architecture has them; the rotary embedding reads their output
-            let (qn, kn) = match (w.q_norm, w.k_norm) {
-                (Some(qw), Some(kw)) => {
-                    rmsnorm_forward(g, &mut enc, (&la.qn).into(), (&la.rstd_q).into(), q, v(p, qw), qrows, qd, eps);
-                    rmsnorm_forward(g, &mut enc, (&la.kn).into(), (&la.rstd_k).into(), k, v(p, kw), krows, kd, eps);
-                    ((&la.qn).into(), (&la.kn).into())
-                }
-                _ => (q, k),
-            };
-            rope_forward(g, &mut enc, (&la.qr).into(), qn, (&a.cos).into(), (&a.sin).into(), t, s, h, hd, 0);
-            rope_forward(g, &mut enc, (&la.kr).into(), kn, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd, 0);
-            let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
-            attention_forward(g, &mut enc, (&la.att).into(), (&la.probs).into(), (&la.qr).into(), (&la.kr).into(), vv, shape);
-            // h = x + att · o_proj^T
-            gemm(g, &mut enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, ..Gemm::new(t, d, h * hd) });
-            add_inplace(g, &mut enc, (&la.h).into(), (&la.x).into(), t * d);
-            rmsnorm_forward(g, &mut enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, w.post_attention_layernorm), t, d, eps);
-            let out = if l + 1 < nl { &rest[0].x } else { &a.xlast };
-            match (&w.mlp, moe_layers.iter().position(|&m| m == l), la.mlp.as_ref()) {
-                (MlpParams::Moe(mw), Some(m), _) => {
-                    moe_forward(g, &mut enc, out.into(), v(&a.stats, m * stat_len), &mut la.moe, (&la.hn).into(), &a.valid, v(&a.bias, m * e), &views(p, mw), &moe_cfg, b, s)?
-                }
-                (MlpParams::Dense(dw), None, Some(acts)) => mlp_forward(g, &mut enc, out.into(), acts, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size),
-                _ => unreachable!("the layout and the activations come from one config"),
-            }
-            add_inplace(g, &mut enc, out.into(), (&la.h).into(), t * d);
+            let (ls, ps) = a.slots(l);
+            let out = a.inputs.get(l + 1).unwrap_or(&a.xlast);
+            let routing = moe_layers.iter().position(|&m| m == l).map(|m| Routing { stats: v(&a.stats, m * stat_len), bias: v(&a.bias, m * e) });
+            layer_forward(g, &mut enc, p, w, cfg, &rows, &mut a.layers[ls], &a.inputs[l], &a.probs[ps], out, routing, l)?;
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
-        rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, eps);
+        rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, cfg.rms_norm_eps as f32);
         head_forward(g, &mut enc, (&a.losses).into(), &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, t, d, vs, a.head_rows);
         finite_flags(g, &mut enc, &a.flags, nl, &a.losses);
         a.binds.fit(g, enc.dispatches());
@@ -390,9 +272,6 @@ impl GpuModel {
         let gs = self.grad_scratch.as_mut().unwrap();
         let (d, vs, e) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts);
         let t = b * s;
-        let hs = Heads::new(cfg, t);
-        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
-        let moe_cfg = cfg.moe();
         let (p, gr, off) = (&dev.params, &dev.grads, &self.off);
         g.write(&gs.pressure, 0, pressure);
         let mut enc = g.encoder();
@@ -401,51 +280,22 @@ impl GpuModel {
         head_backward(g, &mut enc, dxf, v(gr, *off.head()), &gs.dlogits, &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, lm_scale, t, d, vs, a.head_rows);
         rmsnorm_backward_into(g, &mut enc, dx, v(gr, off.norm), dxf, (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
         let moe_layers = cfg.moe_layers();
-        let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
+        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones };
+        let lg = LayerGrads { dx, dhn: &gs.dhn, datt: &gs.datt, dqr: &gs.dqr, dkr: &gs.dkr, ds: &gs.ds, dqn: &gs.dqn, dkn: &gs.dkn, dqkv: &gs.dqkv, dxn: &gs.dxn };
         for (l, w) in off.layers.iter().enumerate().rev() {
-            let la = &mut a.layers[l];
-            // out = h + MLP(hn): dx (= dout) becomes dh
-            match (&w.mlp, moe_layers.iter().position(|&m| m == l), la.mlp.as_mut()) {
-                (MlpParams::Moe(mw), Some(m), _) => {
-                    let pressure = v(&gs.pressure, m * b * e);
-                    moe_backward(g, &mut enc, (&gs.dhn).into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), &a.valid, pressure, z_scale, &views(p, mw), &moe_cfg)?
-                }
-                (MlpParams::Dense(dw), None, Some(acts)) => {
-                    mlp_backward(g, &mut enc, (&gs.dhn).into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size)?
-                }
-                _ => unreachable!("the layout and the activations come from one config"),
-            }
-            rmsnorm_backward(g, &mut enc, dx, v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
-            // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)): dx (= dh) becomes dxin
-            gemm(g, &mut enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
-            gemm(g, &mut enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, ..Gemm::new(d, h * hd, t) });
-            let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(&gs.dqkv));
-            let (dqr, dkr, datt, att, probs) = ((&gs.dqr).into(), (&gs.dkr).into(), (&gs.datt).into(), (&la.att).into(), (&la.probs).into());
-            let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
-            attention_backward(g, &mut enc, dqr, dkr, dv, (&gs.ds).into(), datt, att, probs, (&la.qr).into(), (&la.kr).into(), vv, shape);
-            match (w.q_norm, w.k_norm) {
-                (Some(qw), Some(kw)) => {
-                    rope_backward(g, &mut enc, (&gs.dqn).into(), dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
-                    rope_backward(g, &mut enc, (&gs.dkn).into(), dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
-                    rmsnorm_backward_into(g, &mut enc, dq, v(gr, qw), (&gs.dqn).into(), q, v(p, qw), (&la.rstd_q).into(), qrows, qd);
-                    rmsnorm_backward_into(g, &mut enc, dk, v(gr, kw), (&gs.dkn).into(), k, v(p, kw), (&la.rstd_k).into(), krows, kd);
-                }
-                _ => {
-                    rope_backward(g, &mut enc, dq, dqr, (&a.cos).into(), (&a.sin).into(), t, s, h, hd);
-                    rope_backward(g, &mut enc, dk, dkr, (&a.cos).into(), (&a.sin).into(), t, s, kv, hd);
+            let (ls, ps) = a.slots(l);
+            let m = moe_layers.iter().position(|&m| m == l);
+            let (la, x, probs) = (&mut a.layers[ls], &a.inputs[l], &a.probs[ps]);
+            match a.recompute {
+                Recompute::None => {}
+                Recompute::Attention => attention_core(g, &mut enc, la, probs, cfg, &rows, l),
+                Recompute::Full => {
+                    let routing = m.map(|m| Routing { stats: (&a.recomputed_stats).into(), bias: v(&a.bias, m * e) });
+                    layer_forward(g, &mut enc, p, w, cfg, &rows, la, x, probs, &gs.out, routing, l)?;
                 }
             }
-            if let Some(dbias) = &w.qkv_bias {
-                bias_backward(g, &mut enc, v(gr, dbias.q), dq, &a.ones, t, h * hd);
-                bias_backward(g, &mut enc, v(gr, dbias.k), dk, &a.ones, t, kv * hd);
-                bias_backward(g, &mut enc, v(gr, dbias.v), dv, &a.ones, t, kv * hd);
-            }
-            // dxn = dq | dk | dv · [q_proj; k_proj; v_proj];  the weights += (dq | dk | dv)^T · xn
-            let (dqkv, xn) = ((&gs.dqkv).into(), (&la.xn).into());
-            gemm(g, &mut enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });
-            let dw = Gemm { trans_a: true, acc: true, a_sections: hs.sections(), ..Gemm::new(hs.qkv(), d, t) };
-            gemm(g, &mut enc, v(gr, w.q_proj), dqkv, xn, dw);
-            rmsnorm_backward(g, &mut enc, dx, v(gr, w.input_layernorm), (&gs.dxn).into(), (&la.x).into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
+            let pressure = m.map(|m| v(&gs.pressure, m * b * e));
+            layer_backward(g, &mut enc, p, gr, w, cfg, &rows, la, x, probs, &lg, pressure, z_scale, l)?;
         }
         embedding_backward(g, &mut enc, v(gr, off.embed_tokens), dx, &a.index, d);
         gs.binds.fit(g, enc.dispatches());
