@@ -13,40 +13,72 @@ pub fn first_key(i: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (i + 1).saturating_sub(w))
 }
 
-/// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over sequences; per head
-/// two GEMMs: scores = scale q k^T (the masked entries are computed, then zeroed: cheaper in a
-/// GEMM than skipping them in scalar loops), and out = P v. window: see the module doc.
+/// Query rows per tile: a tile of rows reads only the keys its rows can see (causal, and the
+/// window), so the GEMMs skip the masked upper triangle of S x S at the cost of one partial tile
+/// per row block.
+const ROWS: usize = 128;
+
+/// The keys tile [i0, i1) reads: from the first key row i0 sees to i1 (exclusive).
+fn key_range(i0: usize, i1: usize, window: Option<usize>) -> (usize, usize) {
+    (first_key(i0, window), i1)
+}
+
+/// (T, H*D) -> one head's (S, D) of one sequence is strided; the heads are computed into
+/// contiguous (S, D) buffers in parallel, then copied into place here.
+fn scatter_heads(out: &mut [f32], parts: &[Vec<f32>], s: usize, h: usize, d: usize) {
+    for (i, part) in parts.iter().enumerate() {
+        let (b, hh) = (i / h, i % h);
+        for (r, row) in part.chunks(d).enumerate() {
+            out[((b * s + r) * h + hh) * d..][..d].copy_from_slice(row);
+        }
+    }
+}
+
+/// Overwrites out (T, H*D) and probs (B, H, S, S). T = B * S. Parallel over (sequence, head); per
+/// tile of ROWS queries two GEMMs over the visible keys only: scores = scale q k^T, softmax per
+/// row (entries outside the row's keys are zero), out = P v. window: see the module doc.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: usize, h: usize, kv: usize, d: usize, window: Option<usize>) {
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / kv;
-    out.par_chunks_mut(s * h * d).zip(probs.par_chunks_mut(h * s * s)).enumerate().for_each(|(b, (out, probs))| {
-        let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
-        for hh in 0..h {
+    let parts: Vec<Vec<f32>> = probs
+        .par_chunks_mut(s * s)
+        .enumerate()
+        .map(|(i, p)| {
+            let (b, hh) = (i / h, i % h);
             let g = hh / group;
-            let p = &mut probs[hh * s * s..][..s * s];
-            // q_h (S, D) with row stride H*D; k_g^T (D, S): element (e, j) = k[j, g, e].
-            gemm_strided(p, s, false, &q[hh * d..], (h * d, 1), &k[g * d..], (1, kv * d), s, s, d, scale);
-            for (i, row) in p.chunks_mut(s).enumerate() {
-                let lo = first_key(i, window);
-                let max = row[lo..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in &mut row[lo..=i] {
-                    *x = (*x - max).exp();
-                    sum += *x;
+            let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
+            let mut o = vec![0.0f32; s * d];
+            for i0 in (0..s).step_by(ROWS) {
+                let i1 = (i0 + ROWS).min(s);
+                let (k0, k1) = key_range(i0, i1, window);
+                // scores (rows i0..i1, keys k0..k1): q_h rows with stride H*D; k_g^T (D, keys)
+                gemm_strided(&mut p[i0 * s + k0..], s, false, &q[i0 * h * d + hh * d..], (h * d, 1), &k[k0 * kv * d + g * d..], (1, kv * d), i1 - i0, k1 - k0, d, scale);
+                for (i, row) in (i0..i1).zip(p[i0 * s..i1 * s].chunks_mut(s)) {
+                    let lo = first_key(i, window);
+                    let max = row[lo..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for x in &mut row[lo..=i] {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    row[lo..=i].iter_mut().for_each(|x| *x /= sum);
+                    row[..lo].fill(0.0);
+                    row[i + 1..].fill(0.0);
                 }
-                row[lo..=i].iter_mut().for_each(|x| *x /= sum);
-                row[..lo].fill(0.0);
-                row[i + 1..].fill(0.0);
+                gemm_strided(&mut o[i0 * d..], d, false, &p[i0 * s + k0..], (s, 1), &v[k0 * kv * d + g * d..], (kv * d, 1), i1 - i0, d, k1 - k0, 1.0);
             }
-            gemm_strided(&mut out[hh * d..], h * d, false, p, (s, 1), &v[g * d..], (kv * d, 1), s, d, s, 1.0);
-        }
-    });
+            o
+        })
+        .collect();
+    scatter_heads(out, &parts, s, h, d);
 }
 
-/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs, per head:
+/// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs, per head
+/// and tile of ROWS queries, over the visible keys only:
 ///   dP = dO v^T;  dS = P (dP - rowsum(P dP));  dq = scale dS k;  dk += scale dS^T q;  dv += P^T dO
-/// (dk, dv summed over the query heads of their group, in head order). window: as the forward's.
+/// Parallel over (sequence, key/value head): dk, dv summed over the query heads of their group in
+/// head order and over the tiles in order. window: as the forward's.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dq: &mut [f32],
@@ -65,31 +97,50 @@ pub fn attention_backward(
 ) {
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / kv;
-    dq.par_chunks_mut(s * h * d)
-        .zip(dk.par_chunks_mut(s * kv * d).zip(dv.par_chunks_mut(s * kv * d)))
-        .enumerate()
-        .for_each(|(b, (dq, (dk, dv)))| {
-            dk.fill(0.0);
-            dv.fill(0.0);
+    let nb = dq.len() / (s * h * d);
+    // Per (sequence, kv head): dq of its query heads (group, S, D), then its dk and dv (S, D).
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..nb * kv)
+        .into_par_iter()
+        .map(|i| {
+            let (b, g) = (i / kv, i % kv);
             let (q, k, v) = (&q[b * s * h * d..][..s * h * d], &k[b * s * kv * d..][..s * kv * d], &v[b * s * kv * d..][..s * kv * d]);
             let (dout, probs) = (&dout[b * s * h * d..][..s * h * d], &probs[b * h * s * s..][..h * s * s]);
-            let mut ds = vec![0.0f32; s * s];
-            for hh in 0..h {
-                let g = hh / group;
+            let (mut dqg, mut dkg, mut dvg) = (vec![0.0f32; group * s * d], vec![0.0f32; s * d], vec![0.0f32; s * d]);
+            let mut ds = vec![0.0f32; ROWS * s];
+            for (j, hh) in (g * group..(g + 1) * group).enumerate() {
                 let p = &probs[hh * s * s..][..s * s];
-                gemm_strided(&mut ds, s, false, &dout[hh * d..], (h * d, 1), &v[g * d..], (1, kv * d), s, s, d, 1.0);
-                for (i, (dsr, pr)) in ds.chunks_mut(s).zip(p.chunks(s)).enumerate() {
-                    let lo = first_key(i, window);
-                    let sum: f32 = dsr[lo..=i].iter().zip(&pr[lo..=i]).map(|(a, b)| a * b).sum();
-                    dsr[lo..=i].iter_mut().zip(&pr[lo..=i]).for_each(|(x, &pij)| *x = pij * (*x - sum));
-                    dsr[..lo].fill(0.0);
-                    dsr[i + 1..].fill(0.0);
+                for i0 in (0..s).step_by(ROWS) {
+                    let i1 = (i0 + ROWS).min(s);
+                    let (k0, k1) = key_range(i0, i1, window);
+                    let (m, n) = (i1 - i0, k1 - k0);
+                    gemm_strided(&mut ds[k0..], s, false, &dout[i0 * h * d + hh * d..], (h * d, 1), &v[k0 * kv * d + g * d..], (1, kv * d), m, n, d, 1.0);
+                    for (i, (dsr, pr)) in (i0..i1).zip(ds.chunks_mut(s).zip(p[i0 * s..i1 * s].chunks(s))) {
+                        let lo = first_key(i, window);
+                        let sum: f32 = dsr[lo..=i].iter().zip(&pr[lo..=i]).map(|(a, b)| a * b).sum();
+                        dsr[lo..=i].iter_mut().zip(&pr[lo..=i]).for_each(|(x, &pij)| *x = pij * (*x - sum));
+                        dsr[k0..lo].fill(0.0);
+                        dsr[i + 1..k1].fill(0.0);
+                    }
+                    gemm_strided(&mut dqg[(j * s + i0) * d..], d, false, &ds[k0..], (s, 1), &k[k0 * kv * d + g * d..], (kv * d, 1), m, d, n, scale);
+                    gemm_strided(&mut dkg[k0 * d..], d, true, &ds[k0..], (1, s), &q[i0 * h * d + hh * d..], (h * d, 1), n, d, m, scale);
+                    gemm_strided(&mut dvg[k0 * d..], d, true, &p[i0 * s + k0..], (1, s), &dout[i0 * h * d + hh * d..], (h * d, 1), n, d, m, 1.0);
                 }
-                gemm_strided(&mut dq[hh * d..], h * d, false, &ds, (s, 1), &k[g * d..], (kv * d, 1), s, d, s, scale);
-                gemm_strided(&mut dk[g * d..], kv * d, true, &ds, (1, s), &q[hh * d..], (h * d, 1), s, d, s, scale);
-                gemm_strided(&mut dv[g * d..], kv * d, true, p, (1, s), &dout[hh * d..], (h * d, 1), s, d, s, 1.0);
             }
-        });
+            (dqg, dkg, dvg)
+        })
+        .collect();
+    for (i, (dqg, dkg, dvg)) in parts.iter().enumerate() {
+        let (b, g) = (i / kv, i % kv);
+        for (j, part) in dqg.chunks(s * d).enumerate() {
+            for (r, row) in part.chunks(d).enumerate() {
+                dq[((b * s + r) * h + g * group + j) * d..][..d].copy_from_slice(row);
+            }
+        }
+        for (r, (rk, rv)) in dkg.chunks(d).zip(dvg.chunks(d)).enumerate() {
+            dk[((b * s + r) * kv + g) * d..][..d].copy_from_slice(rk);
+            dv[((b * s + r) * kv + g) * d..][..d].copy_from_slice(rv);
+        }
+    }
 }
 
 /// One new query per head against a key/value cache of n positions (generation; inference only,
@@ -137,6 +188,55 @@ mod tests {
         let (mut out, mut probs) = (vec![0.0; B * S * H * D], vec![0.0; B * H * S * S]);
         attention_forward(&mut out, &mut probs, q, k, v, S, H, KV, D, window);
         (out, probs)
+    }
+
+    /// The specification: softmax(scale q k^T) v per (sequence, head, query) in plain loops with
+    /// f64 sums, over the keys the query sees.
+    fn attention_slow(q: &[f32], k: &[f32], v: &[f32], b: usize, s: usize, h: usize, kv: usize, d: usize, window: Option<usize>) -> Vec<f32> {
+        let mut out = vec![0.0; b * s * h * d];
+        for (bb, hh, i) in (0..b).flat_map(|bb| (0..h).flat_map(move |hh| (0..s).map(move |i| (bb, hh, i)))) {
+            let g = hh / (h / kv);
+            let qi = &q[((bb * s + i) * h + hh) * d..][..d];
+            let keys: Vec<usize> = (first_key(i, window)..=i).collect();
+            let scores: Vec<f64> = keys.iter().map(|&j| dot64(qi, &k[((bb * s + j) * kv + g) * d..][..d]) / (d as f64).sqrt()).collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            for e in 0..d {
+                let o: f64 = keys.iter().zip(&scores).map(|(&j, x)| (x - max).exp() / sum * v[((bb * s + j) * kv + g) * d + e] as f64).sum();
+                out[((bb * s + i) * h + hh) * d + e] = o as f32;
+            }
+        }
+        out
+    }
+
+    /// Several tiles of ROWS queries (S = 300: tiles of 128, 128, 44), with and without windows
+    /// shorter and longer than a tile: the tiled forward is the definition, and its backward passes
+    /// finite differences on a few coordinates of a product large enough to span tiles.
+    #[test]
+    fn tiles_match_the_plain_definition() {
+        let (b, s, h, kv, d) = (2, 300, 4, 2, 8);
+        for window in [None, Some(50), Some(200)] {
+            let (q, k, v) = (randn(b * s * h * d, 5), randn(b * s * kv * d, 6), randn(b * s * kv * d, 7));
+            let (mut out, mut probs) = (vec![0.0; q.len()], vec![0.0; b * h * s * s]);
+            attention_forward(&mut out, &mut probs, &q, &k, &v, s, h, kv, d, window);
+            assert_close(&format!("tiled forward, window {window:?}"), &out, &attention_slow(&q, &k, &v, b, s, h, kv, d, window), 1e-5, 1e-4);
+            let dout = randn(q.len(), 8);
+            let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+            attention_backward(&mut dq, &mut dk, &mut dv, &dout, &probs, &q, &k, &v, s, h, kv, d, window);
+            let loss = |q: &[f32], k: &[f32], v: &[f32]| dot64(&attention_slow(q, k, v, b, s, h, kv, d, window), &dout);
+            for (name, x, dx) in [("q", &q, &dq), ("k", &k, &dk), ("v", &v, &dv)] {
+                for idx in [3, x.len() / 2 + 5, x.len() - 9] {
+                    let mut xp = x.clone();
+                    let eps = 1e-2;
+                    xp[idx] += eps;
+                    let up = match name { "q" => loss(&xp, &k, &v), "k" => loss(&q, &xp, &v), _ => loss(&q, &k, &xp) };
+                    xp[idx] -= 2.0 * eps;
+                    let down = match name { "q" => loss(&xp, &k, &v), "k" => loss(&q, &xp, &v), _ => loss(&q, &k, &xp) };
+                    let fd = (up - down) / (2.0 * eps as f64);
+                    assert!((fd - dx[idx] as f64).abs() <= 1e-2 * fd.abs().max(1e-1), "d{name}[{idx}], window {window:?}: {} vs finite difference {fd}", dx[idx]);
+                }
+            }
+        }
     }
 
     #[test]
