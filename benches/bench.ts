@@ -3,9 +3,11 @@
 // transformers' eager Qwen3MoeSparseMoeBlock and a plain PyTorch grouped layer), the GEMM peak, the
 // demo model's training step (ours through the Node binding vs Qwen3MoeForCausalLM + AdamW), the
 // cost of global over micro balance, scaling with T and E, and data: preparing 200 MB of text
-// against Hugging Face tokenizers, and peak memory of training on a 1 GB dataset (benches/data.ts), and
-// loading a 1.1 GB sharded transformers checkpoint against from_pretrained (benches/load.ts). Peers come from .venv
-// (scripts/install-peers.sh); without them the table says "peer unavailable".
+// against Hugging Face tokenizers, and peak memory of training on a 1 GB dataset (benches/data.ts),
+// loading a 1.1 GB sharded transformers checkpoint against from_pretrained (benches/load.ts), and
+// the ~100 M-parameter model at 1,024 tokens against transformers, with scaling in S and E
+// (benches/scale.ts). Peers come from .venv (scripts/install-peers.sh); without them the table says
+// "peer unavailable".
 // `npm run bench -- --write` also rewrites BENCHMARKS.md.
 
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -17,6 +19,7 @@ import { DEMO_MODEL } from '../src/presets.js';
 import { rng } from '../src/rng.js';
 import { dataBench, dataRows } from './data.js';
 import { loadBench, loadRows } from './load.js';
+import { scaleBench, scaleRows } from './scale.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const BATCH = 8;
@@ -82,6 +85,7 @@ async function medianSteps(trainers: (() => Promise<number>)[], steps: number): 
 console.error('running the training-step benchmark ...');
 const [ours1] = await medianSteps([trainer('global', 1, 1)], 20);
 const [oursMicro, oursGlobal] = await medianSteps([trainer('micro', 2, 2), trainer('global', 2, 2)], 30);
+const [oursMicro1, oursGlobal1] = await medianSteps([trainer('micro', 1, 8), trainer('global', 1, 8)], 30);
 
 // ---- ours: communication per step over MPI (2 local processes) ---------------------------------
 let mpiComm: Row | undefined;
@@ -108,6 +112,10 @@ const data = await dataBench(env, THREADS);
 // ---- checkpoints: loading 1.1 GB written by transformers ----------------------------------------
 console.error('running the checkpoint loading benchmark ...');
 const load = loadBench(env);
+
+// ---- scale: the ~100 M model at S = 1,024, and scaling in S and E -------------------------------
+console.error('running the scale benchmark (the ~100 M model) ...');
+const scale = scaleBench(env);
 
 // ---- peers --------------------------------------------------------------------------------------
 const py = '.venv/bin/python';
@@ -145,7 +153,8 @@ for (const group of ['main', 'fine']) {
 const hfStep = peers.find((p) => p.kind === 'train-step');
 const tokensStep = BATCH * SEQ;
 row([`training step, demo model, ${BATCH}x${SEQ} tokens (R=1, A=1)`, `${fmt(ours1 * 1e3)} ms = ${fmt(tokensStep / ours1, 0)} tok/s`, 'Qwen3MoeForCausalLM (eager) + torch AdamW', hfStep ? `${fmt((hfStep.seconds as number) * 1e3)} ms = ${fmt(tokensStep / (hfStep.seconds as number), 0)} tok/s` : peerNote, hfStep ? `${fmt((hfStep.seconds as number) / ours1, 2)}x` : '-', '-', '-']);
-row([`global vs micro balance, R=2 virtual ranks x A=2, same tokens`, `${fmt(oursGlobal * 1e3)} ms vs ${fmt(oursMicro * 1e3)} ms`, '-', '-', `overhead ${fmt((100 * (oursGlobal - oursMicro)) / oursMicro, 1)}%`, '-', '-']);
+row([`global vs micro balance, R=1 x A=8 micro-steps of 1 sequence, same tokens (interleaved)`, `${fmt(oursGlobal1 * 1e3)} ms vs ${fmt(oursMicro1 * 1e3)} ms`, '-', '-', `overhead ${fmt((100 * (oursGlobal1 - oursMicro1)) / oursMicro1, 1)}%`, '-', '-']);
+row([`global vs micro balance, R=2 virtual ranks x A=2, same tokens (interleaved)`, `${fmt(oursGlobal * 1e3)} ms vs ${fmt(oursMicro * 1e3)} ms`, '-', '-', `overhead ${fmt((100 * (oursGlobal - oursMicro)) / oursMicro, 1)}%`, '-', '-']);
 row([
   'MPI: communication per training step, 2 local processes (demo model, A=2, global)',
   mpiComm ? `${fmt(mpiComm.ms as number)} ms of a ${fmt(mpiStepMs)} ms step (${fmt((100 * (mpiComm.ms as number)) / mpiStepMs, 1)}%)` : 'MPI unavailable (Open MPI + npm run build:mpi)',
@@ -153,6 +162,7 @@ row([
 ]);
 for (const cells of dataRows(data, fmt)) row(cells);
 for (const cells of loadRows(load, fmt)) row(cells);
+for (const cells of scaleRows(scale, fmt)) row(cells);
 for (const group of ['tokens', 'experts']) {
   const rs = rust.filter((r) => r.kind === 'layer' && (r.group === group || r.group === 'main')).sort((a, b) => (group === 'tokens' ? (a.T as number) - (b.T as number) : (a.E as number) - (b.E as number)));
   row([

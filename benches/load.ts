@@ -25,7 +25,7 @@ const DIR = join(os.tmpdir(), 'moe-bench-hf-1gb');
 const PY = '.venv/bin/python';
 
 /** Runs a command under /usr/bin/time: its JSON line on stdout and its peak RSS (MB). */
-function measured(cmd: string, args: string[], env: NodeJS.ProcessEnv): { out: Record<string, number>; rssMb: number } {
+export function measured(cmd: string, args: string[], env: NodeJS.ProcessEnv): { out: Record<string, number>; rssMb: number } {
   const r = spawnSync('/usr/bin/time', ['-f', 'maxrss %M', cmd, ...args], { env, encoding: 'utf8' });
   const m = /maxrss (\d+)/.exec(r.stderr);
   if (r.status !== 0 || !m) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr.slice(-2000)}`);

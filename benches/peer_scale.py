@@ -1,12 +1,12 @@
 """One process, one measurement: the training step of transformers' Qwen3MoeForCausalLM + torch.optim.AdamW
 (forward, backward, clipping, step) on one sequence of SEQ tokens, for the model in MODEL (JSON, our
 config names, which are transformers'), eager or torch.compile'd (IMPL = eager | compile), STEPS timed
-steps after warm-up. Prints one JSON line: the median step time (s) and the process's peak resident
-memory (MB). The peer computes no balance loss (output_router_logits off)."""
+steps after warm-up. Prints one JSON line: the median step time (s) and the parameter count; run by
+benches/scale.ts under /usr/bin/time for its peak resident memory. The peer computes no balance loss
+(output_router_logits off)."""
 
 import json
 import os
-import resource
 import time
 
 import torch
@@ -40,4 +40,4 @@ for _ in range(steps):
     step()
     times.append(time.perf_counter() - t0)
 times.sort()
-print(json.dumps({"seconds": times[len(times) // 2], "maxRssMB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "params": sum(p.numel() for p in model.parameters())}))
+print(json.dumps({"seconds": times[len(times) // 2], "params": sum(p.numel() for p in model.parameters())}))

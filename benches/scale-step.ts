@@ -1,8 +1,8 @@
 // One process, one measurement: the training step (forward, backward with global-batch balance,
 // AdamW) of the model in MODEL (JSON) on one sequence of SEQ tokens, with activation recomputation
 // RECOMPUTE, STEPS timed steps after one warm-up. Prints one JSON line: the median step time (s)
-// and this process's peak resident memory (MB). Run by benches/scale.ts, one process per
-// measurement so that each peak is its own.
+// and the parameter count. Run by benches/scale.ts, one process per measurement, under
+// /usr/bin/time for its peak resident memory.
 
 import { MoeModel, type ModelConfig } from '../index.js';
 import { Balancer, LocalGroup } from '../src/balance/index.js';
@@ -29,4 +29,4 @@ for (let i = 0; i < steps + 1; i++) {
   if (i > 0) times.push((performance.now() - t0) / 1000);
 }
 times.sort((a, b) => a - b);
-console.log(JSON.stringify({ seconds: times[times.length >> 1], maxRssMB: process.resourceUsage().maxRSS / 1024, params: m.numParameters }));
+console.log(JSON.stringify({ seconds: times[times.length >> 1], params: m.numParameters }));

@@ -105,13 +105,18 @@ export function comparisonTable(runs: RunResult[]): string {
   for (const [i, r] of runs.entries()) lines.push(pad(r.name, 14) + rows[i].map((c) => pad(c, w)).join(''));
   lines.push('');
   lines.push('Routing specialisation on held-out data, mean over layers [per layer]:');
-  lines.push(pad('run', 14) + pad('max-freq/uniform', 34) + pad('MI(domain; expert) bits', 34) + pad('loss (nats)', 13) + pad('steps', 7) + pad('time', 8));
-  for (const r of runs) {
+  const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
+  const spec = runs.map((r) => {
     const e = last(r);
     const mou = e.layers.map((l) => l.maxOverUniform);
     const mi = e.layers.map((l) => l.mutualInformation);
-    const mean = (xs: number[]) => xs.reduce((a, v) => a + v, 0) / xs.length;
-    lines.push(pad(r.name, 14) + pad(`${f(mean(mou), 2)} [${mou.map((x) => f(x, 2)).join(' ')}]`, 34) + pad(`${f(mean(mi), 3)} [${mi.map((x) => f(x, 2)).join(' ')}]`, 34) + pad(f(e.mean.loss, 4), 13) + pad(String(r.stepsDone), 7) + pad(`${r.seconds.toFixed(0)}s`, 8));
+    return [`${f(mean(mou), 2)} [${mou.map((x) => f(x, 2)).join(' ')}]`, `${f(mean(mi), 3)} [${mi.map((x) => f(x, 2)).join(' ')}]`];
+  });
+  // As wide as the widest cell: a deep model has a value per layer.
+  const ws = [0, 1].map((c) => Math.max(34, ...spec.map((cells) => cells[c].length + 2)));
+  lines.push(pad('run', 14) + pad('max-freq/uniform', ws[0]) + pad('MI(domain; expert) bits', ws[1]) + pad('loss (nats)', 13) + pad('steps', 7) + pad('time', 8));
+  for (const [i, r] of runs.entries()) {
+    lines.push(pad(r.name, 14) + pad(spec[i][0], ws[0]) + pad(spec[i][1], ws[1]) + pad(f(last(r).mean.loss, 4), 13) + pad(String(r.stepsDone), 7) + pad(`${r.seconds.toFixed(0)}s`, 8));
   }
   if (runs.length >= 2) {
     const [a, b] = [runs[0], runs[runs.length - 1]];
