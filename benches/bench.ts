@@ -150,6 +150,11 @@ for (const group of ['main', 'fine']) {
     row([label, `${fmt(ours * 1e3)} ms`, impl === 'hf-eager' ? 'Qwen3MoeSparseMoeBlock (eager)' : 'PyTorch grouped (sorted, per-expert matmul)', p ? `${fmt(pt * 1e3)} ms` : peerNote, p ? `${fmt(pt / ours, 2)}x` : '-', fmt(rate), fmt((100 * rate) / peak, 0)]);
   }
 }
+const sl = rust.find((r) => r.kind === 'layer' && r.group === 'scale')!;
+const slRate = (sl.gflop as number) / ((sl.forward as number) + (sl.backward as number));
+row([`MoE layer of the ~100 M model fwd+bwd T=${sl.T} d=${sl.d} F=${sl.F} E=${sl.E} K=${sl.K}`, `${fmt(((sl.forward as number) + (sl.backward as number)) * 1e3)} ms`, '-', '-', '-', fmt(slRate), fmt((100 * slRate) / peak, 0)]);
+const shapes = rust.filter((r) => r.kind === 'gemm-shape');
+row([`GEMMs of the ~100 M model at T=1,024 (M x K x N)`, shapes.map((r) => `${r.name} ${r.M}x${r.K}x${r.N}: ${fmt(r.gflops as number)} GFLOP/s`).join('; '), '-', '-', '-', shapes.map((r) => fmt(r.gflops as number)).join(', '), shapes.map((r) => fmt((100 * (r.gflops as number)) / peak, 0)).join(', ')]);
 const hfStep = peers.find((p) => p.kind === 'train-step');
 const tokensStep = BATCH * SEQ;
 row([`training step, demo model, ${BATCH}x${SEQ} tokens (R=1, A=1)`, `${fmt(ours1 * 1e3)} ms = ${fmt(tokensStep / ours1, 0)} tok/s`, 'Qwen3MoeForCausalLM (eager) + torch AdamW', hfStep ? `${fmt((hfStep.seconds as number) * 1e3)} ms = ${fmt(tokensStep / (hfStep.seconds as number), 0)} tok/s` : peerNote, hfStep ? `${fmt((hfStep.seconds as number) / ours1, 2)}x` : '-', '-', '-']);

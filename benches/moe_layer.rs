@@ -1,8 +1,10 @@
 //! CPU benchmark of the MoE layer forward + backward, next to the large-matrix GEMM rate of the
 //! `gemm` crate measured in the same run on the same thread pool (the practical peak of the
 //! machine). Shapes: the foundation shape (T=4096, d=512, F=256, E=16, K=4), a fine-grained one
-//! (E=64, K=8, F=128), step time against T, and against E at fixed K (dropless compute follows K).
-//! Prints a readable line and a JSON line per measurement. MOE_NUM_THREADS sets the threads.
+//! (E=64, K=8, F=128), step time against T, and against E at fixed K (dropless compute follows K);
+//! then the ~100 M model's shapes at T = 1,024 tokens (configs/qwen3-moe-100m.json): its MoE layer
+//! and each of its large GEMMs against the GEMM rate. Prints a readable line and a JSON line per
+//! measurement. MOE_NUM_THREADS sets the threads.
 
 use moe_core::cpu::matmul::matmul_forward;
 use moe_core::{MoeConfig, MoeLayer};
@@ -57,6 +59,7 @@ fn main() {
     let mut shapes: Vec<(&str, [usize; 5])> = vec![("main", [4096, 512, 256, 16, 4]), ("fine", [4096, 512, 128, 64, 8])];
     shapes.extend([1024, 2048, 8192].map(|t| ("tokens", [t, 512, 256, 16, 4])));
     shapes.extend([8, 32, 64].map(|e| ("experts", [4096, 512, 256, e, 4])));
+    shapes.push(("scale", [1024, 512, 128, 32, 4]));
     for (group, [t, d, f, e, k]) in shapes {
         let (fwd, bwd, gflop) = layer(t, d, f, e, k);
         let rate = gflop / (fwd + bwd);
@@ -68,5 +71,16 @@ fn main() {
             100.0 * rate / peak
         );
         println!(r#"{{"kind":"layer","group":"{group}","T":{t},"d":{d},"F":{f},"E":{e},"K":{k},"forward":{fwd},"backward":{bwd},"gflop":{gflop}}}"#);
+    }
+
+    // The ~100 M model's dense GEMMs at T = 1,024: out (M, N) = inp (M, K) · weight (N, K)^T.
+    for (name, m, k, n) in [("q|k|v projection", 1024, 512, 1024), ("o_proj", 1024, 512, 512), ("lm_head", 1024, 512, 16384)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
+        let mut out = vec![0.0f32; m * n];
+        let s = pool.install(|| time(9, || matmul_forward(&mut out, &a, &b, m, k, n)));
+        let rate = 2.0 * (m * k * n) as f64 / s / 1e9;
+        println!("gemm {name} {m}x{k}x{n}: {:.2} ms, {rate:.1} GFLOP/s = {:.0}% of the GEMM rate", s * 1e3, 100.0 * rate / peak);
+        println!(r#"{{"kind":"gemm-shape","name":"{name}","M":{m},"K":{k},"N":{n},"seconds":{s},"gflops":{rate}}}"#);
     }
 }
