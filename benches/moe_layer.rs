@@ -35,9 +35,12 @@ fn layer(t: usize, d: usize, f: usize, e: usize, k: usize) -> (f64, f64, f64) {
     let fwd = time(5, || {
         layer.forward(&x, None, seqs, true).unwrap();
     });
-    let bwd = time(5, || {
+    // A stored forward serves one backward: the backward is a forward + backward pair less a forward.
+    let pair = time(5, || {
+        layer.forward(&x, None, seqs, true).unwrap();
         layer.backward(&dout, &pressure, 1e-6).unwrap();
     });
+    let bwd = pair - fwd;
     // Forward: router 2TdE + three expert GEMMs 3 * 2TKdF; backward twice that.
     let flops = 3.0 * (2.0 * (t * d * e) as f64 + 6.0 * (t * k * d * f) as f64);
     (fwd, bwd, flops / 1e9)

@@ -64,11 +64,27 @@ pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], dh: &[f32], g: &[f32], u:
     );
 }
 
+/// Splits `buf` into the row blocks of the experts: block e holds rows offsets[e]..offsets[e+1] of
+/// `width` values each.
+fn expert_rows<'a>(mut buf: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    offsets
+        .windows(2)
+        .map(|r| {
+            let (block, rest) = std::mem::take(&mut buf).split_at_mut((r[1] - r[0]) * width);
+            buf = rest;
+            block
+        })
+        .collect()
+}
+
 /// Grouped SwiGLU experts over the sorted rows. For expert e and its rows R_e = offsets[e]..offsets[e+1]:
 ///   g = xs[R_e] · gate_proj_e^T,  u = xs[R_e] · up_proj_e^T   (n_e, F)
 ///   h = silu(g) * u,              ys[R_e] = h · down_proj_e^T (n_e, C)
-/// Overwrites g, u, h (T*K, F) and ys (T*K, C). Experts with no rows are skipped.
+/// Overwrites g, u, h (T*K, F) and ys (T*K, C). Experts with no rows are skipped. The experts run
+/// in parallel (fine-grained experts have few rows each: a GEMM per expert spread over the threads
+/// spends more on synchronisation than on arithmetic).
 /// wt: gate_proj, up_proj (E, F, C); down_proj (E, C, F).
+#[allow(clippy::too_many_arguments)]
 pub fn experts_forward(
     g: &mut [f32],
     u: &mut [f32],
@@ -80,22 +96,23 @@ pub fn experts_forward(
     c: usize,
     f: usize,
 ) {
-    for e in 0..offsets.len() - 1 {
+    let blocks: Vec<_> = expert_rows(g, offsets, f).into_iter().zip(expert_rows(u, offsets, f)).zip(expert_rows(h, offsets, f)).zip(expert_rows(ys, offsets, c)).collect();
+    blocks.into_par_iter().enumerate().for_each(|(e, (((ge, ue), he), ye))| {
         let (lo, n) = (offsets[e], offsets[e + 1] - offsets[e]);
         if n == 0 {
-            continue;
+            return;
         }
         let x = &xs[lo * c..][..n * c];
-        let (ge, ue, he) = (&mut g[lo * f..][..n * f], &mut u[lo * f..][..n * f], &mut h[lo * f..][..n * f]);
         matmul_forward(ge, x, &wt.gate_proj[e * f * c..][..f * c], n, c, f);
         matmul_forward(ue, x, &wt.up_proj[e * f * c..][..f * c], n, c, f);
         swiglu_forward(he, ge, ue);
-        matmul_forward(&mut ys[lo * c..][..n * c], he, &wt.down_proj[e * c * f..][..c * f], n, f, c);
-    }
+        matmul_forward(ye, he, &wt.down_proj[e * c * f..][..c * f], n, f, c);
+    });
 }
 
 /// Backward of `experts_forward`. Overwrites dxs (T*K, C) and the scratch dh, dg, du (T*K, F);
-/// accumulates into the expert weight gradients. dys (T*K, C) is the gradient of ys.
+/// accumulates into the expert weight gradients. dys (T*K, C) is the gradient of ys. Parallel over
+/// experts like the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(
     dxs: &mut [f32],
@@ -113,21 +130,22 @@ pub fn experts_backward(
     c: usize,
     f: usize,
 ) {
-    dxs.fill(0.0);
-    dh.fill(0.0);
-    for e in 0..offsets.len() - 1 {
+    let acts: Vec<_> = expert_rows(dxs, offsets, c).into_iter().zip(expert_rows(dh, offsets, f)).zip(expert_rows(dg, offsets, f)).zip(expert_rows(du, offsets, f)).collect();
+    let weights: Vec<_> = grads.gate_proj.chunks_mut(f * c).zip(grads.up_proj.chunks_mut(f * c)).zip(grads.down_proj.chunks_mut(c * f)).collect();
+    acts.into_par_iter().zip(weights).enumerate().for_each(|(e, ((((dxe, dhe), dge), due), ((dwg, dwu), dwd)))| {
         let (lo, n) = (offsets[e], offsets[e + 1] - offsets[e]);
         if n == 0 {
-            continue;
+            return;
         }
-        let rows_f = lo * f..(lo + n) * f;
-        let rows_c = lo * c..(lo + n) * c;
-        let (wg, wu, wd) = (e * f * c..(e + 1) * f * c, e * f * c..(e + 1) * f * c, e * c * f..(e + 1) * c * f);
-        matmul_backward(&mut dh[rows_f.clone()], &mut grads.down_proj[wd.clone()], &dys[rows_c.clone()], &h[rows_f.clone()], &wt.down_proj[wd], n, f, c);
-        swiglu_backward(&mut dg[rows_f.clone()], &mut du[rows_f.clone()], &dh[rows_f.clone()], &g[rows_f.clone()], &u[rows_f.clone()]);
-        matmul_backward(&mut dxs[rows_c.clone()], &mut grads.gate_proj[wg.clone()], &dg[rows_f.clone()], &xs[rows_c.clone()], &wt.gate_proj[wg], n, c, f);
-        matmul_backward(&mut dxs[rows_c.clone()], &mut grads.up_proj[wu.clone()], &du[rows_f], &xs[rows_c], &wt.up_proj[wu], n, c, f);
-    }
+        let (rows_f, rows_c) = (lo * f..(lo + n) * f, lo * c..(lo + n) * c);
+        let (wg, wd) = (e * f * c..(e + 1) * f * c, e * c * f..(e + 1) * c * f);
+        dxe.fill(0.0);
+        dhe.fill(0.0);
+        matmul_backward(dhe, dwd, &dys[rows_c.clone()], &h[rows_f.clone()], &wt.down_proj[wd], n, f, c);
+        swiglu_backward(dge, due, dhe, &g[rows_f.clone()], &u[rows_f]);
+        matmul_backward(dxe, dwg, dge, &xs[rows_c.clone()], &wt.gate_proj[wg.clone()], n, c, f);
+        matmul_backward(dxe, dwu, due, &xs[rows_c], &wt.up_proj[wg], n, c, f);
+    });
 }
 
 /// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]]. Overwrites out.
