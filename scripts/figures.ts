@@ -52,8 +52,11 @@ if (topkSeries.length) {
   pages.push({ file: 'topk.png', html: wrap(`<figure><figcaption>Top-k score sum per layer (held-out, mean over domains)</figcaption>${svg}</figure>`), selector: '#fig' });
 }
 
-// 3. Balance BSZ: held-out loss and MI against the sequences pooled, every seed's runs.
-const all: RunResult[] = [...runs.values()].flat().map((r) => r.result);
+// 3. Balance BSZ: held-out loss and MI against the sequences pooled, every seed's runs of the
+// Balance-BSZ ablation only (the names scripts/ablations.ts gives it): other runs at one of its
+// sizes (micro@α, free-micro, the switches) would be averaged into its points.
+const BSZ_RUN = /^(micro|dp|global|global-exact|bsz=\d+(-exact)?)$/;
+const all: RunResult[] = [...runs.entries()].filter(([name]) => BSZ_RUN.test(name)).flatMap(([, rs]) => rs.map((r) => r.result));
 const loss = bszChart(all, (r) => r.evals.at(-1)!.mean.loss, 'held-out loss (nats / token)', 'bsz-loss');
 const mi = bszChart(all, (r) => mean(r.evals.at(-1)!.layers.map((l) => l.mutualInformation)), 'MI(domain; expert), bits', 'bsz-mi');
 if (loss && mi) {
