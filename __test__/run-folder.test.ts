@@ -34,7 +34,7 @@ test('a new run never truncates an existing one: refused before anything is writ
   for (const extra of [['--corpus', 'no-such-corpus'], []]) {
     const r = cli('train', '--out', dir, '--steps', '2', '--no-progress', ...extra);
     t.is(r.status, 2);
-    t.regex(r.stderr, /^moe: error \[RUN_EXISTS\]: .* holds a run: continue it with --resume, replace it with --force/);
+    t.regex(r.stderr, /^moe: error \[RUN_EXISTS\]: .* holds a run: continue it with moe train --resume, replace it with --force/);
   }
   await t.throwsAsync(train(tiny(2), { outDir: dir }), { code: 'RUN_EXISTS', message: /--resume.*--force/ });
   t.is(readFileSync(join(dir, 'metrics.jsonl'), 'utf8'), before);

@@ -9,7 +9,7 @@ export type {
   PrepareResult, RoutingStats,
 } from '../index.js';
 export * from './balance/index.js';
-export { compare, comparisonTable, variant } from './compare.js';
+export { compare, comparisonTable, variant, type CompareOptions } from './compare.js';
 export { absoluteInput, cacheDir, EMBEDDED_CORPUS, openDataset, prepareDataset, resolveDataset, type OpenDataset, type PrepareRun, type PrepareSettings } from './data/dataset.js';
 export { errorCode, MoeTrainerError, NATIVE_ERROR_CODES, TS_ERROR_CODES, type ErrorCode } from './errors.js';
 export { SPLITS, type Split } from './corpus/split.js';

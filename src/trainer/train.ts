@@ -149,12 +149,16 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     // The whole config, model section included, is checked before any data is read.
     cfg = withCheckpointModel(parseTrainConfig(configInput));
     if (isRootProcess && holdsRun(opts.outDir) && !opts.force) {
-      throw new MoeTrainerError('RUN_EXISTS', `${opts.outDir} holds a run: continue it with --resume, replace it with --force, or choose another --out`);
+      throw new MoeTrainerError('RUN_EXISTS', `${opts.outDir} holds a run: continue it with moe train --resume, replace it with --force, or choose another --out`);
     }
   }
   for (const w of configWarnings(cfg)) opts.log?.(`warning: ${w}`);
   // The data: prepared once (cached), read memory-mapped; the tokenizer is the dataset's.
   const { dataset, tokenizer } = await datasetOf(cfg, { log: opts.log, progress: cfg.train.progress && process.stderr.isTTY });
+  const asked = cfg.data.tokenizer;
+  if (asked.kind === 'bpe' && tokenizer.vocabSize < asked.vocabSize) {
+    opts.log?.(`warning: data.tokenizer.vocabSize asks for ${asked.vocabSize} tokens but the corpus gave the BPE trainer only ${tokenizer.vocabSize}: the model's vocab_size is ${tokenizer.vocabSize}`);
+  }
   if (resumeFrom) {
     const saved = join(resumeFrom, 'tokenizer.json');
     if (!existsSync(saved)) throw new MoeTrainerError('CHECKPOINT_MISSING', `${saved} is missing: this checkpoint cannot be resumed (it was not written by the trainer)`);
