@@ -23,13 +23,14 @@ fn key_range(i0: usize, i1: usize, window: Option<usize>) -> (usize, usize) {
     (first_key(i0, window), i1)
 }
 
-/// (T, H*D) -> one head's (S, D) of one sequence is strided; the heads are computed into
-/// contiguous (S, D) buffers in parallel, then copied into place here.
-fn scatter_heads(out: &mut [f32], parts: &[Vec<f32>], s: usize, h: usize, d: usize) {
-    for (i, part) in parts.iter().enumerate() {
-        let (b, hh) = (i / h, i % h);
+/// A (T, N*D) tensor is N heads of D per token, so one head's (S, D) of one sequence is strided:
+/// the heads are computed into contiguous (S, D) blocks in parallel, then copied into place here.
+/// `parts` yields the blocks in (sequence, head) order.
+fn scatter_heads<'a>(out: &mut [f32], parts: impl Iterator<Item = &'a [f32]>, s: usize, n: usize, d: usize) {
+    for (i, part) in parts.enumerate() {
+        let (b, head) = (i / n, i % n);
         for (r, row) in part.chunks(d).enumerate() {
-            out[((b * s + r) * h + hh) * d..][..d].copy_from_slice(row);
+            out[((b * s + r) * n + head) * d..][..d].copy_from_slice(row);
         }
     }
 }
@@ -71,7 +72,7 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32
             o
         })
         .collect();
-    scatter_heads(out, &parts, s, h, d);
+    scatter_heads(out, parts.iter().map(Vec::as_slice), s, h, d);
 }
 
 /// Overwrites dq (T, H*D), dk, dv (T, KV*D) from dout (T, H*D) through the saved probs, per head
@@ -129,18 +130,10 @@ pub fn attention_backward(
             (dqg, dkg, dvg)
         })
         .collect();
-    for (i, (dqg, dkg, dvg)) in parts.iter().enumerate() {
-        let (b, g) = (i / kv, i % kv);
-        for (j, part) in dqg.chunks(s * d).enumerate() {
-            for (r, row) in part.chunks(d).enumerate() {
-                dq[((b * s + r) * h + g * group + j) * d..][..d].copy_from_slice(row);
-            }
-        }
-        for (r, (rk, rv)) in dkg.chunks(d).zip(dvg.chunks(d)).enumerate() {
-            dk[((b * s + r) * kv + g) * d..][..d].copy_from_slice(rk);
-            dv[((b * s + r) * kv + g) * d..][..d].copy_from_slice(rv);
-        }
-    }
+    // dq blocks come per (sequence, kv head) in head order within the group: (sequence, head) order.
+    scatter_heads(dq, parts.iter().flat_map(|p| p.0.chunks(s * d)), s, h, d);
+    scatter_heads(dk, parts.iter().map(|p| p.1.as_slice()), s, kv, d);
+    scatter_heads(dv, parts.iter().map(|p| p.2.as_slice()), s, kv, d);
 }
 
 /// One new query per head against a key/value cache of n positions (generation; inference only,

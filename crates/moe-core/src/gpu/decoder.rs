@@ -106,21 +106,39 @@ pub(super) struct Rows<'a> {
     pub ones: &'a Buf,
 }
 
-/// The backward's gradient scratch a layer uses, named as in `cpu::model::model_backward`; dx
-/// holds the residual stream's gradient throughout (dh and dxin are dx at their points).
-pub(super) struct LayerGrads<'a> {
-    pub dx: View<'a>,
-    pub dhn: &'a Buf,
-    pub datt: &'a Buf,
-    pub dqr: &'a Buf,
-    pub dkr: &'a Buf,
+/// The backward's gradient scratch a layer uses, named as in `cpu::model::model_backward`; the
+/// residual stream's gradient dx is the model's (dh and dxin are dx at their points).
+pub(super) struct LayerGrads {
+    dhn: Buf,
+    datt: Buf,
+    dqr: Buf,
+    dkr: Buf,
     /// (B, H, S, S) attention's dS
-    pub ds: &'a Buf,
-    pub dqn: &'a Buf,
-    pub dkn: &'a Buf,
+    ds: Buf,
+    dqn: Buf,
+    dkn: Buf,
     /// dq | dk | dv, sections as q | k | v
-    pub dqkv: &'a Buf,
-    pub dxn: &'a Buf,
+    dqkv: Buf,
+    dxn: Buf,
+}
+
+impl LayerGrads {
+    pub(super) fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize) -> Result<Self> {
+        let (t, d) = (b * s, cfg.hidden_size);
+        let hs = Heads::new(cfg, t);
+        let (h, kv, hd) = (hs.h, hs.kv, hs.d);
+        Ok(LayerGrads {
+            dhn: g.alloc(t * d)?,
+            datt: g.alloc(t * h * hd)?,
+            dqr: g.alloc(t * h * hd)?,
+            dkr: g.alloc(t * kv * hd)?,
+            ds: g.alloc(b * h * s * s)?,
+            dqn: g.alloc(t * h * hd)?,
+            dkn: g.alloc(t * kv * hd)?,
+            dqkv: g.alloc(t * hs.qkv())?,
+            dxn: g.alloc(t * d)?,
+        })
+    }
 }
 
 /// The routing of an MoE layer's forward: where its statistics go and its selection biases (E).
@@ -181,38 +199,37 @@ pub(super) fn attention_core(g: &Gpu, enc: &mut Encoder, la: &LayerActs, probs: 
     attention_forward(g, enc, (&la.att).into(), probs.into(), (&la.qr).into(), (&la.kr).into(), vv, shape);
 }
 
-/// Backward of `layer_forward`: gs.dx holds d out on entry and d x on exit; accumulates into the
+/// Backward of `layer_forward`: dx holds d out on entry and d x on exit; accumulates into the
 /// gradient buffer `gr`. pressure (B, E) for a layer with experts.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn layer_backward(g: &Gpu, enc: &mut Encoder, p: &Buf, gr: &Buf, w: &LayerParams<usize>, cfg: &ModelConfig, r: &Rows, la: &mut LayerActs, x: &Buf, probs: &Buf, gs: &LayerGrads, pressure: Option<View>, z_scale: f32, l: usize) -> Result<()> {
+pub(super) fn layer_backward(g: &Gpu, enc: &mut Encoder, p: &Buf, gr: &Buf, w: &LayerParams<usize>, cfg: &ModelConfig, r: &Rows, la: &mut LayerActs, x: &Buf, probs: &Buf, dx: View, gs: &LayerGrads, pressure: Option<View>, z_scale: f32, l: usize) -> Result<()> {
     let (b, s, d) = (r.b, r.s, cfg.hidden_size);
     let t = b * s;
     let hs = Heads::new(cfg, t);
     let (h, kv, hd) = (hs.h, hs.kv, hs.d);
     let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
-    let dx = gs.dx;
     // out = h + MLP(hn): dx (= dout) becomes dh
     match (&w.mlp, pressure, la.mlp.as_mut()) {
         (MlpParams::Moe(mw), Some(pressure), _) => {
-            moe_backward(g, enc, gs.dhn.into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), r.valid, pressure, z_scale, &views(p, mw), &cfg.moe())?
+            moe_backward(g, enc, (&gs.dhn).into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), r.valid, pressure, z_scale, &views(p, mw), &cfg.moe())?
         }
-        (MlpParams::Dense(dw), None, Some(acts)) => mlp_backward(g, enc, gs.dhn.into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size)?,
+        (MlpParams::Dense(dw), None, Some(acts)) => mlp_backward(g, enc, (&gs.dhn).into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size)?,
         _ => unreachable!("the layout and the activations come from one config"),
     }
-    rmsnorm_backward(g, enc, dx, v(gr, w.post_attention_layernorm), gs.dhn.into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
+    rmsnorm_backward(g, enc, dx, v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
     // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)): dx (= dh) becomes dxin
-    gemm(g, enc, gs.datt.into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
+    gemm(g, enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
     gemm(g, enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, ..Gemm::new(d, h * hd, t) });
-    let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(gs.dqkv));
-    let (dqr, dkr) = (gs.dqr.into(), gs.dkr.into());
+    let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(&gs.dqkv));
+    let (dqr, dkr) = ((&gs.dqr).into(), (&gs.dkr).into());
     let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
-    attention_backward(g, enc, dqr, dkr, dv, gs.ds.into(), gs.datt.into(), (&la.att).into(), probs.into(), (&la.qr).into(), (&la.kr).into(), vv, shape);
+    attention_backward(g, enc, dqr, dkr, dv, (&gs.ds).into(), (&gs.datt).into(), (&la.att).into(), probs.into(), (&la.qr).into(), (&la.kr).into(), vv, shape);
     match (w.q_norm, w.k_norm) {
         (Some(qw), Some(kw)) => {
-            rope_backward(g, enc, gs.dqn.into(), dqr, r.cos.into(), r.sin.into(), t, s, h, hd);
-            rope_backward(g, enc, gs.dkn.into(), dkr, r.cos.into(), r.sin.into(), t, s, kv, hd);
-            rmsnorm_backward_into(g, enc, dq, v(gr, qw), gs.dqn.into(), q, v(p, qw), (&la.rstd_q).into(), qrows, qd);
-            rmsnorm_backward_into(g, enc, dk, v(gr, kw), gs.dkn.into(), k, v(p, kw), (&la.rstd_k).into(), krows, kd);
+            rope_backward(g, enc, (&gs.dqn).into(), dqr, r.cos.into(), r.sin.into(), t, s, h, hd);
+            rope_backward(g, enc, (&gs.dkn).into(), dkr, r.cos.into(), r.sin.into(), t, s, kv, hd);
+            rmsnorm_backward_into(g, enc, dq, v(gr, qw), (&gs.dqn).into(), q, v(p, qw), (&la.rstd_q).into(), qrows, qd);
+            rmsnorm_backward_into(g, enc, dk, v(gr, kw), (&gs.dkn).into(), k, v(p, kw), (&la.rstd_k).into(), krows, kd);
         }
         _ => {
             rope_backward(g, enc, dq, dqr, r.cos.into(), r.sin.into(), t, s, h, hd);
@@ -225,11 +242,11 @@ pub(super) fn layer_backward(g: &Gpu, enc: &mut Encoder, p: &Buf, gr: &Buf, w: &
         bias_backward(g, enc, v(gr, dbias.v), dv, r.ones, t, kv * hd);
     }
     // dxn = dq | dk | dv · [q_proj; k_proj; v_proj];  the weights += (dq | dk | dv)^T · xn
-    let (dqkv, xn) = (gs.dqkv.into(), (&la.xn).into());
-    gemm(g, enc, gs.dxn.into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });
+    let (dqkv, xn) = ((&gs.dqkv).into(), (&la.xn).into());
+    gemm(g, enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });
     let dw = Gemm { trans_a: true, acc: true, a_sections: hs.sections(), ..Gemm::new(hs.qkv(), d, t) };
     gemm(g, enc, v(gr, w.q_proj), dqkv, xn, dw);
-    rmsnorm_backward(g, enc, dx, v(gr, w.input_layernorm), gs.dxn.into(), x.into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
+    rmsnorm_backward(g, enc, dx, v(gr, w.input_layernorm), (&gs.dxn).into(), x.into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
     Ok(())
 }
 

@@ -118,7 +118,8 @@ impl Acts {
     }
 }
 
-/// Gradient scratch of the backward, named as in `cpu::model::model_backward`; see `LayerGrads`.
+/// Gradient scratch of the backward, named as in `cpu::model::model_backward`; dx holds the
+/// residual stream's gradient throughout, `layer` the rest a decoder layer uses.
 struct Grads {
     b: usize,
     s: usize,
@@ -126,15 +127,7 @@ struct Grads {
     dlogits: Buf,
     dxf: Buf,
     dx: Buf,
-    dhn: Buf,
-    datt: Buf,
-    dqr: Buf,
-    dkr: Buf,
-    ds: Buf,
-    dqn: Buf,
-    dkn: Buf,
-    dqkv: Buf,
-    dxn: Buf,
+    layer: LayerGrads,
     /// (T, C) a recomputed layer's output (`Recompute::Full`)
     out: Buf,
     pressure: Buf,
@@ -143,24 +136,14 @@ struct Grads {
 
 impl Grads {
     fn new(g: &Gpu, cfg: &ModelConfig, b: usize, s: usize, head_rows: usize) -> Result<Self> {
-        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
-        let t = b * s;
-        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (t, d) = (b * s, cfg.hidden_size);
         Ok(Grads {
             b,
             s,
-            dlogits: g.alloc(head_rows * v)?,
+            dlogits: g.alloc(head_rows * cfg.vocab_size)?,
             dxf: g.alloc(t * d)?,
             dx: g.alloc(t * d)?,
-            dhn: g.alloc(t * d)?,
-            datt: g.alloc(t * h * hd)?,
-            dqr: g.alloc(t * h * hd)?,
-            dkr: g.alloc(t * kv * hd)?,
-            ds: g.alloc(b * h * s * s)?,
-            dqn: g.alloc(t * h * hd)?,
-            dkn: g.alloc(t * kv * hd)?,
-            dqkv: g.alloc(t * (h + 2 * kv) * hd)?,
-            dxn: g.alloc(t * d)?,
+            layer: LayerGrads::new(g, cfg, b, s)?,
             out: g.alloc(t * d)?,
             pressure: g.alloc(cfg.moe_layers().len() * b * cfg.num_experts)?,
             binds: BindReservation::default(),
@@ -281,7 +264,6 @@ impl GpuModel {
         rmsnorm_backward_into(g, &mut enc, dx, v(gr, off.norm), dxf, (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
         let moe_layers = cfg.moe_layers();
         let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones };
-        let lg = LayerGrads { dx, dhn: &gs.dhn, datt: &gs.datt, dqr: &gs.dqr, dkr: &gs.dkr, ds: &gs.ds, dqn: &gs.dqn, dkn: &gs.dkn, dqkv: &gs.dqkv, dxn: &gs.dxn };
         for (l, w) in off.layers.iter().enumerate().rev() {
             let (ls, ps) = a.slots(l);
             let m = moe_layers.iter().position(|&m| m == l);
@@ -295,7 +277,7 @@ impl GpuModel {
                 }
             }
             let pressure = m.map(|m| v(&gs.pressure, m * b * e));
-            layer_backward(g, &mut enc, p, gr, w, cfg, &rows, la, x, probs, &lg, pressure, z_scale, l)?;
+            layer_backward(g, &mut enc, p, gr, w, cfg, &rows, la, x, probs, dx, &gs.layer, pressure, z_scale, l)?;
         }
         embedding_backward(g, &mut enc, v(gr, off.embed_tokens), dx, &a.index, d);
         gs.binds.fit(g, enc.dispatches());
