@@ -136,6 +136,14 @@ export declare class MoeModel {
    */
   get recompute(): string
   setRecompute(recompute: 'none' | 'attention' | 'full'): void
+  /**
+   * The number format of the large GEMMs' inputs (q/k/v, o_proj, experts and dense MLPs,
+   * lm_head), forward and backward: "f32" (default) or "bf16" (both operands rounded to bfloat16,
+   * products summed in f32; parameters, gradients, AdamW and every other op stay f32). Changing
+   * it drops the stored forward.
+   */
+  get precision(): string
+  setPrecision(precision: 'f32' | 'bf16'): void
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null
   /** Optimiser steps taken (restored by checkpoints). */

@@ -15,6 +15,7 @@
 
 use clap::Parser;
 use moe_core::gpu::matmul::{force, matmul_forward, Tiles, View, BIG, SMALL};
+use moe_core::Precision;
 use moe_core::gpu::moe::{moe_backward, moe_forward, stats_len, GpuMoeActs};
 use moe_core::gpu::profile;
 use moe_core::gpu::{gpu, Gpu};
@@ -98,7 +99,7 @@ fn adapter(g: &Gpu) {
 fn gemm(g: &Gpu, n: usize, iters: usize) -> Result<(), String> {
     let (a, b) = (randn(n * n, 1, 1.0), randn(n * n, 2, 1.0));
     let mut cpu_c = vec![0.0f32; n * n];
-    let cpu_s = time(iters.min(3), || moe_core::cpu::pool().install(|| moe_core::cpu::matmul::matmul_forward(&mut cpu_c, &a, &b, n, n, n)));
+    let cpu_s = time(iters.min(3), || moe_core::cpu::pool().install(|| moe_core::cpu::matmul::matmul_forward(&mut cpu_c, &a, &b, n, n, n, Precision::F32)));
     let (ga, gb, gc) = (g.upload(&a).unwrap(), g.upload(&b).unwrap(), g.alloc(n * n).unwrap());
     let mut worst_err: f64 = 0.0;
     let picked = Tiles::pick(&moe_core::gpu::matmul::Gemm::new(n, n, n));
@@ -108,7 +109,7 @@ fn gemm(g: &Gpu, n: usize, iters: usize) -> Result<(), String> {
             g.set_trusted_shaders(trusted);
             let gpu_s = time(iters, || {
                 let mut enc = g.encoder();
-                matmul_forward(g, &mut enc, View::from(&gc), View::from(&ga), View::from(&gb), n, n, n);
+                matmul_forward(g, &mut enc, View::from(&gc), View::from(&ga), View::from(&gb), n, n, n, Precision::F32);
                 g.finish(enc, &[]).unwrap();
             });
             let c = g.read_f32(&gc).unwrap();
@@ -127,7 +128,7 @@ fn gemm(g: &Gpu, n: usize, iters: usize) -> Result<(), String> {
     force(Some(picked));
     profiled(g, &format!("gemm {n}³ {}x{} trusted", picked.bm, picked.bn), || {
         let mut enc = g.encoder();
-        matmul_forward(g, &mut enc, View::from(&gc), View::from(&ga), View::from(&gb), n, n, n);
+        matmul_forward(g, &mut enc, View::from(&gc), View::from(&ga), View::from(&gb), n, n, n, Precision::F32);
         g.finish(enc, &[]).unwrap();
     });
     force(None);
@@ -141,7 +142,7 @@ fn routing(cfg: &MoeConfig, weights: &[f32], gate_off: usize, x: &[f32], gpu_idx
     let (c, e, k) = (cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok);
     let t = x.len() / c;
     let mut logits = vec![0.0; t * e];
-    moe_core::cpu::matmul::matmul_forward(&mut logits, x, &weights[gate_off..gate_off + e * c], t, c, e);
+    moe_core::cpu::matmul::matmul_forward(&mut logits, x, &weights[gate_off..gate_off + e * c], t, c, e, Precision::F32);
     let (mut probs, mut lse, mut idx, mut w) = (vec![0.0; t * e], vec![0.0; t], vec![0u32; t * k], vec![0.0; t * k]);
     moe_core::cpu::router::router_forward(&mut probs, &mut lse, &mut idx, &mut w, &logits, &vec![0.0; e], e, k, cfg.norm_topk_prob);
     let (mut same, mut ties, mut mismatches) = (vec![true; t], 0, 0);
@@ -187,8 +188,8 @@ fn moe_layer(g: &Gpu, cfg: &MoeConfig, b: usize, s: usize, iters: usize) -> Resu
     let mut failed = Vec::new();
     let step = |acts: &mut GpuMoeActs| {
         let mut enc = g.encoder();
-        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), acts, (&gx).into(), &mask, (&bias).into(), &wv, cfg, b, s).unwrap();
-        moe_backward(g, &mut enc, (&gdx).into(), &gv, acts, (&gdout).into(), (&gx).into(), &mask, (&gp).into(), 1e-4, &wv, cfg).unwrap();
+        moe_forward(g, &mut enc, (&gout).into(), (&gstats).into(), acts, (&gx).into(), &mask, (&bias).into(), &wv, cfg, b, s, Precision::F32).unwrap();
+        moe_backward(g, &mut enc, (&gdx).into(), &gv, acts, (&gdout).into(), (&gx).into(), &mask, (&gp).into(), 1e-4, &wv, cfg, Precision::F32).unwrap();
         g.finish(enc, &[]).unwrap();
     };
     for (modules, trusted) in MODULES {

@@ -7,6 +7,7 @@
 //! measurement. MOE_NUM_THREADS sets the threads.
 
 use moe_core::cpu::matmul::matmul_forward;
+use moe_core::Precision;
 use moe_core::{MoeConfig, MoeLayer};
 use std::time::Instant;
 
@@ -54,7 +55,7 @@ fn main() {
     let a: Vec<f32> = (0..n * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
     let b: Vec<f32> = (0..n * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
     let mut out = vec![0.0f32; n * n];
-    let gemm_s = pool.install(|| time(5, || matmul_forward(&mut out, &a, &b, n, n, n)));
+    let gemm_s = pool.install(|| time(5, || matmul_forward(&mut out, &a, &b, n, n, n, Precision::F32)));
     let peak = 2.0 * (n as f64).powi(3) / gemm_s / 1e9;
     println!("gemm {n}x{n}x{n}: {:.1} ms, {peak:.1} GFLOP/s", gemm_s * 1e3);
     println!(r#"{{"kind":"gemm","n":{n},"seconds":{gemm_s},"gflops":{peak},"threads":{threads}}}"#);
@@ -81,7 +82,7 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
         let b: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
         let mut out = vec![0.0f32; m * n];
-        let s = pool.install(|| time(9, || matmul_forward(&mut out, &a, &b, m, k, n)));
+        let s = pool.install(|| time(9, || matmul_forward(&mut out, &a, &b, m, k, n, Precision::F32)));
         let rate = 2.0 * (m * k * n) as f64 / s / 1e9;
         println!("gemm {name} {m}x{k}x{n}: {:.2} ms, {rate:.1} GFLOP/s = {:.0}% of the GEMM rate", s * 1e3, 100.0 * rate / peak);
         println!(r#"{{"kind":"gemm-shape","name":"{name}","M":{m},"K":{k},"N":{n},"seconds":{s},"gflops":{rate}}}"#);

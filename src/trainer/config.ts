@@ -161,6 +161,8 @@ export const trainConfigSchema = z
         device: z.enum(['auto', 'gpu', 'cpu']).optional(),
         /** activation recomputation (MoeModel.recompute): keep every activation (none), all but the attention probabilities (attention), or only each layer's input (full); the backward recomputes the rest. Results are bit-identical; memory falls, time rises */
         recompute: z.enum(['none', 'attention', 'full']).default('none'),
+        /** the number format of the large GEMMs' inputs (MoeModel.precision): f32, or bf16 (operands rounded to bfloat16, sums in f32; weights, gradients and AdamW stay f32). bf16 gives bfloat16's numerics on every processor and GPU, not its speed: this release computes the rounded products in f32. Part of a run's numerics: a resume must keep it */
+        precision: z.enum(['f32', 'bf16']).default('f32'),
       })
       .strict()
       .prefault({}),

@@ -189,7 +189,10 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
     while (replicas.length < localRanks.length) {
       replicas.push(fresh ? await MoeModel.fromCheckpoint(cfg.initFrom!, { device: cfg.train.device, weightsOnly: true }) : new MoeModel(modelCfg, { device: cfg.train.device }));
     }
-    for (const m of replicas) m.setRecompute(cfg.train.recompute);
+    for (const m of replicas) {
+      m.setRecompute(cfg.train.recompute);
+      m.setPrecision(cfg.train.precision);
+    }
     if (resumeFrom) {
       for (const m of replicas) {
         const saved = await m.loadCheckpoint(resumeFrom);

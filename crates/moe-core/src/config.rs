@@ -81,6 +81,41 @@ impl std::str::FromStr for Recompute {
     }
 }
 
+/// The number format of the inputs of the model's large GEMMs — q/k/v, o_proj, the experts' and
+/// dense MLPs' gate/up/down projections, lm_head — forward and backward (a training setting, like
+/// PyTorch's autocast). `Bf16` rounds both operands of each such product to bfloat16 (round to
+/// nearest, ties to even) and multiplies and adds in f32, as AVX-512 BF16's `vdpbf16ps` and tensor
+/// cores do; weights, gradients, AdamW moments and every other op stay f32 (f32 master weights).
+/// The routers' gates stay f32 (expert choice is sensitive to small changes of its logits), and so
+/// does the attention core (scores, softmax, probabilities times values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// "f32" or "bf16": the name `from_str` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = MoeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(MoeError::InvalidArgument(format!("precision: expected f32 | bf16, got \"{s}\""))),
+        }
+    }
+}
+
 /// Where the attention normalises q and k (RMSNorm) before the rotary embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkNorm {

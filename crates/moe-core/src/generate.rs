@@ -33,7 +33,8 @@ fn one() -> f32 {
 
 /// Incremental decoding state of one sequence: per layer the rotated keys and the values (n, KV*D).
 /// Each position runs the model's own layer steps (`cpu::model::attention_inputs`, `layer_output`)
-/// on one token, with `attention_decode` over the cache as the attention core.
+/// on one token, with `attention_decode` over the cache as the attention core, in the model's
+/// `precision`.
 pub struct Decoder<'m> {
     model: &'m Model,
     k: Vec<Vec<f32>>,
@@ -58,25 +59,26 @@ impl<'m> Decoder<'m> {
         let c = &self.model.cfg;
         let (d, h, kv, hd, e) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_experts);
         let moe_layers = c.moe_layers();
+        let p = self.model.precision();
         let w = self.model.layout.views(&self.model.store.host.params);
         let la = &mut self.la;
         la.x.resize(d, 0.0);
         embedding_forward(&mut la.x, &[token], w.embed_tokens, d);
         let mut out = vec![0.0; d];
         for (l, lw) in w.layers.iter().enumerate() {
-            attention_inputs(la, &mut self.qk, lw, c, &self.cos, &self.sin, 1, self.pos);
+            attention_inputs(la, &mut self.qk, lw, c, &self.cos, &self.sin, 1, self.pos, p);
             self.k[l].extend_from_slice(&la.kr);
             self.v[l].extend_from_slice(&la.v);
             la.att.resize(h * hd, 0.0);
             attention_decode(&mut la.att, &la.qr, &self.k[l], &self.v[l], self.pos + 1, h, kv, hd, c.window(l));
             let bias = moe_layers.iter().position(|&m| m == l).map_or(&[][..], |m| &self.model.router_bias()[m * e..][..e]);
-            layer_output(&mut out, &mut RoutingStats::default(), la, lw, bias, c, &[1], 1, 1);
+            layer_output(&mut out, &mut RoutingStats::default(), la, lw, bias, c, &[1], 1, 1, p);
             la.x.copy_from_slice(&out);
         }
         let (mut xf, mut rstd) = (vec![0.0; d], [0.0]);
         rmsnorm_forward(&mut xf, &mut rstd, &la.x, w.norm, d, c.rms_norm_eps as f32);
         let mut logits = vec![0.0; c.vocab_size];
-        matmul_forward(&mut logits, &xf, w.head(), 1, d, c.vocab_size);
+        matmul_forward(&mut logits, &xf, w.head(), 1, d, c.vocab_size, p);
         self.pos += 1;
         logits
     }

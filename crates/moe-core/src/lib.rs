@@ -26,7 +26,7 @@ pub mod stats;
 mod testutil;
 
 pub use adamw::AdamWConfig;
-pub use config::{ModelConfig, MoeConfig, Recompute};
+pub use config::{ModelConfig, MoeConfig, Precision, Recompute};
 pub use error::{MoeError, Result};
 pub use layer::MoeLayer;
 pub use model::Model;

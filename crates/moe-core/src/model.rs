@@ -4,7 +4,7 @@
 //! and hands each call to the live implementation.
 
 use crate::checkpoint::Loaded;
-use crate::config::{ModelConfig, Recompute};
+use crate::config::{ModelConfig, Precision, Recompute};
 use crate::cpu::model::CpuModel;
 use crate::error::{check_finite, check_len, set_checked, MoeError, Result};
 use crate::gpu::model::GpuModel;
@@ -27,6 +27,8 @@ pub struct Model {
     router_bias: Vec<f32>,
     /// what a stored forward keeps for the backward; see `set_recompute`
     recompute: Recompute,
+    /// the inputs' format of the large GEMMs; see `set_precision`
+    precision: Precision,
 }
 
 impl Model {
@@ -40,7 +42,7 @@ impl Model {
     }
 
     fn on_cpu(cfg: ModelConfig, layout: ModelParams<ParamSpec>, store: ParamStore, router_bias: Vec<f32>) -> Model {
-        Model { cfg, layout, store: Placed::new(store), backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias, recompute: Recompute::None }
+        Model { cfg, layout, store: Placed::new(store), backend: Backend::Cpu(CpuModel::default()), stored: None, router_bias, recompute: Recompute::None, precision: Precision::F32 }
     }
 
     /// Moves the model to `requested` ("auto" | "gpu" | "cpu"; None reads MOE_DEVICE, default auto).
@@ -81,6 +83,19 @@ impl Model {
 
     pub fn recompute(&self) -> Recompute {
         self.recompute
+    }
+
+    /// The format of the large GEMMs' inputs in every forward and backward (`Precision`; `F32` by
+    /// default); parameters, gradients and AdamW stay f32. Changing it drops the stored forward.
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision {
+            self.precision = precision;
+            self.stored = None;
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Checks tokens (B, S) and the optional mask (B, S); returns S and the per-position validity
@@ -125,8 +140,8 @@ impl Model {
         let (cfg, bias) = (&self.cfg, &self.router_bias);
         let store = store.then_some(self.recompute);
         match &mut self.backend {
-            Backend::Cpu(m) => m.forward(&self.layout.views(&self.store.host.params), bias, cfg, tokens, valid, b, s, store, want_logits),
-            Backend::Gpu(m) => m.forward(self.store.device_copy()?, cfg, bias, tokens, valid, b, s, store, want_logits),
+            Backend::Cpu(m) => m.forward(&self.layout.views(&self.store.host.params), bias, cfg, tokens, valid, b, s, store, self.precision, want_logits),
+            Backend::Gpu(m) => m.forward(self.store.device_copy()?, cfg, bias, tokens, valid, b, s, store, self.precision, want_logits),
         }
     }
 

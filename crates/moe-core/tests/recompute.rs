@@ -1,11 +1,11 @@
 //! Activation recomputation changes memory, never results: for every setting, on the CPU and the
-//! GPU, two training steps give bit for bit the losses, routing statistics and gradients of the
-//! run that keeps every activation — with a selection bias on the routers, a statistics-only
-//! forward between forward and backward, a dense layer, a sliding window, and (Qwen2-MoE) a shared
-//! expert with q/k/v biases. The GPU half runs where an adapter exists (CI: lavapipe with
+//! GPU, in f32 and with bf16 GEMM inputs, two training steps give bit for bit the losses, routing
+//! statistics and gradients of the run that keeps every activation — with a selection bias on the
+//! routers, a statistics-only forward between forward and backward, a dense layer, a sliding
+//! window, and (Qwen2-MoE) a shared expert with q/k/v biases. The GPU half runs where an adapter exists (CI: lavapipe with
 //! MOE_GPU_ADAPTER=software) and prints SKIPPED otherwise.
 
-use moe_core::{AdamWConfig, Model, ModelConfig, ModelStats, Recompute};
+use moe_core::{AdamWConfig, Model, ModelConfig, ModelStats, Precision, Recompute};
 use serde_json::json;
 
 fn configs() -> Vec<ModelConfig> {
@@ -27,11 +27,12 @@ fn configs() -> Vec<ModelConfig> {
 /// Per step: the forward's statistics and the gradients; then the parameters after two steps.
 type Trace = (Vec<(ModelStats, Vec<f32>)>, Vec<f32>);
 
-fn two_steps(cfg: &ModelConfig, device: &str, recompute: Recompute) -> Trace {
+fn two_steps(cfg: &ModelConfig, device: &str, recompute: Recompute, precision: Precision) -> Trace {
     let (b, s) = (2, 9);
     let mut m = Model::new(cfg.clone()).unwrap();
     m.to_device(Some(device)).unwrap();
     m.set_recompute(recompute);
+    m.set_precision(precision);
     let nm = cfg.moe_layers().len();
     let bias: Vec<f32> = (0..nm * 6).map(|i| 0.05 * ((i * 5 % 7) as f32 - 3.0)).collect();
     m.set_router_bias(&bias).unwrap();
@@ -52,13 +53,15 @@ fn two_steps(cfg: &ModelConfig, device: &str, recompute: Recompute) -> Trace {
     (steps, m.store.host().unwrap().params.clone())
 }
 
+/// Every setting against `None`, in f32 and with bf16 GEMM inputs (whose rounding is as
+/// deterministic as the rest).
 fn check_device(device: &str) {
-    for cfg in configs() {
-        let kept = two_steps(&cfg, device, Recompute::None);
+    for (cfg, p) in configs().into_iter().flat_map(|c| [(c.clone(), Precision::F32), (c, Precision::Bf16)]) {
+        let kept = two_steps(&cfg, device, Recompute::None, p);
         for r in [Recompute::Attention, Recompute::Full] {
-            let again = two_steps(&cfg, device, r);
+            let again = two_steps(&cfg, device, r, p);
             for (step, ((sa, ga), (sb, gb))) in kept.0.iter().zip(&again.0).enumerate() {
-                let what = format!("{:?} on {device}, {r:?}, step {step}", cfg.model_type);
+                let what = format!("{:?} on {device} in {}, {r:?}, step {step}", cfg.model_type, p.name());
                 assert_eq!(sa, sb, "{what}: statistics");
                 assert!(ga.iter().zip(gb).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: gradients differ");
             }
@@ -84,7 +87,10 @@ fn recomputation_is_bit_identical_on_the_gpu() {
 }
 
 #[test]
-fn recompute_names() {
+fn recompute_and_precision_names() {
+    assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+    assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+    assert_eq!("fp16".parse::<Precision>().unwrap_err().code(), "INVALID_ARGUMENT");
     assert_eq!("full".parse::<Recompute>().unwrap(), Recompute::Full);
     assert_eq!("attention".parse::<Recompute>().unwrap(), Recompute::Attention);
     assert_eq!("none".parse::<Recompute>().unwrap(), Recompute::None);

@@ -17,7 +17,7 @@ fn a_wait_past_the_timeout_is_device_lost() {
     let n = 512;
     let (a, b, c) = (g.zeros(n * n).unwrap(), g.zeros(n * n).unwrap(), g.alloc(n * n).unwrap());
     let mut enc = g.encoder();
-    matmul_forward(g, &mut enc, View::from(&c), View::from(&a), View::from(&b), n, n, n);
+    matmul_forward(g, &mut enc, View::from(&c), View::from(&a), View::from(&b), n, n, n, moe_core::Precision::F32);
     let e = g.finish(enc, &[&c]).unwrap_err();
     assert_eq!(e.code(), "DEVICE_LOST", "{e}");
     assert!(e.to_string().contains("timed out"), "{e}");

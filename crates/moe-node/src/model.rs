@@ -3,7 +3,7 @@
 use crate::args::{self, absent};
 use crate::{guard, js_error, shared, shared_methods, task, with, CoreTask, Info, ParameterInfo, Shared};
 use moe_core::generate::{generate, GenerateOptions};
-use moe_core::{MoeError, ModelConfig, ModelStats, Recompute};
+use moe_core::{MoeError, ModelConfig, ModelStats, Precision, Recompute};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
@@ -266,6 +266,27 @@ impl MoeModel {
             let r: Recompute = args::string("recompute", recompute)?.parse()?;
             with(&self.inner, "MoeModel.setRecompute", |m| {
                 m.set_recompute(r);
+                Ok(())
+            })
+        })()
+        .map_err(|e| js_error(&env, e))
+    }
+
+    /// The number format of the large GEMMs' inputs (q/k/v, o_proj, experts and dense MLPs,
+    /// lm_head), forward and backward: "f32" (default) or "bf16" (both operands rounded to bfloat16,
+    /// products summed in f32; parameters, gradients, AdamW and every other op stay f32). Changing
+    /// it drops the stored forward.
+    #[napi(getter)]
+    pub fn precision(&self, env: Env) -> Result<String> {
+        with(&self.inner, "MoeModel.precision", |m| Ok(m.precision().name().to_string())).map_err(|e| js_error(&env, e))
+    }
+
+    #[napi(ts_args_type = "precision: 'f32' | 'bf16'")]
+    pub fn set_precision(&self, env: Env, precision: Unknown) -> Result<()> {
+        (|| {
+            let p: Precision = args::string("precision", precision)?.parse()?;
+            with(&self.inner, "MoeModel.setPrecision", |m| {
+                m.set_precision(p);
                 Ok(())
             })
         })()

@@ -3,6 +3,7 @@
 //! Sorted position `p` holds the pair (token t, slot k) = (rows[p] / K, rows[p] % K).
 
 use super::matmul::{matmul_backward, matmul_forward};
+use crate::config::Precision;
 use crate::layout::ExpertParams;
 use rayon::prelude::*;
 
@@ -95,6 +96,7 @@ pub fn experts_forward(
     offsets: &[usize],
     c: usize,
     f: usize,
+    p: Precision,
 ) {
     let blocks: Vec<_> = expert_rows(g, offsets, f).into_iter().zip(expert_rows(u, offsets, f)).zip(expert_rows(h, offsets, f)).zip(expert_rows(ys, offsets, c)).collect();
     blocks.into_par_iter().enumerate().for_each(|(e, (((ge, ue), he), ye))| {
@@ -103,10 +105,10 @@ pub fn experts_forward(
             return;
         }
         let x = &xs[lo * c..][..n * c];
-        matmul_forward(ge, x, &wt.gate_proj[e * f * c..][..f * c], n, c, f);
-        matmul_forward(ue, x, &wt.up_proj[e * f * c..][..f * c], n, c, f);
+        matmul_forward(ge, x, &wt.gate_proj[e * f * c..][..f * c], n, c, f, p);
+        matmul_forward(ue, x, &wt.up_proj[e * f * c..][..f * c], n, c, f, p);
         swiglu_forward(he, ge, ue);
-        matmul_forward(ye, he, &wt.down_proj[e * c * f..][..c * f], n, f, c);
+        matmul_forward(ye, he, &wt.down_proj[e * c * f..][..c * f], n, f, c, p);
     });
 }
 
@@ -129,6 +131,7 @@ pub fn experts_backward(
     offsets: &[usize],
     c: usize,
     f: usize,
+    p: Precision,
 ) {
     let acts: Vec<_> = expert_rows(dxs, offsets, c).into_iter().zip(expert_rows(dh, offsets, f)).zip(expert_rows(dg, offsets, f)).zip(expert_rows(du, offsets, f)).collect();
     let weights: Vec<_> = grads.gate_proj.chunks_mut(f * c).zip(grads.up_proj.chunks_mut(f * c)).zip(grads.down_proj.chunks_mut(c * f)).collect();
@@ -141,10 +144,10 @@ pub fn experts_backward(
         let (wg, wd) = (e * f * c..(e + 1) * f * c, e * c * f..(e + 1) * c * f);
         dxe.fill(0.0);
         dhe.fill(0.0);
-        matmul_backward(dhe, dwd, &dys[rows_c.clone()], &h[rows_f.clone()], &wt.down_proj[wd], n, f, c);
+        matmul_backward(dhe, dwd, &dys[rows_c.clone()], &h[rows_f.clone()], &wt.down_proj[wd], n, f, c, p);
         swiglu_backward(dge, due, dhe, &g[rows_f.clone()], &u[rows_f]);
-        matmul_backward(dxe, dwg, dge, &xs[rows_c.clone()], &wt.gate_proj[wg.clone()], n, c, f);
-        matmul_backward(dxe, dwu, due, &xs[rows_c], &wt.up_proj[wg], n, c, f);
+        matmul_backward(dxe, dwg, dge, &xs[rows_c.clone()], &wt.gate_proj[wg.clone()], n, c, f, p);
+        matmul_backward(dxe, dwu, due, &xs[rows_c], &wt.up_proj[wg], n, c, f, p);
     });
 }
 

@@ -2,7 +2,7 @@
 //! stored forward kept for its backward.
 
 use super::moe::{moe_backward, moe_forward, MoeActs};
-use crate::config::MoeConfig;
+use crate::config::{MoeConfig, Precision};
 use crate::layout::MoeParams;
 use crate::stats::{ForwardOutput, RoutingStats};
 
@@ -20,7 +20,7 @@ impl CpuLayer {
         let mut out = ForwardOutput { out: vec![0.0; x.len()], stats: RoutingStats::default() };
         let mut scratch = MoeActs::default();
         let acts = if store { &mut self.acts } else { &mut scratch };
-        super::pool().install(|| moe_forward(&mut out.out, &mut out.stats, acts, x, mask, bias, wt, cfg, b, s));
+        super::pool().install(|| moe_forward(&mut out.out, &mut out.stats, acts, x, mask, bias, wt, cfg, b, s, Precision::F32));
         out
     }
 
@@ -29,7 +29,7 @@ impl CpuLayer {
     pub fn backward(&mut self, grads: &mut MoeParams<&mut [f32]>, wt: &MoeParams<&[f32]>, cfg: &MoeConfig, dout: &[f32], pressure: &[f32], z_scale: f32) -> Vec<f32> {
         let mut dx = vec![0.0; dout.len()];
         let acts = &mut self.acts;
-        super::pool().install(|| moe_backward(&mut dx, grads, acts, dout, pressure, z_scale, wt, cfg));
+        super::pool().install(|| moe_backward(&mut dx, grads, acts, dout, pressure, z_scale, wt, cfg, Precision::F32));
         dx
     }
 }

@@ -1,14 +1,34 @@
 //! Dense matmul in the llm.c convention: out = inp · weight^T, weight stored (out_features, in_features)
 //! as in PyTorch/Hugging Face. Backed by the `gemm` crate, parallel on the current rayon pool.
+//! With `Precision::Bf16` both operands of each product are first rounded to bfloat16 (copies; the
+//! f32 arguments are untouched) and the f32 GEMM multiplies them: a product of two bf16 values is
+//! exact in f32, so this is bf16 inputs with f32 accumulation. This CPU path computes in f32 on
+//! every processor; it gives bf16's numerics, not its speed.
 
+use crate::config::Precision;
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
-/// out (M, N) = inp (M, K) · weight (N, K)^T. Overwrites `out`.
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], m: usize, k: usize, n: usize) {
+/// x as the GEMM reads it: itself (f32), or rounded to bfloat16 (nearest, ties to even) into `buf`.
+fn operand<'a>(x: &'a [f32], p: Precision, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match p {
+        Precision::F32 => x,
+        Precision::Bf16 => {
+            buf.clear();
+            buf.par_extend(x.par_iter().map(|&v| half::bf16::from_f32(v).to_f32()));
+            buf
+        }
+    }
+}
+
+/// out (M, N) = inp (M, K) · weight (N, K)^T in precision `p`. Overwrites `out`.
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], m: usize, k: usize, n: usize, p: Precision) {
     debug_assert!(out.len() == m * n && inp.len() == m * k && weight.len() == n * k);
     if m == 0 || n == 0 {
         return;
     }
+    let (mut ib, mut wb) = (Vec::new(), Vec::new());
+    let (inp, weight) = (operand(inp, p, &mut ib), operand(weight, p, &mut wb));
     // gemm takes (column stride, row stride) pairs; weight^T is weight read with swapped strides.
     unsafe {
         gemm(
@@ -33,8 +53,10 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
     super::sum_row_blocks(dbias, dout.len() / n.max(1), |r, acc| acc.iter_mut().zip(&dout[r * n..]).for_each(|(a, d)| *a += d));
 }
 
-/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K).
-/// Both outputs accumulate; the caller zeroes activation gradients it wants overwritten.
+/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K), in precision
+/// `p` (dout, inp and weight rounded). Both outputs accumulate in f32; the caller zeroes activation
+/// gradients it wants overwritten.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     dinp: &mut [f32],
     dweight: &mut [f32],
@@ -44,11 +66,14 @@ pub fn matmul_backward(
     m: usize,
     k: usize,
     n: usize,
+    p: Precision,
 ) {
     debug_assert!(dinp.len() == m * k && dweight.len() == n * k && dout.len() == m * n);
     if m == 0 || n == 0 {
         return;
     }
+    let (mut db, mut ib, mut wb) = (Vec::new(), Vec::new(), Vec::new());
+    let (dout, inp, weight) = (operand(dout, p, &mut db), operand(inp, p, &mut ib), operand(weight, p, &mut wb));
     unsafe {
         gemm(
             m, k, n,
@@ -105,9 +130,44 @@ mod tests {
         let (m, k, n) = (37, 19, 23);
         let (inp, w) = (randn(m * k, 1), randn(n * k, 2));
         let (mut fast, mut slow) = (vec![0.0; m * n], vec![0.0; m * n]);
-        matmul_forward(&mut fast, &inp, &w, m, k, n);
+        matmul_forward(&mut fast, &inp, &w, m, k, n, Precision::F32);
         matmul_forward_slow(&mut slow, &inp, &w, m, k, n);
         assert_close("out", &fast, &slow, 1e-5, 1e-5);
+    }
+
+    /// bf16 is the f32 product of operands rounded to bfloat16 (to nearest, ties to even): checked
+    /// against the slow product of operands rounded bit by bit here, and against the f32 result it
+    /// must differ from (the rounding is not a no-op) by about what 8 mantissa bits allow.
+    #[test]
+    fn bf16_is_the_product_of_rounded_operands() {
+        // Round to nearest even by hand: the upper 16 bits, +1 when the dropped half is above the
+        // midpoint or at it with an odd kept part.
+        let round = |v: f32| {
+            let b = v.to_bits();
+            let (kept, dropped) = (b >> 16, b & 0xffff);
+            let up = dropped > 0x8000 || (dropped == 0x8000 && kept & 1 == 1);
+            f32::from_bits((kept + up as u32) << 16)
+        };
+        assert_eq!(round(1.0 + 3.0 / 512.0), 1.0 + 4.0 / 512.0, "a tie rounds to the even neighbour");
+        assert_eq!(half::bf16::from_f32(1.0 + 3.0 / 512.0).to_f32(), 1.0 + 4.0 / 512.0);
+        let (m, k, n) = (37, 19, 23);
+        let (inp, w, dout) = (randn(m * k, 1), randn(n * k, 2), randn(m * n, 3));
+        let r = |x: &[f32]| x.iter().map(|&v| round(v)).collect::<Vec<_>>();
+        let (mut fast, mut slow, mut exact) = (vec![0.0; m * n], vec![0.0; m * n], vec![0.0; m * n]);
+        matmul_forward(&mut fast, &inp, &w, m, k, n, Precision::Bf16);
+        matmul_forward_slow(&mut slow, &r(&inp), &r(&w), m, k, n);
+        matmul_forward_slow(&mut exact, &inp, &w, m, k, n);
+        assert_close("bf16 forward", &fast, &slow, 1e-5, 1e-5);
+        let worst = fast.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        // each operand is off by at most 2^-9 relative; sums of K = 19 products of N(0, 1) values
+        assert!(worst > 1e-3 && worst < 0.2, "bf16 vs f32: max |Δ| = {worst}");
+        // The backward rounds dout, inp and weight: dinp = r(dout) · r(w), dweight = r(dout)^T · r(inp).
+        let (mut dinp, mut dw) = (vec![0.0; m * k], vec![0.0; n * k]);
+        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n, Precision::Bf16);
+        let (mut dinp_ref, mut dw_ref) = (vec![0.0; m * k], vec![0.0; n * k]);
+        matmul_backward(&mut dinp_ref, &mut dw_ref, &r(&dout), &r(&inp), &r(&w), m, k, n, Precision::F32);
+        assert_close("bf16 dinp", &dinp, &dinp_ref, 1e-5, 1e-5);
+        assert_close("bf16 dweight", &dw, &dw_ref, 1e-5, 1e-5);
     }
 
     #[test]
@@ -115,7 +175,7 @@ mod tests {
         let (m, k, n) = (13, 7, 11);
         let (inp, w, dout) = (randn(m * k, 3), randn(n * k, 4), randn(m * n, 5));
         let (mut dinp, mut dw) = (vec![0.0; m * k], vec![0.0; n * k]);
-        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n);
+        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n, Precision::F32);
         let mut dinp_ref = vec![0.0f32; m * k];
         let mut dw_ref = vec![0.0f32; n * k];
         for i in 0..m {
@@ -131,7 +191,7 @@ mod tests {
         assert_close("dinp", &dinp, &dinp_ref, 1e-5, 1e-5);
         assert_close("dweight", &dw, &dw_ref, 1e-5, 1e-5);
         // Habit 3: a second backward adds the same amount again.
-        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n);
+        matmul_backward(&mut dinp, &mut dw, &dout, &inp, &w, m, k, n, Precision::F32);
         let twice: Vec<f32> = dw_ref.iter().map(|x| 2.0 * x).collect();
         assert_close("dweight twice", &dw, &twice, 1e-5, 1e-5);
     }

@@ -5,6 +5,7 @@
 use super::experts::{experts_backward, experts_forward};
 use super::matmul::{matmul_backward, matmul_forward};
 use super::sized;
+use crate::config::Precision;
 use crate::layout::ExpertParams;
 use rayon::prelude::*;
 
@@ -23,24 +24,24 @@ pub struct MlpActs {
 
 impl MlpActs {
     /// `mlp_forward` of x (T, C) into `self.y`, keeping what the backward needs.
-    pub fn forward(&mut self, x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize) {
+    pub fn forward(&mut self, x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize, p: Precision) {
         let t = x.len() / c;
-        mlp_forward(sized(&mut self.g, t * f), sized(&mut self.u, t * f), sized(&mut self.h, t * f), sized(&mut self.y, t * c), x, wt, c, f);
+        mlp_forward(sized(&mut self.g, t * f), sized(&mut self.u, t * f), sized(&mut self.h, t * f), sized(&mut self.y, t * c), x, wt, c, f, p);
     }
 
     /// `mlp_backward` of the last forward (input x) for dy (T, C) into `self.dx`; accumulates `grads`.
-    pub fn backward(&mut self, grads: &mut ExpertParams<&mut [f32]>, dy: &[f32], x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize) {
+    pub fn backward(&mut self, grads: &mut ExpertParams<&mut [f32]>, dy: &[f32], x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize, p: Precision) {
         let t = x.len() / c;
         let (dh, dg, du) = (sized(&mut self.dh, t * f), sized(&mut self.dg, t * f), sized(&mut self.du, t * f));
-        mlp_backward(sized(&mut self.dx, t * c), grads, dh, dg, du, dy, x, &self.g, &self.u, &self.h, wt, c, f);
+        mlp_backward(sized(&mut self.dx, t * c), grads, dh, dg, du, dy, x, &self.g, &self.u, &self.h, wt, c, f, p);
     }
 }
 
 /// y (T, C) = down(silu(x · gate_proj^T) * (x · up_proj^T)). Overwrites g, u, h (T, F) and y.
 /// x (T, C); wt: gate_proj, up_proj (F, C), down_proj (C, F).
 #[allow(clippy::too_many_arguments)]
-pub fn mlp_forward(g: &mut [f32], u: &mut [f32], h: &mut [f32], y: &mut [f32], x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize) {
-    experts_forward(g, u, h, y, x, wt, &[0, x.len() / c], c, f);
+pub fn mlp_forward(g: &mut [f32], u: &mut [f32], h: &mut [f32], y: &mut [f32], x: &[f32], wt: &ExpertParams<&[f32]>, c: usize, f: usize, p: Precision) {
+    experts_forward(g, u, h, y, x, wt, &[0, x.len() / c], c, f, p);
 }
 
 /// Backward of `mlp_forward`: overwrites dx (T, C) and the scratch dh, dg, du (T, F); accumulates
@@ -60,8 +61,9 @@ pub fn mlp_backward(
     wt: &ExpertParams<&[f32]>,
     c: usize,
     f: usize,
+    p: Precision,
 ) {
-    experts_backward(dx, grads, dh, dg, du, dy, x, g, u, h, wt, &[0, x.len() / c], c, f);
+    experts_backward(dx, grads, dh, dg, du, dy, x, g, u, h, wt, &[0, x.len() / c], c, f, p);
 }
 
 #[inline]
@@ -72,7 +74,7 @@ fn sigmoid(x: f32) -> f32 {
 /// out (T, C) += sigmoid(x · w) * m: the gate of a shared expert. Overwrites logits (T) = x · w;
 /// x (T, C), w (1, C), m (T, C) the expert's output.
 pub fn sigmoid_gate_forward(out: &mut [f32], logits: &mut [f32], x: &[f32], w: &[f32], m: &[f32], c: usize) {
-    matmul_forward(logits, x, w, x.len() / c, c, 1);
+    matmul_forward(logits, x, w, x.len() / c, c, 1, Precision::F32);
     out.par_chunks_mut(c).zip(m.par_chunks(c).zip(logits.par_iter())).for_each(|(o, (m, &l))| {
         let s = sigmoid(l);
         o.iter_mut().zip(m).for_each(|(o, m)| *o += s * m);
@@ -89,7 +91,7 @@ pub fn sigmoid_gate_backward(dx: &mut [f32], dw: &mut [f32], dm: &mut [f32], dlo
         dm.iter_mut().zip(d).for_each(|(a, &b)| *a = s * b);
         *dl = super::dot(d, mt) * s * (1.0 - s);
     });
-    matmul_backward(dx, dw, dlogits, x, w, x.len() / c, c, 1);
+    matmul_backward(dx, dw, dlogits, x, w, x.len() / c, c, 1, Precision::F32);
 }
 
 #[cfg(test)]
@@ -109,7 +111,7 @@ mod tests {
         let run = |x: &[f32], wg: &[f32], gp: &[f32], up: &[f32], dp: &[f32]| {
             let wt = ExpertParams { gate_proj: gp, up_proj: up, down_proj: dp };
             let (mut g, mut u, mut h, mut m) = (vec![0.0; T * F], vec![0.0; T * F], vec![0.0; T * F], vec![0.0; T * C]);
-            mlp_forward(&mut g, &mut u, &mut h, &mut m, x, &wt, C, F);
+            mlp_forward(&mut g, &mut u, &mut h, &mut m, x, &wt, C, F, Precision::F32);
             let (mut out, mut logits) = (vec![0.0; T * C], vec![0.0; T]);
             sigmoid_gate_forward(&mut out, &mut logits, x, wg, &m, C);
             (out, logits, g, u, h, m)
@@ -121,7 +123,7 @@ mod tests {
         let (mut dxm, mut dh, mut dg, mut du) = (vec![0.0; T * C], vec![0.0; T * F], vec![0.0; T * F], vec![0.0; T * F]);
         let wt = ExpertParams { gate_proj: &gp[..], up_proj: &up[..], down_proj: &dp[..] };
         let mut grads = ExpertParams { gate_proj: &mut dgp[..], up_proj: &mut dup[..], down_proj: &mut ddp[..] };
-        mlp_backward(&mut dxm, &mut grads, &mut dh, &mut dg, &mut du, &dm, &x, &g, &u, &h, &wt, C, F);
+        mlp_backward(&mut dxm, &mut grads, &mut dh, &mut dg, &mut du, &dm, &x, &g, &u, &h, &wt, C, F, Precision::F32);
         dx.iter_mut().zip(&dxm).for_each(|(a, b)| *a += b);
         let l = |out: Vec<f32>| dot(&out, &dout);
         gradcheck("gated mlp: x", |v| l(run(v, &wg, &gp, &up, &dp).0), &x, &dx, 1e-2, 1e-3, 1e-2);

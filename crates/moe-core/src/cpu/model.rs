@@ -16,7 +16,7 @@ use super::moe::{moe_backward, moe_forward, MoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward, rope_tables};
 use super::{sized, zeroed};
-use crate::config::{ModelConfig, QkNorm, Recompute};
+use crate::config::{ModelConfig, Precision, QkNorm, Recompute};
 use crate::error::{check_finite, Result};
 use crate::layout::{LayerParams, MlpParams, ModelParams};
 use crate::stats::{ModelStats, RoutingStats};
@@ -58,6 +58,8 @@ pub struct ModelActs {
     b: usize,
     s: usize,
     recompute: Recompute,
+    /// the GEMM inputs' format of the stored forward, and so of its backward
+    precision: Precision,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     valid: Vec<u8>,
@@ -136,13 +138,13 @@ fn qk_norm_dims(cfg: &ModelConfig) -> (usize, usize) {
 /// architecture has them); rotary embedding at positions pos0..pos0+S of every sequence. Writes
 /// la.{xn, rstd1, q, k, v, rstd_q, rstd_k, qr, kr}; T = la.x.len() / C tokens.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize, pos0: usize) {
+pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize, pos0: usize, p: Precision) {
     let (d, h, kv, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
     let t = la.x.len() / d;
     rmsnorm_forward(sized(&mut la.xn, t * d), sized(&mut la.rstd1, t), &la.x, w.input_layernorm, d, eps);
-    matmul_forward(sized(&mut la.q, t * h * hd), &la.xn, w.q_proj, t, d, h * hd);
-    matmul_forward(sized(&mut la.k, t * kv * hd), &la.xn, w.k_proj, t, d, kv * hd);
-    matmul_forward(sized(&mut la.v, t * kv * hd), &la.xn, w.v_proj, t, d, kv * hd);
+    matmul_forward(sized(&mut la.q, t * h * hd), &la.xn, w.q_proj, t, d, h * hd, p);
+    matmul_forward(sized(&mut la.k, t * kv * hd), &la.xn, w.k_proj, t, d, kv * hd, p);
+    matmul_forward(sized(&mut la.v, t * kv * hd), &la.xn, w.v_proj, t, d, kv * hd, p);
     if let Some(b) = &w.qkv_bias {
         bias_forward(&mut la.q, b.q);
         bias_forward(&mut la.k, b.k);
@@ -160,7 +162,7 @@ pub(crate) fn attention_inputs(la: &mut LayerActs, qk: &mut NormedQk, w: &LayerP
 /// accumulates the gradients of the norms, projections and biases. Uses gs.{dqn, dkn, dq, dk, dxn}
 /// as scratch.
 #[allow(clippy::too_many_arguments)]
-fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize) {
+fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, cos: &[f32], sin: &[f32], s: usize, p: Precision) {
     let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let t = la.x.len() / d;
     rope_backward(sized(&mut gs.dqn, t * h * hd), &gs.dqr, cos, sin, s, h, hd);
@@ -175,9 +177,9 @@ fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la
         bias_backward(b.v, &gs.dv);
     }
     let dxn = zeroed(&mut gs.dxn, t * d);
-    matmul_backward(dxn, g.q_proj, dq, &la.xn, w.q_proj, t, d, h * hd);
-    matmul_backward(dxn, g.k_proj, dk, &la.xn, w.k_proj, t, d, kv * hd);
-    matmul_backward(dxn, g.v_proj, &gs.dv, &la.xn, w.v_proj, t, d, kv * hd);
+    matmul_backward(dxn, g.q_proj, dq, &la.xn, w.q_proj, t, d, h * hd, p);
+    matmul_backward(dxn, g.k_proj, dk, &la.xn, w.k_proj, t, d, kv * hd, p);
+    matmul_backward(dxn, g.v_proj, &gs.dv, &la.xn, w.v_proj, t, d, kv * hd, p);
     rmsnorm_backward(&mut gs.dx, g.input_layernorm, dxn, &la.x, w.input_layernorm, &la.rstd1, d);
 }
 
@@ -187,17 +189,17 @@ fn attention_inputs_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la
 /// valid positions (`valid`, T) and bias (E) is the router's selection bias; a dense layer leaves
 /// `rs` untouched.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, valid: &[u8], b: usize, s: usize) {
+pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, valid: &[u8], b: usize, s: usize, p: Precision) {
     let (d, h, hd, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
     let t = b * s;
     let hh = sized(&mut la.h, t * d);
-    matmul_forward(hh, &la.att, w.o_proj, t, h * hd, d);
+    matmul_forward(hh, &la.att, w.o_proj, t, h * hd, d, p);
     hh.iter_mut().zip(&la.x).for_each(|(h, x)| *h += x);
     rmsnorm_forward(sized(&mut la.hn, t * d), sized(&mut la.rstd2, t), &la.h, w.post_attention_layernorm, d, eps);
     match &w.mlp {
-        MlpParams::Moe(m) => moe_forward(out, rs, &mut la.moe, &la.hn, valid, bias, m, &cfg.moe(), b, s),
+        MlpParams::Moe(m) => moe_forward(out, rs, &mut la.moe, &la.hn, valid, bias, m, &cfg.moe(), b, s, p),
         MlpParams::Dense(m) => {
-            la.mlp.forward(&la.hn, m, d, cfg.intermediate_size);
+            la.mlp.forward(&la.hn, m, d, cfg.intermediate_size, p);
             out.copy_from_slice(&la.mlp.y);
         }
     }
@@ -208,7 +210,7 @@ pub(crate) fn layer_output(out: &mut [f32], rs: &mut RoutingStats, la: &mut Laye
 /// overwrites gs.datt (d att). pressure (B, E) and z_scale: see `cpu::router::router_backward`
 /// (unused in a dense layer).
 #[allow(clippy::too_many_arguments)]
-fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &mut LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], z_scale: f32) {
+fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &mut LayerActs, w: &LayerParams<&[f32]>, cfg: &ModelConfig, pressure: &[f32], z_scale: f32, p: Precision) {
     let (d, h, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim);
     let t = la.x.len() / d;
     // out = h + MoE(hn)
@@ -216,9 +218,9 @@ fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &m
     dh.copy_from_slice(&gs.dx);
     let dhn = sized(&mut gs.dhn, t * d);
     match (&mut g.mlp, &w.mlp) {
-        (MlpParams::Moe(gm), MlpParams::Moe(m)) => moe_backward(dhn, gm, &mut la.moe, &gs.dx, pressure, z_scale, m, &cfg.moe()),
+        (MlpParams::Moe(gm), MlpParams::Moe(m)) => moe_backward(dhn, gm, &mut la.moe, &gs.dx, pressure, z_scale, m, &cfg.moe(), p),
         (MlpParams::Dense(gm), MlpParams::Dense(m)) => {
-            la.mlp.backward(gm, &gs.dx, &la.hn, m, d, cfg.intermediate_size);
+            la.mlp.backward(gm, &gs.dx, &la.hn, m, d, cfg.intermediate_size, p);
             dhn.copy_from_slice(&la.mlp.dx);
         }
         _ => unreachable!("gradients and weights come from one layout"),
@@ -226,17 +228,17 @@ fn layer_output_backward(gs: &mut Grads, g: &mut LayerParams<&mut [f32]>, la: &m
     rmsnorm_backward(dh, g.post_attention_layernorm, &gs.dhn, &la.h, w.post_attention_layernorm, &la.rstd2, d);
     // h = x + o_proj(att)
     gs.dx.copy_from_slice(&gs.dh);
-    matmul_backward(zeroed(&mut gs.datt, t * h * hd), g.o_proj, &gs.dh, &la.att, w.o_proj, t, h * hd, d);
+    matmul_backward(zeroed(&mut gs.datt, t * h * hd), g.o_proj, &gs.dh, &la.att, w.o_proj, t, h * hd, d, p);
 }
 
 /// One decoder layer of the forward: `attention_inputs`, the attention core (probabilities into
 /// `probs`), `layer_output` into out (T, C). The stored forward's step and the recomputation's.
 #[allow(clippy::too_many_arguments)]
-fn layer_forward(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, qk: &mut NormedQk, probs: &mut Vec<f32>, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, rope: (&[f32], &[f32]), valid: &[u8], b: usize, s: usize, l: usize) {
+fn layer_forward(out: &mut [f32], rs: &mut RoutingStats, la: &mut LayerActs, qk: &mut NormedQk, probs: &mut Vec<f32>, w: &LayerParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, rope: (&[f32], &[f32]), valid: &[u8], b: usize, s: usize, l: usize, p: Precision) {
     let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    attention_inputs(la, qk, w, cfg, rope.0, rope.1, s, 0);
+    attention_inputs(la, qk, w, cfg, rope.0, rope.1, s, 0, p);
     attention_forward(sized(&mut la.att, b * s * h * hd), sized(probs, b * h * s * s), &la.qr, &la.kr, &la.v, s, h, kv, hd, cfg.window(l));
-    layer_output(out, rs, la, w, bias, cfg, valid, b, s);
+    layer_output(out, rs, la, w, bias, cfg, valid, b, s, p);
 }
 
 /// Forward over tokens (B, S) with per-position validity `valid` (B*S). Fills `a` and returns the
@@ -278,7 +280,7 @@ fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: 
         let m = moe_layers.iter().position(|&ml| ml == l);
         let bias_l = m.map_or(&[][..], |m| &bias[m * e..][..e]);
         let probs = &mut a.probs[if full || a.recompute == Recompute::Attention { 0 } else { l }];
-        layer_forward(out, &mut rs, la, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l);
+        layer_forward(out, &mut rs, la, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l, a.precision);
         check_finite(&format!("output of layer {l}"), out)?;
         if let Some(m) = m {
             stats.set_layer(m, &rs);
@@ -292,7 +294,7 @@ fn model_forward(a: &mut ModelActs, w: &ModelParams<&[f32]>, bias: &[f32], cfg: 
         }
     }
     rmsnorm_forward(sized(&mut a.xf, t * d), sized(&mut a.rstd_f, t), &a.xlast, w.norm, d, cfg.rms_norm_eps as f32);
-    matmul_forward(sized(&mut a.logits, t * v), &a.xf, w.head(), t, d, v);
+    matmul_forward(sized(&mut a.logits, t * v), &a.xf, w.head(), t, d, v, a.precision);
     let mut losses = vec![0.0; t];
     crossentropy_forward(&mut losses, &a.logits, &a.targets, &a.valid, v);
     check_finite("loss", &losses)?;
@@ -313,7 +315,7 @@ fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelP
         Some(lm) => lm,
         None => g.embed_tokens,
     };
-    matmul_backward(zeroed(&mut gs.dxf, t * d), dhead, &gs.dlogits, &a.xf, w.head(), t, d, v);
+    matmul_backward(zeroed(&mut gs.dxf, t * d), dhead, &gs.dlogits, &a.xf, w.head(), t, d, v, a.precision);
     rmsnorm_backward(zeroed(&mut gs.dx, t * d), g.norm, &gs.dxf, &a.xlast, w.norm, &a.rstd_f, d);
     let moe_layers = cfg.moe_layers();
     for l in (0..a.layers.len()).rev() {
@@ -341,7 +343,7 @@ fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelP
                 std::mem::swap(&mut cur[l].x, &mut a.work.x);
                 let bias_l = m.map_or(&[][..], |m| &a.bias[m * e..][..e]);
                 let out = sized(&mut gs.out, t * d);
-                layer_forward(out, &mut RoutingStats::default(), &mut a.work, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l);
+                layer_forward(out, &mut RoutingStats::default(), &mut a.work, &mut a.qk, probs, lw, bias_l, cfg, (&a.cos, &a.sin), &a.valid, b, s, l, a.precision);
                 let stored_out = next.first().map_or(&a.xlast, |n| &n.x);
                 assert!(*out == stored_out[..], "layer {l}: the recomputed layer output differs from the forward's");
                 if let Some(m) = m {
@@ -350,10 +352,10 @@ fn model_backward(g: &mut ModelParams<&mut [f32]>, a: &mut ModelActs, w: &ModelP
                 &mut a.work
             }
         };
-        layer_output_backward(gs, lg, la, lw, cfg, pressure_l, z_scale);
+        layer_output_backward(gs, lg, la, lw, cfg, pressure_l, z_scale, a.precision);
         let (dqr, dkr, dv) = (sized(&mut gs.dqr, t * h * hd), sized(&mut gs.dkr, t * kv * hd), sized(&mut gs.dv, t * kv * hd));
         attention_backward(dqr, dkr, dv, &gs.datt, probs, &la.qr, &la.kr, &la.v, s, h, kv, hd, window);
-        attention_inputs_backward(gs, lg, la, lw, cfg, &a.cos, &a.sin, s);
+        attention_inputs_backward(gs, lg, la, lw, cfg, &a.cos, &a.sin, s, a.precision);
         if a.recompute == Recompute::Full {
             std::mem::swap(&mut cur[l].x, &mut a.work.x);
         }
@@ -370,10 +372,11 @@ pub struct CpuModel {
 impl CpuModel {
     /// Forward over tokens (B, S) with validity `valid` (B*S). With `store` the activations are
     /// kept for `backward` as `recompute` says; without, the stored ones are untouched and the
-    /// forward holds one layer's activations at a time. Returns the statistics and, with
+    /// forward holds one layer's activations at a time. The large GEMMs take inputs in `precision`,
+    /// and so does the backward of a stored forward. Returns the statistics and, with
     /// `want_logits`, the logits (B*S, V).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+    pub fn forward(&mut self, w: &ModelParams<&[f32]>, bias: &[f32], cfg: &ModelConfig, tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, precision: Precision, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let mut scratch = ModelActs { recompute: Recompute::Full, ..ModelActs::default() };
         let a = match store {
             Some(r) => {
@@ -385,6 +388,7 @@ impl CpuModel {
             }
             None => &mut scratch,
         };
+        a.precision = precision;
         let stats = super::pool().install(|| model_forward(a, w, bias, cfg, tokens, valid, b, s))?;
         Ok((stats, want_logits.then(|| a.logits.clone())))
     }

@@ -8,7 +8,7 @@ use super::sized;
 use super::matmul::{matmul_backward, matmul_forward};
 use super::mlp::{sigmoid_gate_backward, sigmoid_gate_forward, MlpActs};
 use super::router::{router_backward, router_forward, router_stats};
-use crate::config::MoeConfig;
+use crate::config::{MoeConfig, Precision};
 use crate::layout::MoeParams;
 use crate::stats::RoutingStats;
 
@@ -79,6 +79,7 @@ pub fn moe_forward(
     cfg: &MoeConfig,
     b: usize,
     s: usize,
+    p: Precision,
 ) {
     let (c, f, e, k) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok);
     let t = b * s;
@@ -88,7 +89,7 @@ pub fn moe_forward(
     acts.mask.clear();
     acts.mask.extend_from_slice(mask);
     let logits = &mut acts.scratch.dlogits; // reused: the logits are dead once softmax ran
-    matmul_forward(sized(logits, t * e), x, wt.gate, t, c, e);
+    matmul_forward(sized(logits, t * e), x, wt.gate, t, c, e, Precision::F32);
     router_forward(sized(&mut acts.probs, t * e), sized(&mut acts.lse, t), sized(&mut acts.idx, t * k), sized(&mut acts.w, t * k), logits, bias, e, k, cfg.norm_topk_prob);
     router_stats(
         sized(&mut stats.counts, b * e),
@@ -102,12 +103,12 @@ pub fn moe_forward(
     gather_forward(sized(&mut acts.xs, t * k * c), x, &acts.rows, c, k);
     experts_forward(
         sized(&mut acts.g, t * k * f), sized(&mut acts.u, t * k * f), sized(&mut acts.h, t * k * f), sized(&mut acts.ys, t * k * c),
-        &acts.xs, &wt.experts, &acts.offsets, c, f,
+        &acts.xs, &wt.experts, &acts.offsets, c, f, p,
     );
     combine_forward(out, &acts.ys, &acts.w, &acts.pos, c, k);
     if let Some(sw) = &wt.shared {
         let sh = &mut acts.shared;
-        sh.mlp.forward(x, &sw.mlp, c, cfg.shared_expert_intermediate_size);
+        sh.mlp.forward(x, &sw.mlp, c, cfg.shared_expert_intermediate_size, p);
         sigmoid_gate_forward(out, sized(&mut sh.logits, t), x, sw.gate, &sh.mlp.y, c);
     }
 }
@@ -124,6 +125,7 @@ pub fn moe_backward(
     z_scale: f32,
     wt: &MoeParams<&[f32]>,
     cfg: &MoeConfig,
+    p: Precision,
 ) {
     let (c, f, e, k) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok);
     let t = acts.b * acts.s;
@@ -132,7 +134,7 @@ pub fn moe_backward(
         let sh = &mut acts.shared;
         let (dm, dl) = (sized(&mut sh.dm, t * c), sized(&mut sh.dlogits, t));
         sigmoid_gate_backward(dx, sg.gate, dm, dl, dout, &acts.x, sw.gate, &sh.mlp.y, &sh.logits, c);
-        sh.mlp.backward(&mut sg.mlp, &sh.dm, &acts.x, &sw.mlp, c, cfg.shared_expert_intermediate_size);
+        sh.mlp.backward(&mut sg.mlp, &sh.dm, &acts.x, &sw.mlp, c, cfg.shared_expert_intermediate_size, p);
         dx.iter_mut().zip(&sh.mlp.dx).for_each(|(a, b)| *a += b);
     }
     let sc = &mut acts.scratch;
@@ -140,12 +142,12 @@ pub fn moe_backward(
     experts_backward(
         sized(&mut sc.dxs, t * k * c), &mut grads.experts,
         sized(&mut sc.dh, t * k * f), sized(&mut sc.dg, t * k * f), sized(&mut sc.du, t * k * f),
-        &sc.dys, &acts.xs, &acts.g, &acts.u, &acts.h, &wt.experts, &acts.offsets, c, f,
+        &sc.dys, &acts.xs, &acts.g, &acts.u, &acts.h, &wt.experts, &acts.offsets, c, f, p,
     );
     gather_backward(dx, &sc.dxs, &acts.pos, c, k);
     router_backward(
         sized(&mut sc.dlogits, t * e), &sc.dw, &acts.probs, &acts.lse, &acts.idx, &acts.w, &acts.mask,
         pressure, z_scale, acts.s, e, k, cfg.norm_topk_prob,
     );
-    matmul_backward(dx, grads.gate, &sc.dlogits, &acts.x, wt.gate, t, c, e);
+    matmul_backward(dx, grads.gate, &sc.dlogits, &acts.x, wt.gate, t, c, e, Precision::F32);
 }

@@ -12,7 +12,7 @@ use super::moe::{moe_backward, moe_forward, GpuMoeActs};
 use super::rmsnorm::{rmsnorm_backward, rmsnorm_backward_into, rmsnorm_forward};
 use super::rope::{rope_backward, rope_forward};
 use super::{Buf, Encoder, Gpu};
-use crate::config::{ModelConfig, QkNorm};
+use crate::config::{ModelConfig, Precision, QkNorm};
 use crate::error::Result;
 use crate::layout::{ExpertParams, LayerParams, MlpParams, MoeParams};
 
@@ -104,6 +104,8 @@ pub(super) struct Rows<'a> {
     pub sin: &'a Buf,
     pub valid: &'a Buf,
     pub ones: &'a Buf,
+    /// the large GEMMs' input format
+    pub precision: Precision,
 }
 
 /// The backward's gradient scratch a layer uses, named as in `cpu::model::model_backward`; the
@@ -158,7 +160,7 @@ pub(super) fn layer_forward(g: &Gpu, enc: &mut Encoder, p: &Buf, w: &LayerParams
     let [(qrows, qd), (krows, kd)] = qk_norm_rows(cfg, t);
     rmsnorm_forward(g, enc, (&la.xn).into(), (&la.rstd1).into(), x.into(), v(p, w.input_layernorm), t, d, eps);
     // q | k | v = xn · [q_proj; k_proj; v_proj]^T, one GEMM (+ their biases)
-    let qkv = Gemm { trans_b: true, c_sections: hs.sections(), ..Gemm::new(t, hs.qkv(), d) };
+    let qkv = Gemm { trans_b: true, c_sections: hs.sections(), precision: r.precision, ..Gemm::new(t, hs.qkv(), d) };
     gemm(g, enc, (&la.qkv).into(), (&la.xn).into(), v(p, w.q_proj), qkv);
     let [q, k, vv] = hs.split(&la.qkv);
     if let Some(bias) = &w.qkv_bias {
@@ -179,12 +181,12 @@ pub(super) fn layer_forward(g: &Gpu, enc: &mut Encoder, p: &Buf, w: &LayerParams
     rope_forward(g, enc, (&la.kr).into(), kn, r.cos.into(), r.sin.into(), t, s, kv, hd, 0);
     attention_core(g, enc, la, probs, cfg, r, l);
     // h = x + att · o_proj^T
-    gemm(g, enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, ..Gemm::new(t, d, h * hd) });
+    gemm(g, enc, (&la.h).into(), (&la.att).into(), v(p, w.o_proj), Gemm { trans_b: true, precision: r.precision, ..Gemm::new(t, d, h * hd) });
     add_inplace(g, enc, (&la.h).into(), x.into(), t * d);
     rmsnorm_forward(g, enc, (&la.hn).into(), (&la.rstd2).into(), (&la.h).into(), v(p, w.post_attention_layernorm), t, d, eps);
     match (&w.mlp, routing, la.mlp.as_ref()) {
-        (MlpParams::Moe(mw), Some(rt), _) => moe_forward(g, enc, out.into(), rt.stats, &mut la.moe, (&la.hn).into(), r.valid, rt.bias, &views(p, mw), &cfg.moe(), b, s)?,
-        (MlpParams::Dense(dw), None, Some(acts)) => mlp_forward(g, enc, out.into(), acts, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size),
+        (MlpParams::Moe(mw), Some(rt), _) => moe_forward(g, enc, out.into(), rt.stats, &mut la.moe, (&la.hn).into(), r.valid, rt.bias, &views(p, mw), &cfg.moe(), b, s, r.precision)?,
+        (MlpParams::Dense(dw), None, Some(acts)) => mlp_forward(g, enc, out.into(), acts, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size, r.precision),
         _ => unreachable!("the layout and the activations come from one config"),
     }
     add_inplace(g, enc, out.into(), (&la.h).into(), t * d);
@@ -211,15 +213,15 @@ pub(super) fn layer_backward(g: &Gpu, enc: &mut Encoder, p: &Buf, gr: &Buf, w: &
     // out = h + MLP(hn): dx (= dout) becomes dh
     match (&w.mlp, pressure, la.mlp.as_mut()) {
         (MlpParams::Moe(mw), Some(pressure), _) => {
-            moe_backward(g, enc, (&gs.dhn).into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), r.valid, pressure, z_scale, &views(p, mw), &cfg.moe())?
+            moe_backward(g, enc, (&gs.dhn).into(), &views(gr, mw), &mut la.moe, dx, (&la.hn).into(), r.valid, pressure, z_scale, &views(p, mw), &cfg.moe(), r.precision)?
         }
-        (MlpParams::Dense(dw), None, Some(acts)) => mlp_backward(g, enc, (&gs.dhn).into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size)?,
+        (MlpParams::Dense(dw), None, Some(acts)) => mlp_backward(g, enc, (&gs.dhn).into(), &mlp_views(gr, dw), acts, dx, (&la.hn).into(), &mlp_views(p, dw), d, cfg.intermediate_size, r.precision)?,
         _ => unreachable!("the layout and the activations come from one config"),
     }
     rmsnorm_backward(g, enc, dx, v(gr, w.post_attention_layernorm), (&gs.dhn).into(), (&la.h).into(), v(p, w.post_attention_layernorm), (&la.rstd2).into(), t, d);
     // h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v)): dx (= dh) becomes dxin
-    gemm(g, enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm::new(t, h * hd, d));
-    gemm(g, enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, ..Gemm::new(d, h * hd, t) });
+    gemm(g, enc, (&gs.datt).into(), dx, v(p, w.o_proj), Gemm { precision: r.precision, ..Gemm::new(t, h * hd, d) });
+    gemm(g, enc, v(gr, w.o_proj), dx, (&la.att).into(), Gemm { trans_a: true, acc: true, precision: r.precision, ..Gemm::new(d, h * hd, t) });
     let ([q, k, vv], [dq, dk, dv]) = (hs.split(&la.qkv), hs.split(&gs.dqkv));
     let (dqr, dkr) = ((&gs.dqr).into(), (&gs.dkr).into());
     let shape = Shape { b, s, h, kv, d: hd, window: cfg.window(l) };
@@ -243,8 +245,8 @@ pub(super) fn layer_backward(g: &Gpu, enc: &mut Encoder, p: &Buf, gr: &Buf, w: &
     }
     // dxn = dq | dk | dv · [q_proj; k_proj; v_proj];  the weights += (dq | dk | dv)^T · xn
     let (dqkv, xn) = ((&gs.dqkv).into(), (&la.xn).into());
-    gemm(g, enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), ..Gemm::new(t, d, hs.qkv()) });
-    let dw = Gemm { trans_a: true, acc: true, a_sections: hs.sections(), ..Gemm::new(hs.qkv(), d, t) };
+    gemm(g, enc, (&gs.dxn).into(), dqkv, v(p, w.q_proj), Gemm { a_sections: hs.sections(), precision: r.precision, ..Gemm::new(t, d, hs.qkv()) });
+    let dw = Gemm { trans_a: true, acc: true, a_sections: hs.sections(), precision: r.precision, ..Gemm::new(hs.qkv(), d, t) };
     gemm(g, enc, v(gr, w.q_proj), dqkv, xn, dw);
     rmsnorm_backward(g, enc, dx, v(gr, w.input_layernorm), (&gs.dxn).into(), x.into(), v(p, w.input_layernorm), (&la.rstd1).into(), t, d);
     Ok(())

@@ -4,6 +4,7 @@
 //! `g, enc` first, device buffers where the CPU takes slices, and explicit dims; nothing reads back.
 
 use super::matmul::{forced, Gemm, Tiles, View, BIG, SMALL};
+use crate::config::Precision;
 use crate::layout::ExpertParams;
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
 
@@ -130,7 +131,7 @@ pub struct Sorted<'a> {
 /// grid's z). Every index is in range when a, w and c hold what the mode reads and writes, which
 /// the callers' views guarantee (`check`).
 #[allow(clippy::too_many_arguments)]
-fn grouped(g: &Gpu, enc: &mut Encoder, mode: Mode, c: View, a: View, w: View, aux: &Buf, sorted: &Sorted, cols: usize, p: GemmParams) {
+fn grouped(g: &Gpu, enc: &mut Encoder, mode: Mode, c: View, a: View, w: View, aux: &Buf, sorted: &Sorted, cols: usize, p: GemmParams, precision: Precision) {
     let p = GemmParams { experts: word(sorted.e), a_off: word(a.off), b_off: word(w.off), c_off: word(c.off), sec: p.sec, ..p };
     let (t, groups) = match mode {
         Mode::Wgrad => {
@@ -144,7 +145,7 @@ fn grouped(g: &Gpu, enc: &mut Encoder, mode: Mode, c: View, a: View, w: View, au
             (sorted.tile, [x, y, cols.div_ceil(sorted.tile.bn) as u32])
         }
     };
-    let mut constants = t.constants().to_vec();
+    let mut constants = t.constants_for(precision);
     constants.push(("MODE", mode as u32 as f64));
     let bufs = [sorted.offsets, a.buf, w.buf, c.buf, sorted.tiles, aux];
     g.dispatch_with(enc, &EXPERTS_GEMM, &constants, &bufs, &p, groups);
@@ -164,6 +165,7 @@ pub fn experts_forward(
     sorted: &Sorted,
     c: usize,
     f: usize,
+    precision: Precision,
 ) {
     let (n, e) = (sorted.n, sorted.e);
     check(wt, c, f, e);
@@ -176,10 +178,10 @@ pub fn experts_forward(
     assert!(std::ptr::eq(wt.gate_proj.buf, wt.up_proj.buf), "gate_proj and up_proj must be views of one buffer");
     let sec = word(n * f);
     let up = GemmParams { n: word(f), k: word(c), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..bytemuck::Zeroable::zeroed() };
-    grouped(g, enc, Mode::Up, guh.into(), xs, wt.gate_proj, xs.buf, sorted, 2 * f, up);
+    grouped(g, enc, Mode::Up, guh.into(), xs, wt.gate_proj, xs.buf, sorted, 2 * f, up, precision);
     // ys = h · down_proj_e^T
     let down = GemmParams { n: word(c), k: word(f), b_es: word(c * f), sec, ..bytemuck::Zeroable::zeroed() };
-    grouped(g, enc, Mode::Down, ys, View { buf: guh, off: 2 * n * f }, wt.down_proj, guh, sorted, c, down);
+    grouped(g, enc, Mode::Down, ys, View { buf: guh, off: 2 * n * f }, wt.down_proj, guh, sorted, c, down, precision);
 }
 
 /// Panics unless the weight views hold E experts of (F, C), (F, C) and (C, F).
@@ -207,6 +209,7 @@ pub fn experts_backward(
     sorted: &Sorted,
     c: usize,
     f: usize,
+    precision: Precision,
 ) {
     let (n, e) = (sorted.n, sorted.e);
     check(wt, c, f, e);
@@ -221,17 +224,17 @@ pub fn experts_backward(
     let z = bytemuck::Zeroable::zeroed;
     // dh = dys · down_proj_e, then dg, du through the SwiGLU
     let dh = GemmParams { n: word(f), k: word(c), b_es: word(c * f), sec, ..z() };
-    grouped(g, enc, Mode::Dh, dgu.into(), dys, wt.down_proj, guh, sorted, f, dh);
+    grouped(g, enc, Mode::Dh, dgu.into(), dys, wt.down_proj, guh, sorted, f, dh, precision);
     // down_proj_e += dys^T · h
     let h = View { buf: guh, off: 2 * n * f };
     let wd = GemmParams { m: word(c), n: word(f), halves: 1, sec, ..z() };
-    grouped(g, enc, Mode::Wgrad, grads.down_proj, dys, h, xs.buf, sorted, 0, wd);
+    grouped(g, enc, Mode::Wgrad, grads.down_proj, dys, h, xs.buf, sorted, 0, wd, precision);
     // dxs = dg · gate_proj_e + du · up_proj_e, one product over 2F
     let dx = GemmParams { n: word(c), k: word(f), b_off2: word(wt.up_proj.off), b_es: word(f * c), sec, ..z() };
-    grouped(g, enc, Mode::Dx, dxs, dgu.into(), wt.gate_proj, xs.buf, sorted, c, dx);
+    grouped(g, enc, Mode::Dx, dxs, dgu.into(), wt.gate_proj, xs.buf, sorted, c, dx, precision);
     // gate_proj_e += dg^T · xs;  up_proj_e += du^T · xs, one product over 2F rows
     let wgu = GemmParams { m: word(f), n: word(c), halves: 2, c_off2: word(grads.up_proj.off), sec, ..z() };
-    grouped(g, enc, Mode::Wgrad, grads.gate_proj, dgu.into(), xs, xs.buf, sorted, 0, wgu);
+    grouped(g, enc, Mode::Wgrad, grads.gate_proj, dgu.into(), xs, xs.buf, sorted, 0, wgu, precision);
 }
 
 /// out (T, C) = sum_k w[t,k] * ys[pos[t*K+k]], from ys (N, C), w (T, K) and pos (N) u32. Overwrites out.

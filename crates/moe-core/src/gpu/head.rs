@@ -8,6 +8,7 @@
 use super::crossentropy::{crossentropy_backward, crossentropy_forward};
 use super::matmul::{gemm, matmul_forward, Gemm, View};
 use super::{Buf, Encoder, Gpu};
+use crate::config::Precision;
 
 #[cfg(test)]
 thread_local! {
@@ -37,9 +38,9 @@ fn chunks(t: usize, rows: usize) -> impl DoubleEndedIterator<Item = (usize, usiz
 /// = xf[chunk] · w^T, then `crossentropy_forward` with targets, valid (T) u32. Overwrites losses
 /// and logits, which ends with the last chunk's.
 #[allow(clippy::too_many_arguments)]
-pub fn head_forward(g: &Gpu, enc: &mut Encoder, losses: View, logits: &Buf, xf: View, w: View, targets: &Buf, valid: &Buf, t: usize, c: usize, v: usize, rows: usize) {
+pub fn head_forward(g: &Gpu, enc: &mut Encoder, losses: View, logits: &Buf, xf: View, w: View, targets: &Buf, valid: &Buf, t: usize, c: usize, v: usize, rows: usize, p: Precision) {
     for (r0, n) in chunks(t, rows) {
-        matmul_forward(g, enc, logits.into(), xf.at(r0 * c), w, n, c, v);
+        matmul_forward(g, enc, logits.into(), xf.at(r0 * c), w, n, c, v, p);
         crossentropy_forward(g, enc, losses.at(r0), logits.into(), targets, valid, r0, n, v);
     }
 }
@@ -64,15 +65,16 @@ pub fn head_backward(
     c: usize,
     v: usize,
     rows: usize,
+    p: Precision,
 ) {
     let last = t.div_ceil(rows) - 1;
     for (i, (r0, n)) in chunks(t, rows).enumerate().rev() {
         if i != last {
-            matmul_forward(g, enc, logits.into(), xf.at(r0 * c), w, n, c, v);
+            matmul_forward(g, enc, logits.into(), xf.at(r0 * c), w, n, c, v, p);
         }
         crossentropy_backward(g, enc, dlogits.into(), logits.into(), targets, valid, scale, r0, n, v);
         // dxf rows = dlogits · w (each chunk its own rows);  dw += dlogits^T · xf rows
-        gemm(g, enc, dxf.at(r0 * c), dlogits.into(), w, Gemm::new(n, c, v));
-        gemm(g, enc, dw, dlogits.into(), xf.at(r0 * c), Gemm { trans_a: true, acc: true, ..Gemm::new(v, c, n) });
+        gemm(g, enc, dxf.at(r0 * c), dlogits.into(), w, Gemm { precision: p, ..Gemm::new(n, c, v) });
+        gemm(g, enc, dw, dlogits.into(), xf.at(r0 * c), Gemm { trans_a: true, acc: true, precision: p, ..Gemm::new(v, c, n) });
     }
 }

@@ -6,7 +6,7 @@ use super::moe::{moe_backward, moe_forward, stats_len, unpack_stats, GpuMoeActs}
 use super::store::DeviceStore;
 use super::{BindReservation, Buf, Gpu};
 use super::matmul::View;
-use crate::config::MoeConfig;
+use crate::config::{MoeConfig, Precision};
 use crate::error::{MoeError, Result};
 use crate::layout::{MoeParams, ParamSpec};
 use crate::stats::ForwardOutput;
@@ -80,7 +80,7 @@ impl GpuLayer {
         g.write(&a.bias, 0, bias);
         let mut enc = g.encoder();
         let wt = layout.map(&mut |t| View { buf: &dev.params, off: t.offset });
-        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), &wt, cfg, b, s)?;
+        moe_forward(g, &mut enc, (&a.out).into(), (&a.stats).into(), &mut a.moe, (&a.x).into(), &a.mask, (&a.bias).into(), &wt, cfg, b, s, Precision::F32)?;
         a.binds.fit(g, enc.dispatches());
         let r = g.finish(enc, &[&a.out, &a.stats])?;
         let stats = unpack_stats(bytemuck::cast_slice(&r[1]), b, cfg.num_experts);
@@ -105,7 +105,7 @@ impl GpuLayer {
         let mut enc = g.encoder();
         dev.grads_ready(&mut enc);
         let (wt, gr) = (layout.map(&mut |t| View { buf: &dev.params, off: t.offset }), layout.map(&mut |t| View { buf: &dev.grads, off: t.offset }));
-        moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&a.x).into(), &a.mask, (&gs.pressure).into(), z_scale, &wt, cfg)?;
+        moe_backward(g, &mut enc, (&gs.dx).into(), &gr, &mut a.moe, (&gs.dout).into(), (&a.x).into(), &a.mask, (&gs.pressure).into(), z_scale, &wt, cfg, Precision::F32)?;
         gs.binds.fit(g, enc.dispatches());
         let r = g.finish(enc, &[&gs.dx])?;
         Ok(bytemuck::cast_slice(&r[0]).to_vec())

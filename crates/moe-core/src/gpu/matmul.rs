@@ -5,6 +5,7 @@
 //! size, which the grouped expert GEMMs and attention's GEMMs use too.
 
 use super::{word, Buf, Encoder, Gpu, Kernel};
+use crate::config::Precision;
 use std::cell::Cell;
 
 const GEMM: Kernel = Kernel::proven(concat!(include_str!("shaders/gemm.wgsl"), include_str!("shaders/matmul.wgsl")), "gemm");
@@ -51,6 +52,16 @@ impl Tiles {
 
     pub(crate) fn constants(self) -> [(&'static str, f64); 5] {
         [("BM", self.bm as f64), ("BN", self.bn as f64), ("BK", self.bk as f64), ("TM", self.tm as f64), ("TN", self.tn as f64)]
+    }
+
+    /// `constants` and, for `Precision::Bf16`, BF16 = true (f32 keeps the shader's default and the
+    /// pipelines it had).
+    pub(crate) fn constants_for(self, p: Precision) -> Vec<(&'static str, f64)> {
+        let mut c = self.constants().to_vec();
+        if p == Precision::Bf16 {
+            c.push(("BF16", 1.0));
+        }
+        c
     }
 }
 
@@ -122,11 +133,13 @@ pub struct Gemm {
     pub strides: [usize; 3],
     pub a_sections: [usize; 2],
     pub c_sections: [usize; 2],
+    /// the operands' format (gemm.wgsl's BF16)
+    pub precision: Precision,
 }
 
 impl Gemm {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Gemm { m, n, k, trans_a: false, trans_b: false, acc: false, batch: 1, strides: [0; 3], a_sections: [0; 2], c_sections: [0; 2] }
+        Gemm { m, n, k, trans_a: false, trans_b: false, acc: false, batch: 1, strides: [0; 3], a_sections: [0; 2], c_sections: [0; 2], precision: Precision::F32 }
     }
 }
 
@@ -173,16 +186,16 @@ pub(crate) fn gemm_tiled(g: &Gpu, enc: &mut Encoder, c: View, a: View, b: View, 
         ..bytemuck::Zeroable::zeroed()
     };
     let groups = [s.n.div_ceil(t.bn) as u32, s.m.div_ceil(t.bm) as u32, s.batch as u32];
-    g.dispatch_with(enc, &GEMM, &t.constants(), &[a.buf, b.buf, c.buf], &p, groups);
+    g.dispatch_with(enc, &GEMM, &t.constants_for(s.precision), &[a.buf, b.buf, c.buf], &p, groups);
 }
 
-/// out (M, N) = inp (M, K) · weight (N, K)^T. Overwrites `out`.
+/// out (M, N) = inp (M, K) · weight (N, K)^T in precision `p`. Overwrites `out`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_forward(g: &Gpu, enc: &mut Encoder, out: View, inp: View, weight: View, m: usize, k: usize, n: usize) {
-    gemm(g, enc, out, inp, weight, Gemm { trans_b: true, ..Gemm::new(m, n, k) });
+pub fn matmul_forward(g: &Gpu, enc: &mut Encoder, out: View, inp: View, weight: View, m: usize, k: usize, n: usize, p: Precision) {
+    gemm(g, enc, out, inp, weight, Gemm { trans_b: true, precision: p, ..Gemm::new(m, n, k) });
 }
 
-/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K).
+/// dinp (M, K) += dout (M, N) · weight (N, K);  dweight (N, K) += dout^T · inp (M, K), in precision `p`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     g: &Gpu,
@@ -195,7 +208,8 @@ pub fn matmul_backward(
     m: usize,
     k: usize,
     n: usize,
+    p: Precision,
 ) {
-    gemm(g, enc, dinp, dout, weight, Gemm { acc: true, ..Gemm::new(m, k, n) });
-    gemm(g, enc, dweight, dout, inp, Gemm { trans_a: true, acc: true, ..Gemm::new(n, k, m) });
+    gemm(g, enc, dinp, dout, weight, Gemm { acc: true, precision: p, ..Gemm::new(m, k, n) });
+    gemm(g, enc, dweight, dout, inp, Gemm { trans_a: true, acc: true, precision: p, ..Gemm::new(n, k, m) });
 }

@@ -5,6 +5,7 @@
 use super::experts::{experts_backward, experts_forward, grouped_tiles, Sorted};
 use super::matmul::{gemm, Gemm, View};
 use super::{groups_1d, word, Buf, Encoder, Gpu, Kernel};
+use crate::config::Precision;
 use crate::error::Result;
 use crate::layout::ExpertParams;
 
@@ -50,19 +51,19 @@ impl GpuMlpActs {
 /// `cpu::mlp::mlp_forward`: overwrites y (T, C) from x (T, C); wt: gate_proj, up_proj (F, C),
 /// down_proj (C, F), views of one buffer. Saves g | u | h in `acts`.
 #[allow(clippy::too_many_arguments)]
-pub fn mlp_forward(g: &Gpu, enc: &mut Encoder, y: View, acts: &GpuMlpActs, x: View, wt: &ExpertParams<View>, c: usize, f: usize) {
-    experts_forward(g, enc, &acts.guh, y, x, wt, &acts.sorted(), c, f);
+pub fn mlp_forward(g: &Gpu, enc: &mut Encoder, y: View, acts: &GpuMlpActs, x: View, wt: &ExpertParams<View>, c: usize, f: usize, p: Precision) {
+    experts_forward(g, enc, &acts.guh, y, x, wt, &acts.sorted(), c, f, p);
 }
 
 /// `cpu::mlp::mlp_backward`: overwrites dx (T, C) from dy (T, C) (dx and dy may be one view);
 /// accumulates into `grads`. x: the forward's input.
 #[allow(clippy::too_many_arguments)]
-pub fn mlp_backward(g: &Gpu, enc: &mut Encoder, dx: View, grads: &ExpertParams<View>, acts: &mut GpuMlpActs, dy: View, x: View, wt: &ExpertParams<View>, c: usize, f: usize) -> Result<()> {
+pub fn mlp_backward(g: &Gpu, enc: &mut Encoder, dx: View, grads: &ExpertParams<View>, acts: &mut GpuMlpActs, dy: View, x: View, wt: &ExpertParams<View>, c: usize, f: usize, p: Precision) -> Result<()> {
     if acts.dgu.is_none() {
         acts.dgu = Some(g.alloc(2 * acts.t * f)?);
     }
     let dgu = acts.dgu.as_ref().expect("allocated above");
-    experts_backward(g, enc, dx, grads, dgu, dy, x, &acts.guh, wt, &acts.sorted(), c, f);
+    experts_backward(g, enc, dx, grads, dgu, dy, x, &acts.guh, wt, &acts.sorted(), c, f, p);
     Ok(())
 }
 
@@ -104,7 +105,7 @@ mod tests {
         let wt = ExpertParams { gate_proj: gp, up_proj: up, down_proj: dp };
         // CPU
         let (mut cg, mut cu, mut ch, mut m) = (vec![0.0; t * f], vec![0.0; t * f], vec![0.0; t * f], vec![0.0; t * c]);
-        cpu::mlp_forward(&mut cg, &mut cu, &mut ch, &mut m, &x, &wt, c, f);
+        cpu::mlp_forward(&mut cg, &mut cu, &mut ch, &mut m, &x, &wt, c, f, Precision::F32);
         let (mut out, mut logits) = (base.clone(), vec![0.0; t]);
         cpu::sigmoid_gate_forward(&mut out, &mut logits, &x, &wg, &m, c);
         let (mut dx, mut dwg, mut dm, mut dl) = (vec![0.0; t * c], vec![0.0; c], vec![0.0; t * c], vec![0.0; t]);
@@ -114,7 +115,7 @@ mod tests {
         let (dup, ddp) = rest.split_at_mut(f * c);
         let mut grads = ExpertParams { gate_proj: dgp, up_proj: dup, down_proj: ddp };
         let (mut dxm, mut dh, mut dg, mut du) = (vec![0.0; t * c], vec![0.0; t * f], vec![0.0; t * f], vec![0.0; t * f]);
-        cpu::mlp_backward(&mut dxm, &mut grads, &mut dh, &mut dg, &mut du, &dm, &x, &cg, &cu, &ch, &wt, c, f);
+        cpu::mlp_backward(&mut dxm, &mut grads, &mut dh, &mut dg, &mut du, &dm, &x, &cg, &cu, &ch, &wt, c, f, Precision::F32);
         dx.iter_mut().zip(&dxm).for_each(|(a, b)| *a += b);
         // GPU
         let (gx, gw, gwg, gdout) = (g.upload(&x).unwrap(), g.upload(&w).unwrap(), g.upload(&wg).unwrap(), g.upload(&dout).unwrap());
@@ -124,10 +125,10 @@ mod tests {
         let (wv, dwv) = (ExpertParams { gate_proj: v(&gw, 0), up_proj: v(&gw, f * c), down_proj: v(&gw, 2 * f * c) }, ExpertParams { gate_proj: v(&gdw, 0), up_proj: v(&gdw, f * c), down_proj: v(&gdw, 2 * f * c) });
         let mut acts = GpuMlpActs::new(g, t, f).unwrap();
         let mut enc = g.encoder();
-        mlp_forward(g, &mut enc, (&gm).into(), &acts, (&gx).into(), &wv, c, f);
+        mlp_forward(g, &mut enc, (&gm).into(), &acts, (&gx).into(), &wv, c, f, Precision::F32);
         sigmoid_gate_forward(g, &mut enc, (&gout).into(), &glog, (&gx).into(), (&gwg).into(), &gm, t, c);
         sigmoid_gate_backward(g, &mut enc, (&gdx).into(), (&gdwg).into(), &gdm, &gdl, (&gdout).into(), (&gx).into(), (&gwg).into(), &gm, &glog, t, c);
-        mlp_backward(g, &mut enc, (&gdxm).into(), &dwv, &mut acts, (&gdm).into(), (&gx).into(), &wv, c, f).unwrap();
+        mlp_backward(g, &mut enc, (&gdxm).into(), &dwv, &mut acts, (&gdm).into(), (&gx).into(), &wv, c, f, Precision::F32).unwrap();
         let r = g.finish(enc, &[&gout, &gdx, &gdxm, &gdwg, &gdw]).unwrap();
         assert_close("gated mlp out", &f32s(&r[0]), &out, 1e-5, 1e-4);
         let gdx_all: Vec<f32> = f32s(&r[1]).iter().zip(f32s(&r[2])).map(|(a, b)| a + b).collect();

@@ -24,7 +24,7 @@ use super::moe::{stats_len, unpack_stats};
 use super::rmsnorm::{rmsnorm_backward_into, rmsnorm_forward};
 use super::store::DeviceStore;
 use super::{BindReservation, Buf, Gpu};
-use crate::config::{ModelConfig, Recompute};
+use crate::config::{ModelConfig, Precision, Recompute};
 use crate::error::{MoeError, Result};
 use crate::layout::{LayerParams, Layout, ModelParams, ParamSpec};
 use crate::stats::ModelStats;
@@ -34,6 +34,8 @@ struct Acts {
     b: usize,
     s: usize,
     recompute: Recompute,
+    /// the large GEMMs' input format of the last forward, and so of its backward
+    precision: Precision,
     tokens: Buf,
     targets: Buf,
     valid: Buf,
@@ -84,6 +86,7 @@ impl Acts {
             b,
             s,
             recompute,
+            precision: Precision::F32,
             tokens: g.alloc(t)?,
             targets: g.alloc(t)?,
             valid: g.alloc(t)?,
@@ -179,7 +182,7 @@ impl GpuModel {
     /// layer's at a time. Returns the statistics and, with `want_logits`, the logits (T, V), which
     /// must then fit one chunk of the head.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
+    pub fn forward(&mut self, dev: &DeviceStore, cfg: &ModelConfig, bias: &[f32], tokens: &[u32], valid: &[u8], b: usize, s: usize, store: Option<Recompute>, precision: Precision, want_logits: bool) -> Result<(ModelStats, Option<Vec<f32>>)> {
         let g = dev.g;
         let (slot, recompute) = match store {
             Some(r) => (&mut self.acts, r),
@@ -190,6 +193,7 @@ impl GpuModel {
             *slot = Some(Acts::new(g, cfg, b, s, recompute)?);
         }
         let a = slot.as_mut().unwrap();
+        a.precision = precision;
         let (d, vs, e, nl) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.num_hidden_layers);
         let t = b * s;
         if want_logits && a.head_rows < t {
@@ -208,7 +212,7 @@ impl GpuModel {
         embedding_forward(g, &mut enc, (&a.inputs[0]).into(), &a.tokens, v(p, off.embed_tokens), t, d);
         let stat_len = stats_len(b, e);
         let moe_layers = cfg.moe_layers();
-        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones };
+        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones, precision: a.precision };
         for (l, w) in off.layers.iter().enumerate() {
             let (ls, ps) = a.slots(l);
             let out = a.inputs.get(l + 1).unwrap_or(&a.xlast);
@@ -217,7 +221,7 @@ impl GpuModel {
             finite_flags(g, &mut enc, &a.flags, l, out);
         }
         rmsnorm_forward(g, &mut enc, (&a.xf).into(), (&a.rstd_f).into(), (&a.xlast).into(), v(p, off.norm), t, d, cfg.rms_norm_eps as f32);
-        head_forward(g, &mut enc, (&a.losses).into(), &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, t, d, vs, a.head_rows);
+        head_forward(g, &mut enc, (&a.losses).into(), &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, t, d, vs, a.head_rows, a.precision);
         finite_flags(g, &mut enc, &a.flags, nl, &a.losses);
         a.binds.fit(g, enc.dispatches());
         let mut reads = vec![&a.stats, &a.losses, &a.flags];
@@ -260,10 +264,10 @@ impl GpuModel {
         let mut enc = g.encoder();
         dev.grads_ready(&mut enc);
         let (dx, dxf) = ((&gs.dx).into(), (&gs.dxf).into());
-        head_backward(g, &mut enc, dxf, v(gr, *off.head()), &gs.dlogits, &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, lm_scale, t, d, vs, a.head_rows);
+        head_backward(g, &mut enc, dxf, v(gr, *off.head()), &gs.dlogits, &a.logits, (&a.xf).into(), v(p, *off.head()), &a.targets, &a.valid, lm_scale, t, d, vs, a.head_rows, a.precision);
         rmsnorm_backward_into(g, &mut enc, dx, v(gr, off.norm), dxf, (&a.xlast).into(), v(p, off.norm), (&a.rstd_f).into(), t, d);
         let moe_layers = cfg.moe_layers();
-        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones };
+        let rows = Rows { b, s, cos: &a.cos, sin: &a.sin, valid: &a.valid, ones: &a.ones, precision: a.precision };
         for (l, w) in off.layers.iter().enumerate().rev() {
             let (ls, ps) = a.slots(l);
             let m = moe_layers.iter().position(|&m| m == l);

@@ -77,30 +77,35 @@ fn gemm_ref(c: &mut [f32], a: &[f32], b: &[f32], offs: [usize; 3], s: &matmul::G
 #[test]
 fn matmul_matches_cpu() {
     use crate::cpu::matmul as cpu;
+    use crate::config::Precision;
     use matmul::*;
     let Some(g) = test_gpu("matmul_matches_cpu") else { return };
-    // Sizes straddle the 64-wide tiles and the 16-deep slices.
+    // Sizes straddle the 64-wide tiles and the 16-deep slices. In bf16 both sides round the same
+    // operands, so they agree as closely as in f32.
     let (m, k, n) = (70, 37, 65);
     let (x, w, dy) = (randn(m * k, 1), randn(n * k, 2), randn(m * n, 3));
     let (dx0, dw0) = (randn(m * k, 4), randn(n * k, 5));
-    let mut y = vec![0.0; m * n];
-    cpu::matmul_forward(&mut y, &x, &w, m, k, n);
-    let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
-    cpu::matmul_backward(&mut dx, &mut dw, &dy, &x, &w, m, k, n);
+    for p in [Precision::F32, Precision::Bf16] {
+        let mut y = vec![0.0; m * n];
+        cpu::matmul_forward(&mut y, &x, &w, m, k, n, p);
+        let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+        cpu::matmul_backward(&mut dx, &mut dw, &dy, &x, &w, m, k, n, p);
 
-    // Views at odd offsets inside larger buffers, as parameters sit in one flat buffer.
-    let pad = |v: &[f32]| [vec![7.0; 3], v.to_vec()].concat();
-    let (gx, gw, gdy) = (g.upload(&pad(&x)).unwrap(), g.upload(&pad(&w)).unwrap(), g.upload(&dy).unwrap());
-    let (gdx, gdw, gy) = (g.upload(&dx0).unwrap(), g.upload(&pad(&dw0)).unwrap(), g.zeros(m * n).unwrap());
-    let v = |b, off| View { buf: b, off };
-    let mut enc = g.encoder();
-    matmul_forward(g, &mut enc, (&gy).into(), v(&gx, 3), v(&gw, 3), m, k, n);
-    matmul_backward(g, &mut enc, (&gdx).into(), v(&gdw, 3), (&gdy).into(), v(&gx, 3), v(&gw, 3), m, k, n);
-    let out = g.finish(enc, &[&gy, &gdx, &gdw]).unwrap();
-    let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(w).to_vec();
-    assert_close("matmul y", &f(&out[0]), &y, 1e-4, 1e-4);
-    assert_close("matmul dx", &f(&out[1]), &dx, 1e-4, 1e-4);
-    assert_close("matmul dw", &f(&out[2])[3..], &dw, 1e-4, 1e-4);
+        // Views at odd offsets inside larger buffers, as parameters sit in one flat buffer.
+        let pad = |v: &[f32]| [vec![7.0; 3], v.to_vec()].concat();
+        let (gx, gw, gdy) = (g.upload(&pad(&x)).unwrap(), g.upload(&pad(&w)).unwrap(), g.upload(&dy).unwrap());
+        let (gdx, gdw, gy) = (g.upload(&dx0).unwrap(), g.upload(&pad(&dw0)).unwrap(), g.zeros(m * n).unwrap());
+        let v = |b, off| View { buf: b, off };
+        let mut enc = g.encoder();
+        matmul_forward(g, &mut enc, (&gy).into(), v(&gx, 3), v(&gw, 3), m, k, n, p);
+        matmul_backward(g, &mut enc, (&gdx).into(), v(&gdw, 3), (&gdy).into(), v(&gx, 3), v(&gw, 3), m, k, n, p);
+        let out = g.finish(enc, &[&gy, &gdx, &gdw]).unwrap();
+        let f = |w: &Vec<u32>| bytemuck::cast_slice::<u32, f32>(w).to_vec();
+        let name = p.name();
+        assert_close(&format!("matmul y {name}"), &f(&out[0]), &y, 1e-4, 1e-4);
+        assert_close(&format!("matmul dx {name}"), &f(&out[1]), &dx, 1e-4, 1e-4);
+        assert_close(&format!("matmul dw {name}"), &f(&out[2])[3..], &dw, 1e-4, 1e-4);
+    }
 
     // Both tile configurations, every transpose and accumulate combination, two products of a batch
     // with gaps between them, views at odd offsets; sizes straddle each configuration's block edges
@@ -186,8 +191,8 @@ fn profiling_times_each_dispatch() {
     let (a, b, c) = (g.upload(&randn(n * n, 1)).unwrap(), g.upload(&randn(n * n, 2)).unwrap(), g.alloc(n * n).unwrap());
     let c0 = g.counters();
     let mut enc = g.encoder();
-    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
-    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n, crate::config::Precision::F32);
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n, crate::config::Precision::F32);
     g.submit(enc).unwrap();
     let d = g.counters() - c0;
     let (times, untimed) = profile::stop();
@@ -199,7 +204,7 @@ fn profiling_times_each_dispatch() {
     eprintln!("profiled: {times:?}");
     let c0 = g.counters();
     let mut enc = g.encoder();
-    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n);
+    matmul::matmul_forward(g, &mut enc, (&c).into(), (&a).into(), (&b).into(), n, n, n, crate::config::Precision::F32);
     g.submit(enc).unwrap();
     assert_eq!((g.counters() - c0).waits, 0, "not profiling: no wait");
 }

@@ -24,7 +24,9 @@
 //   acc = gemm_mainloop(acc, k0, k1)                acc += the product over depth k0..k1 (repeatable)
 //   gemm_store(acc)
 // The host sets BM, BN, BK, TM, TN (matmul.rs `Tiles`, checked there: TM, TN in {4, 8}, BM * BK =
-// BN * BK = 4 * WG), and MODE where the op has one. No bindings here: the op declares its own.
+// BN * BK = 4 * WG), MODE where the op has one, and BF16 for mixed precision (`Precision::Bf16`:
+// both operands rounded to bfloat16 as they are loaded, products and sums in f32). No bindings
+// here: the op declares its own.
 
 override BM: u32;
 override BN: u32;
@@ -40,6 +42,7 @@ override SB: u32 = BN / 4u + 1u;
 // The product, in a module with several (experts.wgsl, attention.wgsl give the values). Declared
 // here because naga 30 fails on a named override declared after an override-sized array.
 override MODE: u32 = 0u;
+override BF16: bool = false;
 
 var<workgroup> sa: array<vec4<f32>, BK * SA>;
 var<workgroup> sb: array<vec4<f32>, BK * SB>;
@@ -75,14 +78,24 @@ fn gemm_begin(li: u32, row0: u32, col0: u32, a_kfast: bool, b_kfast: bool) {
     gm_b[3] = gm_slot(li + 3u * WG, BN, b_kfast);
 }
 
+// An operand as the product reads it: itself, or with BF16 rounded to bfloat16 (nearest, ties to
+// even: add 0x7fff plus the lowest kept bit, drop the low 16 bits; a carry into the exponent gives
+// the next power of two or infinity); infinities and NaNs pass unchanged. cpu::matmul rounds alike.
+fn gm_input(x: f32) -> f32 {
+    if (!BF16) { return x; }
+    let b = bitcast<u32>(x);
+    if ((b & 0x7f800000u) == 0x7f800000u) { return x; }
+    return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
+}
+
 fn gm_fetch_a1(s: vec2<u32>, k0: u32, k1: u32) -> f32 {
     if (k0 + s.y >= k1) { return 0.0; }
-    return load_a(gm_row0 + s.x, k0 + s.y);
+    return gm_input(load_a(gm_row0 + s.x, k0 + s.y));
 }
 
 fn gm_fetch_b1(s: vec2<u32>, k0: u32, k1: u32) -> f32 {
     if (k0 + s.y >= k1) { return 0.0; }
-    return load_b(k0 + s.y, gm_col0 + s.x);
+    return gm_input(load_b(k0 + s.y, gm_col0 + s.x));
 }
 
 // The slice at depth k0 of this invocation's staged elements; 0 at depths k1 and beyond.
