@@ -11,7 +11,7 @@
 // `npm run bench -- --write` also rewrites BENCHMARKS.md.
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { MoeModel } from '../index.js';
 import { Balancer, LocalGroup } from '../src/balance/index.js';
@@ -19,7 +19,7 @@ import { DEMO_MODEL } from '../src/presets.js';
 import { rng } from '../src/rng.js';
 import { dataBench, dataRows } from './data.js';
 import { loadBench, loadRows } from './load.js';
-import { scaleBench, scaleRows } from './scale.js';
+import { scaleBench, scaleCharts, scaleRows } from './scale.js';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const BATCH = 8;
@@ -184,7 +184,10 @@ const headroom = ['main', 'fine'].flatMap((group) => {
   const rate = (o.gflop as number) / ((p.forward as number) + (p.backward as number));
   return [`E=${o.E} K=${o.K}: the eager block runs at ${fmt(rate)} GFLOP/s (${fmt((100 * rate) / peak, 0)}% of the GEMM peak), so 2x its speed needs ${fmt((200 * rate) / peak, 0)}% of the peak`];
 });
-const machine = `${os.cpus()[0]?.model} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${THREADS} threads for everyone; peers: ${peerNote}`;
+// Whether the CPU could multiply bf16 natively (our bf16 setting computes in f32 either way).
+const flags = existsSync('/proc/cpuinfo') ? (/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].trim().split(/\s+/) ?? []) : [];
+const bf16Hw = ['avx512_bf16', 'amx_bf16'].filter((f) => flags.includes(f));
+const machine = `${os.cpus()[0]?.model} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, bf16 instructions: ${bf16Hw.length ? bf16Hw.join(', ') : 'none (no avx512_bf16, no amx_bf16)'}, ${THREADS} threads for everyone; peers: ${peerNote}`;
 const table = lines.join('\n');
 console.log(`\n${machine}\n\n${table}`);
 if (headroom.length) console.log(`\n${headroom.join('\n')}`);
@@ -193,11 +196,16 @@ if (process.argv.includes('--write')) {
   const NOTES = '<!-- notes: kept by npm run bench -- --write -->';
   const old = existsSync('BENCHMARKS.md') ? readFileSync('BENCHMARKS.md', 'utf8') : '';
   const notes = old.includes(NOTES) ? old.slice(old.indexOf(NOTES)) : `${NOTES}\n`;
+  mkdirSync('docs/figures', { recursive: true });
+  const charts = scaleCharts(scale);
+  for (const c of charts) writeFileSync(`docs/figures/${c.file}`, c.svg);
   writeFileSync(
     'BENCHMARKS.md',
     `# Benchmarks\n\nMeasured by \`npm run bench -- --write\` (which rewrites this file up to the notes) on ${new Date().toISOString().slice(0, 10)}.\nMachine: ${machine}.\n` +
       `Peers are installed into \`.venv\` by \`bash scripts/install-peers.sh\`. Times are medians after a warm-up;\nGFLOP/s count only the useful FLOPs of the router and the K chosen experts (forward + backward = 3x forward).\n\n${table}\n\n` +
       headroom.map((h) => `- ${h}.\n`).join('') +
+      `\nThe scale rows drawn (one sequence; \`docs/figures\`, rewritten with this file):\n\n` +
+      charts.map((c) => `![${c.file}](docs/figures/${c.file})\n`).join('\n') +
       `\n${notes}`,
   );
   console.error('wrote BENCHMARKS.md');

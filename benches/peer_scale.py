@@ -1,6 +1,7 @@
 """One process, one measurement: the training step of transformers' Qwen3MoeForCausalLM + torch.optim.AdamW
 (forward, backward, clipping, step) on one sequence of SEQ tokens, for the model in MODEL (JSON, our
-config names, which are transformers'), eager or torch.compile'd (IMPL = eager | compile), STEPS timed
+config names, which are transformers'), eager, torch.compile'd, or eager under bf16 autocast (IMPL = eager |
+compile | eager-bf16: torch.autocast("cpu", torch.bfloat16), f32 weights and optimiser), STEPS timed
 steps after warm-up. Prints one JSON line: the median step time (s) and the parameter count; run by
 benches/scale.ts under /usr/bin/time for its peak resident memory. The peer computes no balance loss
 (output_router_logits off)."""
@@ -25,7 +26,8 @@ forward = torch.compile(model) if impl == "compile" else model
 
 def step():
     ids = torch.randint(0, cfg.vocab_size, (1, seq))
-    loss = forward(input_ids=ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=impl == "eager-bf16"):
+        loss = forward(input_ids=ids, labels=ids).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()

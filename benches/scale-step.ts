@@ -1,6 +1,6 @@
 // One process, one measurement: the training step (forward, backward with global-batch balance,
 // AdamW) of the model in MODEL (JSON) on one sequence of SEQ tokens, with activation recomputation
-// RECOMPUTE, STEPS timed steps after one warm-up. Prints one JSON line: the median step time (s)
+// RECOMPUTE and GEMM input precision PRECISION (f32 | bf16), STEPS timed steps after one warm-up. Prints one JSON line: the median step time (s)
 // and the parameter count. Run by benches/scale.ts, one process per measurement, under
 // /usr/bin/time for its peak resident memory.
 
@@ -13,6 +13,7 @@ const [seq, steps] = [Number(process.env.SEQ), Number(process.env.STEPS ?? 3)];
 const recompute = (process.env.RECOMPUTE ?? 'none') as 'none' | 'attention' | 'full';
 const m = new MoeModel({ ...model, max_position_embeddings: seq }, { device: 'cpu' });
 m.setRecompute(recompute);
+m.setPrecision((process.env.PRECISION ?? 'f32') as 'f32' | 'bf16');
 const r = rng(0);
 const times: number[] = [];
 for (let i = 0; i < steps + 1; i++) {

@@ -7,7 +7,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { lineChartSvg, type Series } from '../src/report/chart.js';
+import { CHART_CSS, lineChartSvg, type Series } from '../src/report/chart.js';
 import { bszChart } from '../src/report/figures.js';
 import { renderReport } from '../src/report/render.js';
 import { readStepRows } from '../src/trainer/runfolder.js';
@@ -23,9 +23,8 @@ mkdirSync(outDir, { recursive: true });
 const pages: { file: string; html: string; selector: string }[] = [];
 const wrap = (body: string): string =>
   '<!DOCTYPE html><html><head><meta charset="utf-8"><style>body{margin:0;background:#fff;font:14px system-ui,"DejaVu Sans",sans-serif}' +
-  '#fig{display:inline-block}figure{display:inline-block;margin:12px}figcaption{font-weight:600;margin-bottom:4px}svg text{font-family:system-ui,"DejaVu Sans",sans-serif}' +
-  'svg .axis{fill:#4a5263;font-size:11px}svg .label{fill:#2b3242;font-size:12px}svg .legend-text{fill:#2b3242;font-size:11px}' +
-  `svg .grid{stroke:#eceef2}svg .tick{stroke:#8a909c}svg .frame{fill:none;stroke:#c3c8d1}</style></head><body><div id="fig">${body}</div></body></html>`;
+  '#fig{display:inline-block}figure{display:inline-block;margin:12px}figcaption{font-weight:600;margin-bottom:4px}' +
+  `${CHART_CSS}</style></head><body><div id="fig">${body}</div></body></html>`;
 
 // 1. Heatmaps: the report's section for one seed's micro and global runs.
 const pick = (name: string) => runs.get(name)?.find((r) => r.seed === seed);

@@ -61,6 +61,28 @@ function niceTicks(lo: number, hi: number, count = 5): { ticks: number[]; decima
 
 const LEGEND_ROW = 18;
 
+/** The look of the charts' classes (axes, labels, legend, grid, frame) where no page styles them. */
+export const CHART_CSS =
+  'svg text{font-family:system-ui,"DejaVu Sans",sans-serif}svg .axis{fill:#4a5263;font-size:11px}svg .label{fill:#2b3242;font-size:12px}' +
+  'svg .legend-text{fill:#2b3242;font-size:11px}svg .grid{stroke:#eceef2}svg .tick{stroke:#8a909c}svg .frame{fill:none;stroke:#c3c8d1}';
+
+/** Charts of `lineChartSvg` side by side in one self-contained SVG file (white background, their
+ * styles inside). */
+export function standaloneSvg(charts: string[]): string {
+  const size = (svg: string, what: 'width' | 'height') => Number(new RegExp(` ${what}="(\\d+)"`).exec(svg)![1]);
+  let x = 0;
+  const placed = charts.map((svg) => {
+    const at = `<svg x="${x}" `;
+    x += size(svg, 'width');
+    return svg.replace('<svg ', at);
+  });
+  const h = Math.max(...charts.map((svg) => size(svg, 'height')));
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${x}" height="${h}" viewBox="0 0 ${x} ${h}">` +
+    `<style>${CHART_CSS}</style><rect width="100%" height="100%" fill="#fff"/>${placed.join('')}</svg>\n`
+  );
+}
+
 /** One chart; the ticks enclose the data so the curves never touch the frame. */
 export function lineChartSvg(c: ChartSpec): string {
   const W = c.width ?? 500;
