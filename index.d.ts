@@ -134,7 +134,7 @@ export declare class MoeModel {
    * the whole layer recomputed. Results are bit-identical in every setting; the recomputed
    * routing statistics are never reported again. Changing it drops the stored forward.
    */
-  get recompute(): string
+  get recompute(): 'none' | 'attention' | 'full'
   setRecompute(recompute: 'none' | 'attention' | 'full'): void
   /**
    * The number format of the large GEMMs' inputs (q/k/v, o_proj, experts and dense MLPs,
@@ -142,7 +142,7 @@ export declare class MoeModel {
    * products summed in f32; parameters, gradients, AdamW and every other op stay f32). Changing
    * it drops the stored forward.
    */
-  get precision(): string
+  get precision(): 'f32' | 'bf16'
   setPrecision(precision: 'f32' | 'bf16'): void
   /** The trainer state (JSON) saved with the checkpoint this model was made from, if any. */
   get trainerState(): string | null

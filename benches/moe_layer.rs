@@ -3,10 +3,13 @@
 //! machine). Shapes: the foundation shape (T=4096, d=512, F=256, E=16, K=4), a fine-grained one
 //! (E=64, K=8, F=128), step time against T, and against E at fixed K (dropless compute follows K);
 //! then the ~100 M model's shapes at T = 1,024 tokens (configs/qwen3-moe-100m.json): its MoE layer
-//! and each of its large GEMMs against the GEMM rate. Prints a readable line and a JSON line per
-//! measurement. MOE_NUM_THREADS sets the threads.
+//! and each of its large GEMMs against the GEMM rate — the dense ones, and the experts' grouped
+//! GEMMs alone (forward and backward, without routing, gathers and combine). Prints a readable line
+//! and a JSON line per measurement. MOE_NUM_THREADS sets the threads.
 
+use moe_core::cpu::experts::{experts_backward, experts_forward};
 use moe_core::cpu::matmul::matmul_forward;
+use moe_core::layout::ExpertParams;
 use moe_core::Precision;
 use moe_core::{MoeConfig, MoeLayer};
 use std::time::Instant;
@@ -87,4 +90,34 @@ fn main() {
         println!("gemm {name} {m}x{k}x{n}: {:.2} ms, {rate:.1} GFLOP/s = {:.0}% of the GEMM rate", s * 1e3, 100.0 * rate / peak);
         println!(r#"{{"kind":"gemm-shape","name":"{name}","M":{m},"K":{k},"N":{n},"seconds":{s},"gflops":{rate}}}"#);
     }
+
+    // Its experts' grouped GEMMs: T*K = 4,096 routed rows over E = 32 experts, balanced (128 rows
+    // each), C = 512, F = 128; gate, up and down forward, twice that backward (SwiGLU included).
+    let (rows, e, c, f) = (4096, 32, 512, 128);
+    let offsets: Vec<usize> = (0..=e).map(|i| i * rows / e).collect();
+    let w: Vec<f32> = (0..3 * e * f * c).map(|i| (((i * 7919) % 1000) as f32 - 500.0) * 1e-4).collect();
+    let wt = ExpertParams { gate_proj: &w[..e * f * c], up_proj: &w[e * f * c..2 * e * f * c], down_proj: &w[2 * e * f * c..] };
+    let xs: Vec<f32> = (0..rows * c).map(|i| (((i * 104_729) % 1000) as f32 - 500.0) * 1e-3).collect();
+    let (mut g, mut u, mut h, mut ys) = (vec![0.0; rows * f], vec![0.0; rows * f], vec![0.0; rows * f], vec![0.0; rows * c]);
+    let (mut dxs, mut dh, mut dg, mut du) = (vec![0.0; rows * c], vec![0.0; rows * f], vec![0.0; rows * f], vec![0.0; rows * f]);
+    let mut dw = vec![0.0f32; 3 * e * f * c];
+    let fwd = pool.install(|| time(9, || experts_forward(&mut g, &mut u, &mut h, &mut ys, &xs, &wt, &offsets, c, f, Precision::F32)));
+    let pair = pool.install(|| {
+        time(9, || {
+            experts_forward(&mut g, &mut u, &mut h, &mut ys, &xs, &wt, &offsets, c, f, Precision::F32);
+            let (dgp, rest) = dw.split_at_mut(e * f * c);
+            let (dup, ddp) = rest.split_at_mut(e * f * c);
+            let mut grads = ExpertParams { gate_proj: dgp, up_proj: dup, down_proj: ddp };
+            experts_backward(&mut dxs, &mut grads, &mut dh, &mut dg, &mut du, &ys, &xs, &g, &u, &h, &wt, &offsets, c, f, Precision::F32);
+        })
+    });
+    let gflop = 3.0 * 6.0 * (rows * c * f) as f64 / 1e9;
+    let rate = gflop / pair;
+    println!(
+        "experts' grouped GEMMs {rows} rows / {e} experts, C={c} F={f}: forward {:.2} ms + backward {:.2} ms, {rate:.1} GFLOP/s = {:.0}% of the GEMM rate",
+        fwd * 1e3,
+        (pair - fwd) * 1e3,
+        100.0 * rate / peak
+    );
+    println!(r#"{{"kind":"gemm-shape","name":"experts' grouped gate|up|down fwd+bwd, {e} experts x {} rows","M":{rows},"K":{c},"N":{f},"seconds":{pair},"gflops":{rate}}}"#, rows / e);
 }

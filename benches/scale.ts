@@ -115,7 +115,7 @@ export function scaleRows(f: ScaleFigures, fmt: (x: number, d?: number) => strin
   rows.push([
     `training step, the same model, bf16 GEMM inputs (f32 weights and AdamW), recompute none; ours: ${fmt(f.oursBf16.seconds / f.ours.none.seconds, 2)}x the f32 step`,
     step(f.oursBf16), 'the eager peer under torch.autocast(cpu, bfloat16) + torch AdamW',
-    b ? step(b) : 'peer unavailable (scripts/install-peers.sh)', b ? `${fmt(b.seconds / f.oursBf16.seconds, 2)}x` : '-', '-', '-',
+    b ? step(b) : 'peer unavailable (scripts/install-peers.sh)', b ? `${fmt(b.seconds / f.oursBf16.seconds, 2)}x (ours rounds to bf16 and multiplies in f32: see the notes)` : '-', '-', '-',
   ]);
   rows.push([
     `the same model against sequence length S (1 sequence): step time, peak RSS; recompute full [none]`,
@@ -137,29 +137,29 @@ export function scaleCharts(f: ScaleFigures): { file: string; svg: string }[] {
   const at = <T>(rows: T[], x: (r: T) => number, y: (r: T) => number): [number, number][] => rows.map((r) => [Math.log2(x(r)), y(r)]);
   const step = (s: Step | string, get: (st: Step) => number) => (typeof s === 'string' ? NaN : get(s));
   const seconds = (st: Step) => st.seconds;
-  const gb = (st: Step) => st.rssMb / 1024;
+  const gib = (st: Step) => st.rssMb / 1024;
   const bySeq = (get: (st: Step) => number): Series[] => [
     { name: 'recompute full', colour: '#0072b2', markers: true, points: at(f.bySeq, (r) => r.s, (r) => get(r.full)) },
     { name: 'recompute none', colour: '#d55e00', markers: true, dashed: true, points: at(f.bySeq, (r) => r.s, (r) => step(r.none, get)) },
   ];
   const byE = (get: (st: Step) => number): Series[] => [{ name: 'recompute full', colour: '#0072b2', markers: true, points: at(f.byExperts, (r) => r.e, (r) => get(r.full)) }];
-  const pair = (a: string, b: string) => standaloneSvg([a, b]);
+  const title = (what: string) => [what, 'the model of configs/qwen3-moe-100m.json (~100 M parameters at E = 32), one sequence, 2 threads'];
   const seqTicks = pow2(f.bySeq.map((r) => r.s));
   const eTicks = pow2(f.byExperts.map((r) => r.e));
   return [
     {
       file: 'scaling-seq.svg',
-      svg: pair(
-        lineChartSvg({ testId: 'seq-time', xLabel: 'sequence length S (1 sequence)', yLabel: 'step time (s)', series: bySeq(seconds), xTicks: seqTicks, width: 420, height: 280 }),
-        lineChartSvg({ testId: 'seq-memory', xLabel: 'sequence length S (1 sequence)', yLabel: 'peak resident memory (GB)', series: bySeq(gb), xTicks: seqTicks, width: 420, height: 280 }),
-      ),
+      svg: standaloneSvg(title('Step time and peak memory against the sequence length S'), [
+        lineChartSvg({ testId: 'seq-time', xLabel: 'sequence length S (1 sequence)', yLabel: 'step time (s)', series: bySeq(seconds), xTicks: seqTicks, width: 420, height: 280, yFromZero: true }),
+        lineChartSvg({ testId: 'seq-memory', xLabel: 'sequence length S (1 sequence)', yLabel: 'peak resident memory (GiB)', series: bySeq(gib), xTicks: seqTicks, width: 420, height: 280, yFromZero: true }),
+      ]),
     },
     {
       file: 'scaling-experts.svg',
-      svg: pair(
-        lineChartSvg({ testId: 'experts-time', xLabel: `experts E (top-${f.model.num_experts_per_tok}, S = ${SEQ})`, yLabel: 'step time (s)', series: byE(seconds), xTicks: eTicks, width: 420, height: 280 }),
-        lineChartSvg({ testId: 'experts-memory', xLabel: `experts E (top-${f.model.num_experts_per_tok}, S = ${SEQ})`, yLabel: 'peak resident memory (GB)', series: byE(gb), xTicks: eTicks, width: 420, height: 280 }),
-      ),
+      svg: standaloneSvg(title(`Step time and peak memory against the number of experts E (top-${f.model.num_experts_per_tok} of ${f.model.moe_intermediate_size}: same active parameters)`), [
+        lineChartSvg({ testId: 'experts-time', xLabel: `experts E (top-${f.model.num_experts_per_tok}, S = ${SEQ})`, yLabel: 'step time (s)', series: byE(seconds), xTicks: eTicks, width: 420, height: 280, yFromZero: true }),
+        lineChartSvg({ testId: 'experts-memory', xLabel: `experts E (top-${f.model.num_experts_per_tok}, S = ${SEQ})`, yLabel: 'peak resident memory (GiB)', series: byE(gib), xTicks: eTicks, width: 420, height: 280, yFromZero: true }),
+      ]),
     },
   ];
 }

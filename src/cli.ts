@@ -147,7 +147,7 @@ configOptions(program.command('train').description('train one model'))
   .option('--scope <scope>', 'balance scope of a single LBL term: sequence | micro | dp | global | global-exact | shuffle')
   .option('--coef <alpha>', 'coefficient of that term (LBL = 1 at perfect balance)')
   .option('-o, --out <dir>', 'run folder (metrics.jsonl, metrics.csv, evals.csv, result.json, checkpoints/)', 'runs/train')
-  .option('--resume', 'continue the run in --out from its latest checkpoint; --steps N extends it, --set/--config may change only evaluation, checkpoint and device settings')
+  .option('--resume', 'continue the run in --out from its latest checkpoint; --steps N extends it, --set/--config may change only evaluation, checkpoint, device and recompute settings')
   .option('--force', 'start a new run in --out even though it holds one (its files are removed)')
   .addOption(new Option('--comm <kind>', 'data-parallel ranks: virtual ranks in this process, or one process per rank under mpirun').choices(['local', 'mpi']).default('local'))
   .action(async (o: ConfigFlags & { scope?: string; coef?: string; out: string; resume?: boolean; force?: boolean; comm: 'local' | 'mpi' }) => {

@@ -30,6 +30,8 @@ export interface ChartSpec {
   height?: number;
   /** x ticks at these values with these labels (e.g. powers of two on a log axis) instead of nice ones */
   xTicks?: { value: number; label: string }[];
+  /** start the y axis at 0 (a time or a size) instead of just below the data */
+  yFromZero?: boolean;
 }
 
 /**
@@ -66,20 +68,23 @@ export const CHART_CSS =
   'svg text{font-family:system-ui,"DejaVu Sans",sans-serif}svg .axis{fill:#4a5263;font-size:11px}svg .label{fill:#2b3242;font-size:12px}' +
   'svg .legend-text{fill:#2b3242;font-size:11px}svg .grid{stroke:#eceef2}svg .tick{stroke:#8a909c}svg .frame{fill:none;stroke:#c3c8d1}';
 
-/** Charts of `lineChartSvg` side by side in one self-contained SVG file (white background, their
- * styles inside). */
-export function standaloneSvg(charts: string[]): string {
+/** Charts of `lineChartSvg` side by side under title lines (the first bold), in one self-contained
+ * SVG file (white background, their styles inside). */
+export function standaloneSvg(title: string[], charts: string[]): string {
   const size = (svg: string, what: 'width' | 'height') => Number(new RegExp(` ${what}="(\\d+)"`).exec(svg)![1]);
+  const top = 8 + 18 * title.length;
   let x = 0;
   const placed = charts.map((svg) => {
-    const at = `<svg x="${x}" `;
+    const at = `<svg x="${x}" y="${top}" `;
     x += size(svg, 'width');
     return svg.replace('<svg ', at);
   });
-  const h = Math.max(...charts.map((svg) => size(svg, 'height')));
+  const h = top + Math.max(...charts.map((svg) => size(svg, 'height')));
   return (
     `<svg xmlns="http://www.w3.org/2000/svg" width="${x}" height="${h}" viewBox="0 0 ${x} ${h}">` +
-    `<style>${CHART_CSS}</style><rect width="100%" height="100%" fill="#fff"/>${placed.join('')}</svg>\n`
+    `<style>${CHART_CSS}</style><rect width="100%" height="100%" fill="#fff"/>` +
+    title.map((line, i) => `<text class="label" x="12" y="${18 + 18 * i}"${i ? '' : ' font-weight="600"'}>${escapeHtml(line)}</text>`).join('') +
+    `${placed.join('')}</svg>\n`
   );
 }
 
@@ -99,7 +104,7 @@ export function lineChartSvg(c: ChartSpec): string {
     ? { ticks: c.xTicks.map((t) => t.value), decimals: 0 }
     : niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 6);
   const xLabel = (t: number, i: number): string => c.xTicks?.[i]?.label ?? fixed(t, xt.decimals);
-  const yt = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 5);
+  const yt = niceTicks(c.yFromZero ? 0 : ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 5);
   const [x0, x1] = [xt.ticks[0], xt.ticks[xt.ticks.length - 1]];
   const [y0, y1] = [yt.ticks[0], yt.ticks[yt.ticks.length - 1]];
 
@@ -164,7 +169,7 @@ export function lineChartSvg(c: ChartSpec): string {
       for (const [x, y] of s.points.filter((p) => Number.isFinite(p[1]))) {
         parts.push(
           `<circle class="marker" cx="${r(px(x))}" cy="${r(py(y))}" r="3.5" fill="#fff" stroke="${s.colour}" stroke-width="2">` +
-            `<title>${name}: (${x}, ${fixed(y, 4)})</title></circle>`,
+            `<title>${name}: (${escapeHtml(c.xTicks?.find((t) => t.value === x)?.label ?? String(x))}, ${fixed(y, 4)})</title></circle>`,
         );
       }
     }

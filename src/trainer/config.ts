@@ -173,10 +173,12 @@ export type TrainConfig = z.output<typeof trainConfigSchema>;
 export type TrainConfigInput = z.input<typeof trainConfigSchema>;
 
 export function parseTrainConfig(input: unknown): TrainConfig {
-  const r = trainConfigSchema.safeParse(input ?? {});
+  const r = trainConfigSchema.safeParse(input ?? {}, { reportInput: true });
   if (!r.success) {
     const issue = r.error.issues[0];
-    throw new MoeTrainerError('INVALID_CONFIG', `${issue.path.length ? issue.path.join('.') : 'config'}: ${issue.message}`);
+    // The value refused, where it is one (not a whole object, not a missing key).
+    const got = 'input' in issue && issue.input !== undefined && (issue.input === null || typeof issue.input !== 'object') ? `, got ${JSON.stringify(issue.input)}` : '';
+    throw new MoeTrainerError('INVALID_CONFIG', `${issue.path.length ? issue.path.join('.') : 'config'}: ${issue.message}${got}`);
   }
   const cfg = r.data;
   // A checkpoint to start from brings its tokenizer unless one is named.

@@ -14,6 +14,7 @@ import cliProgress from 'cli-progress';
 import { lrAt, MoeModel, validTokens, type AdamWOptions, type ModelForwardResult } from '../../index.js';
 import { Balancer, balanceAt, LocalGroup, phaseAt, type Communicator } from '../balance/index.js';
 import { MoeTrainerError } from '../errors.js';
+import { absoluteInput, isDataset } from '../data/dataset.js';
 import { DataPipeline, type MicroBatch } from '../data/pipeline.js';
 import { imbalance } from '../metrics.js';
 import type { EvalResult, EvalRow, MetricsRow, RunResult, StepMetrics } from '../results.js';
@@ -155,8 +156,11 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
   for (const w of configWarnings(cfg)) opts.log?.(`warning: ${w}`);
   // The data: prepared once (cached), read memory-mapped; the tokenizer is the dataset's.
   const { dataset, tokenizer } = await datasetOf(cfg, { log: opts.log, progress: cfg.train.progress && process.stderr.isTTY });
+  // A prepared dataset folder brings its own tokenizer: only one trained for this config can fall short.
   const asked = cfg.data.tokenizer;
-  if (asked.kind === 'bpe' && tokenizer.vocabSize < asked.vocabSize) {
+  const corpus = [cfg.data.corpus].flat();
+  const ownTokenizer = corpus.length === 1 && isDataset(absoluteInput(corpus[0]));
+  if (asked.kind === 'bpe' && !ownTokenizer && tokenizer.vocabSize < asked.vocabSize) {
     opts.log?.(`warning: data.tokenizer.vocabSize asks for ${asked.vocabSize} tokens but the corpus gave the BPE trainer only ${tokenizer.vocabSize}: the model's vocab_size is ${tokenizer.vocabSize}`);
   }
   if (resumeFrom) {
@@ -193,6 +197,8 @@ export async function train(configInput: unknown, opts: RunOptions): Promise<Run
       m.setRecompute(cfg.train.recompute);
       m.setPrecision(cfg.train.precision);
     }
+    const m0 = replicas[0];
+    if (isRoot) opts.log?.(`model: ${(m0.numParameters / 1e6).toFixed(1)} M parameters on the ${m0.device}, precision ${m0.precision}, recompute ${m0.recompute}`);
     if (resumeFrom) {
       for (const m of replicas) {
         const saved = await m.loadCheckpoint(resumeFrom);

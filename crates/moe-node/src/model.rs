@@ -255,7 +255,7 @@ impl MoeModel {
     /// layer), recomputed in the backward; "full" only each layer's input (B·S·hidden_size floats),
     /// the whole layer recomputed. Results are bit-identical in every setting; the recomputed
     /// routing statistics are never reported again. Changing it drops the stored forward.
-    #[napi(getter)]
+    #[napi(getter, ts_return_type = "'none' | 'attention' | 'full'")]
     pub fn recompute(&self, env: Env) -> Result<String> {
         with(&self.inner, "MoeModel.recompute", |m| Ok(m.recompute().name().to_string())).map_err(|e| js_error(&env, e))
     }
@@ -276,7 +276,7 @@ impl MoeModel {
     /// lm_head), forward and backward: "f32" (default) or "bf16" (both operands rounded to bfloat16,
     /// products summed in f32; parameters, gradients, AdamW and every other op stay f32). Changing
     /// it drops the stored forward.
-    #[napi(getter)]
+    #[napi(getter, ts_return_type = "'f32' | 'bf16'")]
     pub fn precision(&self, env: Env) -> Result<String> {
         with(&self.inner, "MoeModel.precision", |m| Ok(m.precision().name().to_string())).map_err(|e| js_error(&env, e))
     }
