@@ -83,30 +83,34 @@ test('bad input is one line with a code naming file, line and field, and leaves 
 
 const losses = (dir: string) => readStepRows(join(dir, 'metrics.jsonl')).map((r) => r.loss);
 
-test('a dataset folder brings its tokenizer, and only a BPE trained for the run is warned about when it falls short', async (t) => {
+// Serial: it points MOE_CACHE_DIR at its own folder, which a concurrent test of this file reads too.
+test.serial('a dataset folder brings its tokenizer, and only a BPE trained for the run is warned about when it falls short', async (t) => {
   const { root, inputs } = ownData();
   process.env.MOE_CACHE_DIR = join(root, 'cache');
-  const out = join(root, 'ds');
-  t.is(cli({}, 'data', 'prepare', ...inputs, '--text-field', 'body', '--tokenizer', 'byte', '--out', out, '--no-progress').status, 0);
-  const run = async (data: object, dir: string) => {
-    const logs: string[] = [];
-    const cfg = {
-      model: { hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 16, moe_intermediate_size: 32, num_experts: 4, num_experts_per_tok: 2 },
-      data: { seqLen: 32, fields: { text: 'body' }, ...data },
-      batch: { ranks: 1, accumSteps: 1, microBatch: 2 },
-      train: { steps: 1, evalEvery: 1, evalTokens: 64, progress: false },
+  try {
+    const out = join(root, 'ds');
+    t.is(cli({}, 'data', 'prepare', ...inputs, '--text-field', 'body', '--tokenizer', 'byte', '--out', out, '--no-progress').status, 0);
+    const run = async (data: object, dir: string) => {
+      const logs: string[] = [];
+      const cfg = {
+        model: { hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 16, moe_intermediate_size: 32, num_experts: 4, num_experts_per_tok: 2 },
+        data: { seqLen: 32, fields: { text: 'body' }, ...data },
+        batch: { ranks: 1, accumSteps: 1, microBatch: 2 },
+        train: { steps: 1, evalEvery: 1, evalTokens: 64, progress: false },
+      };
+      await train(cfg, { outDir: join(root, dir), log: (l) => logs.push(l) });
+      return logs.filter((l) => l.includes('asks for'));
     };
-    await train(cfg, { outDir: join(root, dir), log: (l) => logs.push(l) });
-    return logs.filter((l) => l.includes('asks for'));
-  };
-  // the config's default tokenizer (BPE 1,024) does not apply to a byte dataset folder
-  t.deepEqual(await run({ corpus: out }, 'folder'), []);
-  // raw text too small for the BPE asked of it
-  const warned = await run({ corpus: inputs, tokenizer: { kind: 'bpe', vocabSize: 5000 } }, 'raw');
-  t.is(warned.length, 1);
-  t.regex(warned[0], /^warning: data\.tokenizer\.vocabSize asks for 5000 tokens but the corpus gave the BPE trainer only \d+/);
-  delete process.env.MOE_CACHE_DIR;
-  rmSync(root, { recursive: true });
+    // the config's default tokenizer (BPE 1,024) does not apply to a byte dataset folder
+    t.deepEqual(await run({ corpus: out }, 'folder'), []);
+    // raw text too small for the BPE asked of it
+    const warned = await run({ corpus: inputs, tokenizer: { kind: 'bpe', vocabSize: 5000 } }, 'raw');
+    t.is(warned.length, 1);
+    t.regex(warned[0], /^warning: data\.tokenizer\.vocabSize asks for 5000 tokens but the corpus gave the BPE trainer only \d+/);
+  } finally {
+    delete process.env.MOE_CACHE_DIR;
+    rmSync(root, { recursive: true });
+  }
 });
 
 test('a run on a prepared dataset resumes identically, and raw inputs are prepared once into the cache', async (t) => {
